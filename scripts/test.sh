@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The one command that runs Horizon's whole test suite, as CI runs it (.ci/run calls this and
+# nothing else).
+#
+# 1. Makes sure a RabbitMQ broker answers at HORIZON_TEST_AMQP_URL
+#    (default amqp://guest:guest@127.0.0.1:5672/%2f): starts an installed but stopped local broker
+#    with `rabbitmq-server -detached`, installs one with apt when it is missing and we are root,
+#    and otherwise stops with a message saying what to do. Integration tests need the real broker;
+#    they fail, never skip, without it.
+# 2. Checks formatting, runs every test of the workspace, and runs clippy on every target with
+#    warnings denied.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export HORIZON_TEST_AMQP_URL="${HORIZON_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+say() { printf '== %s\n' "$*"; }
+die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
+
+# host and port out of amqp://user:pass@host:port/vhost
+authority="${HORIZON_TEST_AMQP_URL#*://}"
+authority="${authority#*@}"
+authority="${authority%%/*}"
+amqp_host="${authority%:*}"
+amqp_port="${authority##*:}"
+[ "$amqp_port" != "$authority" ] || amqp_port=5672
+
+broker_answers() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/${amqp_host}/${amqp_port}" 2>/dev/null
+}
+
+wait_for_broker() {
+    local deadline=$((SECONDS + 120))
+    if command -v rabbitmqctl >/dev/null 2>&1; then
+        timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
+    fi
+    until broker_answers; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 1
+    done
+}
+
+ensure_broker() {
+    if broker_answers; then
+        say "RabbitMQ answers at ${amqp_host}:${amqp_port}"
+        return
+    fi
+    case "$amqp_host" in
+        127.*|localhost|::1) ;;
+        *) die "no RabbitMQ broker answers at ${amqp_host}:${amqp_port} (HORIZON_TEST_AMQP_URL); start it and run again" ;;
+    esac
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            say "RabbitMQ is not installed: installing it with apt-get"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq
+            apt-get install -y -qq rabbitmq-server >/dev/null
+        else
+            die "RabbitMQ is not installed and this is not a root shell with apt-get.
+Install it (Debian/Ubuntu: sudo apt-get install rabbitmq-server) or set HORIZON_TEST_AMQP_URL
+to a running broker, then run scripts/test.sh again."
+        fi
+    fi
+    if ! broker_answers; then
+        say "RabbitMQ is installed but not running: rabbitmq-server -detached"
+        rabbitmq-server -detached >/dev/null 2>&1 || true
+    fi
+    wait_for_broker || die "RabbitMQ did not start listening on ${amqp_host}:${amqp_port} within 120 s (see /var/log/rabbitmq)"
+    say "RabbitMQ answers at ${amqp_host}:${amqp_port}"
+}
+
+ensure_broker
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo test --workspace"
+cargo test --workspace --locked
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "all checks passed"

@@ -1,0 +1,146 @@
+//! Patterns and keys as segment lists: the separator, the validation rules and the split.
+
+use smallvec::SmallVec;
+
+/// The longest pattern accepted, in bytes: AMQP's `shortstr` limit for a binding key.
+pub const MAX_PATTERN_BYTES: usize = 255;
+
+/// The most segments a pattern may have. Bounds the walk on insert and remove.
+pub const MAX_SEGMENTS: usize = 32;
+
+/// What splits a pattern or key into segments; chosen per dialect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Separator {
+    /// `.`: AMQP topic keys and Kazoo bindings.
+    Dot,
+    /// `:`: VoIPBin topics (`customer_id:<id>:call`).
+    Colon,
+}
+
+impl Separator {
+    pub const fn byte(self) -> u8 {
+        match self {
+            Separator::Dot => b'.',
+            Separator::Colon => b':',
+        }
+    }
+}
+
+/// Why a pattern was refused. The messages are shown to clients as they are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    #[error("binding is empty")]
+    Empty,
+    #[error("binding is {len} bytes long, the limit is {MAX_PATTERN_BYTES}")]
+    TooLong { len: usize },
+    #[error("binding has {count} segments, the limit is {MAX_SEGMENTS}")]
+    TooManySegments { count: usize },
+}
+
+/// One segment of a pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Segment<'a> {
+    /// `*`: exactly one key segment.
+    Star,
+    /// `#`: zero or more key segments.
+    Hash,
+    /// Anything else, compared byte for byte.
+    Literal(&'a [u8]),
+}
+
+/// A validated pattern, split but not copied.
+pub(crate) type Segments<'a> = SmallVec<[Segment<'a>; 8]>;
+
+/// Splits and validates a pattern.
+pub(crate) fn parse_pattern(pattern: &str, sep: Separator) -> Result<Segments<'_>, BindingError> {
+    if pattern.is_empty() {
+        return Err(BindingError::Empty);
+    }
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(BindingError::TooLong { len: pattern.len() });
+    }
+    let mut segments = Segments::new();
+    for raw in pattern.as_bytes().split(|b| *b == sep.byte()) {
+        if segments.len() == MAX_SEGMENTS {
+            let count = pattern.bytes().filter(|b| *b == sep.byte()).count() + 1;
+            return Err(BindingError::TooManySegments { count });
+        }
+        segments.push(match raw {
+            b"*" => Segment::Star,
+            b"#" => Segment::Hash,
+            literal => Segment::Literal(literal),
+        });
+    }
+    Ok(segments)
+}
+
+/// Splits a routing key into segments, as RabbitMQ does: the empty key has none, every other key
+/// has one more segment than it has separators (so `a.` is `["a", ""]`).
+pub fn split_key(key: &[u8], sep: Separator) -> impl Iterator<Item = &[u8]> {
+    let sep = sep.byte();
+    // `split` yields one empty item for an empty slice; skipping it gives RabbitMQ's zero segments.
+    key.split(move |b| *b == sep)
+        .skip(usize::from(key.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_are_whole_segments_only() {
+        let segs = parse_pattern("a.*.#.ab*.#x.", Separator::Dot).unwrap();
+        assert_eq!(
+            segs.as_slice(),
+            &[
+                Segment::Literal(b"a"),
+                Segment::Star,
+                Segment::Hash,
+                Segment::Literal(b"ab*"),
+                Segment::Literal(b"#x"),
+                Segment::Literal(b""),
+            ]
+        );
+    }
+
+    #[test]
+    fn separator_is_per_dialect() {
+        let segs = parse_pattern("customer_id:c1:call", Separator::Colon).unwrap();
+        assert_eq!(segs.len(), 3);
+        let segs = parse_pattern("customer_id:c1.x:call", Separator::Dot).unwrap();
+        assert_eq!(segs.len(), 2);
+    }
+
+    #[test]
+    fn validation_errors() {
+        assert_eq!(parse_pattern("", Separator::Dot), Err(BindingError::Empty));
+        let long = "a".repeat(256);
+        assert_eq!(
+            parse_pattern(&long, Separator::Dot),
+            Err(BindingError::TooLong { len: 256 })
+        );
+        assert!(parse_pattern(&"a".repeat(255), Separator::Dot).is_ok());
+        let many = vec!["x"; 33].join(".");
+        assert_eq!(
+            parse_pattern(&many, Separator::Dot),
+            Err(BindingError::TooManySegments { count: 33 })
+        );
+        assert!(parse_pattern(&vec!["x"; 32].join("."), Separator::Dot).is_ok());
+        assert_eq!(
+            BindingError::TooManySegments { count: 33 }.to_string(),
+            "binding has 33 segments, the limit is 32"
+        );
+    }
+
+    #[test]
+    fn key_split_follows_rabbitmq() {
+        fn split(k: &str) -> Vec<&[u8]> {
+            split_key(k.as_bytes(), Separator::Dot).collect()
+        }
+        assert!(split("").is_empty());
+        assert_eq!(split("a"), vec![&b"a"[..]]);
+        assert_eq!(split("a."), vec![&b"a"[..], &b""[..]]);
+        assert_eq!(split("."), vec![&b""[..], &b""[..]]);
+        assert_eq!(split("a..b"), vec![&b"a"[..], &b""[..], &b"b"[..]]);
+    }
+}
