@@ -253,16 +253,17 @@ impl BindingAutomaton {
             if current.is_empty() {
                 break;
             }
-            let literal = self.interner.get(segment);
+            // The interner is probed only if some active node has a literal edge to follow: a
+            // segment that only wildcards can consume (a call id under `*`) costs no hashing.
+            let mut literal = None;
             let stamp = scratch.fresh_stamp();
             next.clear();
             for &id in &current {
                 let node = self.nodes[id as usize];
-                if let Some(literal) = literal {
-                    if node.has_literal_children() {
-                        if let Some(&child) = self.edges.get(&edge_key(id, literal)) {
-                            enter(&self.nodes, &mut scratch.stamps, &mut next, child, stamp);
-                        }
+                if node.has_literal_children() {
+                    let literal = *literal.get_or_insert_with(|| self.interner.get(segment));
+                    if let Some(child) = literal.and_then(|l| self.edges.get(&edge_key(id, l))) {
+                        enter(&self.nodes, &mut scratch.stamps, &mut next, *child, stamp);
                     }
                 }
                 enter(

@@ -51,7 +51,9 @@ mod subscribers;
 mod tests;
 
 pub use automaton::BindingAutomaton;
-pub use pattern::{split_key, BindingError, Separator, MAX_PATTERN_BYTES, MAX_SEGMENTS};
+pub use pattern::{
+    split_key, BindingError, KeySegments, Separator, MAX_PATTERN_BYTES, MAX_SEGMENTS,
+};
 
 /// Identifies one subscriber of a pattern; the owner of the automaton decides what it stands for
 /// (in a shard: one binding shared by the sockets that asked for the same internal pattern).

@@ -75,12 +75,39 @@ pub(crate) fn parse_pattern(pattern: &str, sep: Separator) -> Result<Segments<'_
 }
 
 /// Splits a routing key into segments, as RabbitMQ does: the empty key has none, every other key
-/// has one more segment than it has separators (so `a.` is `["a", ""]`).
-pub fn split_key(key: &[u8], sep: Separator) -> impl Iterator<Item = &[u8]> {
-    let sep = sep.byte();
-    // `split` yields one empty item for an empty slice; skipping it gives RabbitMQ's zero segments.
-    key.split(move |b| *b == sep)
-        .skip(usize::from(key.is_empty()))
+/// has one more segment than it has separators (so `a.` is `["a", ""]`). Hot path: separators are
+/// found with SIMD `memchr`, not byte by byte.
+pub fn split_key(key: &[u8], sep: Separator) -> KeySegments<'_> {
+    KeySegments {
+        rest: (!key.is_empty()).then_some(key),
+        sep: sep.byte(),
+    }
+}
+
+/// Iterator over the segments of a key; see [`split_key`].
+pub struct KeySegments<'a> {
+    /// What is left to split; `None` once the last segment has been yielded.
+    rest: Option<&'a [u8]>,
+    sep: u8,
+}
+
+impl<'a> Iterator for KeySegments<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match memchr::memchr(self.sep, rest) {
+            Some(at) => {
+                self.rest = Some(&rest[at + 1..]);
+                Some(&rest[..at])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
