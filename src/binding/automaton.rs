@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 
 use super::interner::{Interner, SegmentId};
 use super::pattern::{parse_pattern, split_key, BindingError, Segment, Separator, MAX_SEGMENTS};
+use super::slab::Slab;
 use super::subscribers::SubscriberSet;
 use super::SubscriptionId;
 
@@ -17,12 +18,21 @@ const NONE: u32 = u32::MAX;
 const ROOT: NodeId = 0;
 /// Bit of [`Node::meta`] set on nodes reached through a `#` edge (they loop on themselves).
 const HASH_NODE: u32 = 1 << 31;
+/// A node keeps up to this many literal edges in its own short list, scanned by segment id; past
+/// that they move to the shared edge table. Most nodes are narrow (the root: a few families; an
+/// account: a few event names), so most edge lookups cost no hashing at all. Unit tests use a tiny
+/// threshold so that the property tests cross it (and back) all the time.
+const NARROW_MAX: usize = if cfg!(test) { 2 } else { 12 };
 
-/// One trie node: 16 bytes, all links are indices.
+/// The literal edges of a narrow node: `(segment id, child)`.
+type NarrowEdges = SmallVec<[(SegmentId, NodeId); 2]>;
+
+/// One trie node: 20 bytes, all links are indices.
 ///
-/// Invariants: `meta`'s low bits count the node's child edges (literal edges in
-/// [`BindingAutomaton::edges`], plus `star` and `hash` when set); a node other than the root has a
-/// child edge or a subscriber set, otherwise it has been pruned.
+/// Invariants: `meta`'s low bits count the node's child edges (literal, plus `star` and `hash`
+/// when set). The literal edges are in `narrow` when it is set, otherwise in the shared
+/// [`BindingAutomaton::edges`] table. A node other than the root has a child edge or a subscriber
+/// set, otherwise it has been pruned.
 #[derive(Clone, Copy)]
 struct Node {
     star: NodeId,
@@ -30,6 +40,15 @@ struct Node {
     meta: u32,
     /// Index into [`BindingAutomaton::sets`]; `NONE` when no pattern ends here.
     set: u32,
+    /// Index into [`BindingAutomaton::narrow`]; `NONE` when the node has no literal edge or keeps
+    /// them in the shared table.
+    narrow: u32,
+}
+
+impl Default for Node {
+    fn default() -> Node {
+        Node::new(false)
+    }
 }
 
 impl Node {
@@ -39,6 +58,7 @@ impl Node {
             hash: NONE,
             meta: if hash_node { HASH_NODE } else { 0 },
             set: NONE,
+            narrow: NONE,
         }
     }
 
@@ -50,8 +70,8 @@ impl Node {
         self.meta & HASH_NODE != 0
     }
 
-    fn has_literal_children(&self) -> bool {
-        self.children() > u32::from(self.star != NONE) + u32::from(self.hash != NONE)
+    fn literal_children(&self) -> u32 {
+        self.children() - u32::from(self.star != NONE) - u32::from(self.hash != NONE)
     }
 }
 
@@ -65,13 +85,13 @@ fn edge_key(node: NodeId, segment: SegmentId) -> u64 {
 /// Owned by one thread (a shard); `matches` takes `&mut self` only for its reusable scratch space.
 pub struct BindingAutomaton {
     separator: Separator,
-    nodes: Vec<Node>,
-    free_nodes: Vec<NodeId>,
-    /// Literal edges: `(parent, segment id)` packed into a `u64` -> child.
+    nodes: Slab<Node>,
+    /// Literal edges of wide nodes: `(parent, segment id)` packed into a `u64` -> child.
     edges: HashMap<u64, NodeId, ahash::RandomState>,
+    /// Literal edges of narrow nodes.
+    narrow: Slab<NarrowEdges>,
     interner: Interner,
-    sets: Vec<SubscriberSet>,
-    free_sets: Vec<u32>,
+    sets: Slab<SubscriberSet>,
     /// Number of `(pattern, subscription)` pairs.
     bindings: usize,
     scratch: MatchScratch,
@@ -87,17 +107,16 @@ struct MatchScratch {
     next: Vec<NodeId>,
 }
 
-impl MatchScratch {
-    /// A stamp no node carries yet. On wrap-around (after 4 billion key segments) every stamp is
-    /// reset, so a stale stamp can never be mistaken for a current one.
-    fn fresh_stamp(&mut self) -> u32 {
-        self.stamp = self.stamp.wrapping_add(1);
-        if self.stamp == 0 {
-            self.stamps.fill(0);
-            self.stamp = 1;
-        }
-        self.stamp
+/// A stamp no node carries yet. On wrap-around (after 4 billion key segments) every stamp is reset,
+/// so a stale stamp can never be mistaken for a current one.
+#[inline]
+fn fresh_stamp(stamp: &mut u32, stamps: &mut [u32]) -> u32 {
+    *stamp = stamp.wrapping_add(1);
+    if *stamp == 0 {
+        stamps.fill(0);
+        *stamp = 1;
     }
+    *stamp
 }
 
 /// Adds `node` to `set` unless it is there already, and closes it under `#` edges (a `#` may match
@@ -115,12 +134,11 @@ impl BindingAutomaton {
     pub fn new(separator: Separator) -> BindingAutomaton {
         let mut automaton = BindingAutomaton {
             separator,
-            nodes: Vec::new(),
-            free_nodes: Vec::new(),
+            nodes: Slab::default(),
             edges: HashMap::default(),
+            narrow: Slab::default(),
             interner: Interner::default(),
-            sets: Vec::new(),
-            free_sets: Vec::new(),
+            sets: Slab::default(),
             bindings: 0,
             scratch: MatchScratch::default(),
         };
@@ -144,7 +162,7 @@ impl BindingAutomaton {
 
     /// Number of live trie nodes, root included (for metrics and memory accounting).
     pub fn node_count(&self) -> usize {
-        self.nodes.len() - self.free_nodes.len()
+        self.nodes.live()
     }
 
     /// Number of distinct literal segments currently interned.
@@ -167,15 +185,15 @@ impl BindingAutomaton {
         for segment in &segments {
             node = self.child_or_insert(node, *segment);
         }
-        let set = match self.nodes[node as usize].set {
+        let set = match self.nodes[node].set {
             NONE => {
-                let set = self.alloc_set();
-                self.nodes[node as usize].set = set;
+                let set = self.sets.alloc(SubscriberSet::default());
+                self.nodes[node].set = set;
                 set
             }
             set => set,
         };
-        let added = self.sets[set as usize].insert(subscription);
+        let added = self.sets[set].insert(subscription);
         self.bindings += usize::from(added);
         Ok(added)
     }
@@ -197,24 +215,24 @@ impl BindingAutomaton {
             }
         }
         let node = *path.last().unwrap_or(&ROOT);
-        let set = self.nodes[node as usize].set;
-        if set == NONE || !self.sets[set as usize].remove(subscription) {
+        let set = self.nodes[node].set;
+        if set == NONE || !self.sets[set].remove(subscription) {
             return false;
         }
         self.bindings -= 1;
-        if self.sets[set as usize].is_empty() {
-            self.free_set(set);
-            self.nodes[node as usize].set = NONE;
+        if self.sets[set].is_empty() {
+            self.sets.free(set);
+            self.nodes[node].set = NONE;
         }
         // Prune bottom-up: a node with neither children nor subscribers is unreachable garbage.
         for depth in (0..segments.len()).rev() {
             let child = path[depth + 1];
-            let node = self.nodes[child as usize];
+            let node = self.nodes[child];
             if node.children() > 0 || node.set != NONE {
                 break;
             }
             self.unlink(path[depth], segments[depth]);
-            self.free_node(child);
+            self.nodes.free(child);
         }
         true
     }
@@ -231,9 +249,9 @@ impl BindingAutomaton {
                 None => return false,
             }
         }
-        match self.nodes[node as usize].set {
+        match self.nodes[node].set {
             NONE => false,
-            set => self.sets[set as usize].as_slice().contains(&subscription),
+            set => self.sets[set].as_slice().contains(&subscription),
         }
     }
 
@@ -242,13 +260,16 @@ impl BindingAutomaton {
     /// scratch vectors and `out` have grown to their working size.
     pub fn matches(&mut self, key: &str, out: &mut Vec<SubscriptionId>) -> usize {
         let start = out.len();
-        let scratch = &mut self.scratch;
-        let mut current = std::mem::take(&mut scratch.current);
-        let mut next = std::mem::take(&mut scratch.next);
+        let MatchScratch {
+            stamps,
+            stamp,
+            current,
+            next,
+        } = &mut self.scratch;
+        let (nodes, narrow, edges) = (self.nodes.as_slice(), &self.narrow, &self.edges);
         current.clear();
-
-        let stamp = scratch.fresh_stamp();
-        enter(&self.nodes, &mut scratch.stamps, &mut current, ROOT, stamp);
+        let first = fresh_stamp(stamp, stamps);
+        enter(nodes, stamps, current, ROOT, first);
         for segment in split_key(key.as_bytes(), self.separator) {
             if current.is_empty() {
                 break;
@@ -256,43 +277,37 @@ impl BindingAutomaton {
             // The interner is probed only if some active node has a literal edge to follow: a
             // segment that only wildcards can consume (a call id under `*`) costs no hashing.
             let mut literal = None;
-            let stamp = scratch.fresh_stamp();
+            let now = fresh_stamp(stamp, stamps);
             next.clear();
-            for &id in &current {
-                let node = self.nodes[id as usize];
-                if node.has_literal_children() {
+            for &id in current.iter() {
+                let node = nodes[id as usize];
+                if node.literal_children() > 0 {
                     let literal = *literal.get_or_insert_with(|| self.interner.get(segment));
-                    if let Some(child) = literal.and_then(|l| self.edges.get(&edge_key(id, l))) {
-                        enter(&self.nodes, &mut scratch.stamps, &mut next, *child, stamp);
+                    if let Some(child) =
+                        literal.and_then(|l| literal_child(narrow, edges, id, &node, l))
+                    {
+                        enter(nodes, stamps, next, child, now);
                     }
                 }
-                enter(
-                    &self.nodes,
-                    &mut scratch.stamps,
-                    &mut next,
-                    node.star,
-                    stamp,
-                );
+                enter(nodes, stamps, next, node.star, now);
                 if node.is_hash() {
-                    enter(&self.nodes, &mut scratch.stamps, &mut next, id, stamp);
+                    enter(nodes, stamps, next, id, now);
                 }
             }
-            std::mem::swap(&mut current, &mut next);
+            std::mem::swap(current, next);
         }
 
         let mut terminals = 0usize;
-        for &id in &current {
-            let set = self.nodes[id as usize].set;
+        for &id in current.iter() {
+            let set = nodes[id as usize].set;
             if set != NONE {
-                out.extend_from_slice(self.sets[set as usize].as_slice());
+                out.extend_from_slice(self.sets[set].as_slice());
                 terminals += 1;
             }
         }
         if terminals > 1 {
             dedup_tail(out, start);
         }
-        scratch.current = current;
-        scratch.next = next;
         out.len() - start
     }
 
@@ -300,95 +315,144 @@ impl BindingAutomaton {
     pub fn shrink_to_fit(&mut self) {
         self.edges.shrink_to_fit();
         self.interner.shrink_to_fit();
-        self.free_nodes.shrink_to_fit();
-        self.free_sets.shrink_to_fit();
+        self.nodes.shrink_to_fit();
+        self.narrow.shrink_to_fit();
+        self.sets.shrink_to_fit();
     }
 
-    fn child(&self, node: NodeId, segment: Segment<'_>) -> Option<NodeId> {
-        let node_ref = &self.nodes[node as usize];
+    fn literal_child(&self, id: NodeId, node: &Node, segment: SegmentId) -> Option<NodeId> {
+        literal_child(&self.narrow, &self.edges, id, node, segment)
+    }
+
+    fn child(&self, id: NodeId, segment: Segment<'_>) -> Option<NodeId> {
+        let node = &self.nodes[id];
         let child = match segment {
-            Segment::Star => node_ref.star,
-            Segment::Hash => node_ref.hash,
+            Segment::Star => node.star,
+            Segment::Hash => node.hash,
             Segment::Literal(text) => {
-                let id = self.interner.get(text)?;
-                *self.edges.get(&edge_key(node, id))?
+                if node.literal_children() == 0 {
+                    return None;
+                }
+                self.literal_child(id, node, self.interner.get(text)?)?
             }
         };
         (child != NONE).then_some(child)
     }
 
-    fn child_or_insert(&mut self, node: NodeId, segment: Segment<'_>) -> NodeId {
-        if let Some(child) = self.child(node, segment) {
+    fn child_or_insert(&mut self, id: NodeId, segment: Segment<'_>) -> NodeId {
+        if let Some(child) = self.child(id, segment) {
             return child;
         }
         let child = self.alloc_node(segment == Segment::Hash);
         match segment {
-            Segment::Star => self.nodes[node as usize].star = child,
-            Segment::Hash => self.nodes[node as usize].hash = child,
+            Segment::Star => self.nodes[id].star = child,
+            Segment::Hash => self.nodes[id].hash = child,
             Segment::Literal(text) => {
-                let id = self.interner.intern(text);
+                let segment = self.interner.intern(text);
                 self.interner.retain(text);
-                self.edges.insert(edge_key(node, id), child);
+                self.add_literal_edge(id, segment, child);
             }
         }
-        self.nodes[node as usize].meta += 1;
+        self.nodes[id].meta += 1;
         child
     }
 
-    /// Removes the edge labelled `segment` from `node` (the child itself is freed by the caller).
-    fn unlink(&mut self, node: NodeId, segment: Segment<'_>) {
+    /// Adds a literal edge that `id` does not have yet. Call before counting it in `meta`.
+    fn add_literal_edge(&mut self, id: NodeId, segment: SegmentId, child: NodeId) {
+        let node = self.nodes[id];
+        if node.narrow != NONE {
+            let edges = &mut self.narrow[node.narrow];
+            if edges.len() < NARROW_MAX {
+                edges.push((segment, child));
+                return;
+            }
+            // The node has become wide: its edges move to the shared table for good.
+            for (s, c) in edges.drain(..) {
+                self.edges.insert(edge_key(id, s), c);
+            }
+            self.narrow.free(node.narrow);
+            self.nodes[id].narrow = NONE;
+        } else if node.literal_children() == 0 {
+            let mut edges = NarrowEdges::new();
+            edges.push((segment, child));
+            self.nodes[id].narrow = self.narrow.alloc(edges);
+            return;
+        }
+        self.edges.insert(edge_key(id, segment), child);
+    }
+
+    /// Removes the edge labelled `segment` from `id` (the child itself is freed by the caller).
+    fn unlink(&mut self, id: NodeId, segment: Segment<'_>) {
         match segment {
-            Segment::Star => self.nodes[node as usize].star = NONE,
-            Segment::Hash => self.nodes[node as usize].hash = NONE,
+            Segment::Star => self.nodes[id].star = NONE,
+            Segment::Hash => self.nodes[id].hash = NONE,
             Segment::Literal(text) => {
-                if let Some(id) = self.interner.get(text) {
-                    self.edges.remove(&edge_key(node, id));
+                if let Some(segment) = self.interner.get(text) {
+                    let narrow = self.nodes[id].narrow;
+                    if narrow != NONE {
+                        let edges = &mut self.narrow[narrow];
+                        edges.retain(|(s, _)| *s != segment);
+                        if edges.is_empty() {
+                            self.narrow.free(narrow);
+                            self.nodes[id].narrow = NONE;
+                        }
+                    } else {
+                        self.edges.remove(&edge_key(id, segment));
+                    }
                     self.interner.release(text);
                 }
             }
         }
-        self.nodes[node as usize].meta -= 1;
+        self.nodes[id].meta -= 1;
     }
 
     fn alloc_node(&mut self, hash_node: bool) -> NodeId {
-        let node = Node::new(hash_node);
-        match self.free_nodes.pop() {
-            Some(id) => {
-                self.nodes[id as usize] = node;
-                id
-            }
-            None => {
-                self.nodes.push(node);
-                // A new node starts with stamp 0, which `fresh_stamp` never hands out.
-                self.scratch.stamps.push(0);
-                (self.nodes.len() - 1) as NodeId
-            }
+        let id = self.nodes.alloc(Node::new(hash_node));
+        if self.scratch.stamps.len() < self.nodes.high_water() {
+            // A new node starts with stamp 0, which `fresh_stamp` never hands out.
+            self.scratch.stamps.resize(self.nodes.high_water(), 0);
         }
-    }
-
-    fn free_node(&mut self, id: NodeId) {
-        self.nodes[id as usize] = Node::new(false);
-        self.free_nodes.push(id);
-    }
-
-    fn alloc_set(&mut self) -> u32 {
-        match self.free_sets.pop() {
-            Some(set) => set,
-            None => {
-                self.sets.push(SubscriberSet::default());
-                (self.sets.len() - 1) as u32
-            }
-        }
-    }
-
-    fn free_set(&mut self, set: u32) {
-        self.sets[set as usize] = SubscriberSet::default();
-        self.free_sets.push(set);
+        id
     }
 }
 
-/// Sorts `out[start..]` and removes duplicates from it, in place.
+/// The child of node `id` along the literal edge `segment`. Hot path: a scan of at most
+/// [`NARROW_MAX`] integers for a narrow node, one table probe for a wide one. A free function so
+/// that `matches` can call it while it borrows its scratch space mutably.
+#[inline]
+fn literal_child(
+    narrow: &Slab<NarrowEdges>,
+    edges: &HashMap<u64, NodeId, ahash::RandomState>,
+    id: NodeId,
+    node: &Node,
+    segment: SegmentId,
+) -> Option<NodeId> {
+    if node.narrow != NONE {
+        let list = &narrow[node.narrow];
+        list.iter()
+            .find(|(s, _)| *s == segment)
+            .map(|(_, child)| *child)
+    } else {
+        edges.get(&edge_key(id, segment)).copied()
+    }
+}
+
+/// Removes duplicates from `out[start..]` in place. Small tails (the usual case: a socket's event
+/// matched by two or three patterns) are deduplicated by comparison, larger ones are sorted first.
 fn dedup_tail(out: &mut Vec<SubscriptionId>, start: usize) {
+    const QUADRATIC_UP_TO: usize = 16;
+    if out.len() - start <= QUADRATIC_UP_TO {
+        let mut write = start;
+        for read in start..out.len() {
+            let candidate = out[read];
+            if !out[start..write].contains(&candidate) {
+                out[write] = candidate;
+                write += 1;
+            }
+        }
+        out.truncate(write);
+        return;
+    }
     out[start..].sort_unstable();
     let mut write = start;
     for read in start..out.len() {

@@ -15,9 +15,11 @@
 //!
 //! # Algorithm and cost
 //! Patterns are stored in a segment trie. Literal segments are interned to `u32` ids once, at insert
-//! time; trie edges are `(node, segment id) -> node` entries in one flat hash table, and each node has
-//! two dedicated edges for `*` and `#`. A node reached through a `#` edge loops on itself: it may absorb
-//! any number of further segments.
+//! time. A narrow node (at most 12 literal children: the root, an account's event names) keeps its
+//! literal edges in a short list scanned by id; a wide one (`call`, with a child per account) keeps
+//! them as `(node, segment id) -> node` entries in one shared hash table. Each node has two dedicated
+//! edges for `*` and `#`. A node reached through a `#` edge loops on itself: it may absorb any
+//! number of further segments.
 //!
 //! Matching simulates the trie as an NFA, one key segment at a time, over the *set* of active nodes:
 //! - the set starts as `{root}` closed under `#` edges (a `#` may match nothing);
@@ -29,7 +31,8 @@
 //! A node enters a set at most once per position (an epoch stamp per node, no clearing), so a match
 //! costs O(key segments x active nodes) hash probes - never exponential, whatever `#.#.#.#.x` or a
 //! 30-segment key do. With the few `#` bindings real traffic has, the active set is a handful of
-//! nodes and a match is one interner probe plus one edge probe per segment. No allocation happens in
+//! nodes and a match is at most one interner probe per segment (none where only wildcards can follow)
+//! plus a short scan or one table probe per active node. No allocation happens in
 //! steady state: the two active-set vectors are kept and reused, and results go into the caller's
 //! vector.
 //!
@@ -45,6 +48,7 @@
 mod automaton;
 mod interner;
 mod pattern;
+mod slab;
 mod subscribers;
 
 #[cfg(test)]

@@ -268,6 +268,39 @@ fn many_hashes_against_a_long_key_terminate_quickly() {
 }
 
 #[test]
+fn wide_nodes_and_their_pruning() {
+    // One `call` node with a child per account: far past the narrow-list threshold.
+    let mut a = BindingAutomaton::new(Separator::Dot);
+    let pattern = |i: u32| format!("call.acct{i}.CHANNEL_CREATE.*");
+    for i in 0..500 {
+        a.insert(&pattern(i), SubscriptionId(i)).unwrap();
+    }
+    for i in 0..500 {
+        assert_eq!(
+            ids(&mut a, &format!("call.acct{i}.CHANNEL_CREATE.x")),
+            vec![i]
+        );
+    }
+    for i in (0..500).filter(|i| i % 2 == 0) {
+        assert!(a.remove(&pattern(i), SubscriptionId(i)));
+    }
+    for i in 0..500 {
+        let expected = if i % 2 == 0 { vec![] } else { vec![i] };
+        assert_eq!(
+            ids(&mut a, &format!("call.acct{i}.CHANNEL_CREATE.x")),
+            expected
+        );
+    }
+    for i in (0..500).filter(|i| i % 2 == 1) {
+        assert!(a.remove(&pattern(i), SubscriptionId(i)));
+    }
+    assert_eq!((a.node_count(), a.segment_count()), (1, 0));
+    // A node that went wide and emptied out becomes narrow again and still works.
+    a.insert("call.x.y", SubscriptionId(1)).unwrap();
+    assert_eq!(ids(&mut a, "call.x.y"), vec![1]);
+}
+
+#[test]
 fn many_subscribers_on_one_pattern() {
     let mut a = BindingAutomaton::new(Separator::Dot);
     for i in 0..20_000 {
