@@ -5,3 +5,4 @@
 //! Only the rooms that exist are declared here; each arrives with the issue that builds it.
 
 pub mod binding;
+pub mod ws;
