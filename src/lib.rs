@@ -5,4 +5,5 @@
 //! Only the rooms that exist are declared here; each arrives with the issue that builds it.
 
 pub mod binding;
+pub mod fanout;
 pub mod ws;
