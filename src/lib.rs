@@ -6,4 +6,5 @@
 
 pub mod binding;
 pub mod fanout;
+pub mod shard;
 pub mod ws;

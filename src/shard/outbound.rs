@@ -1,0 +1,247 @@
+//! The outbound queue of one socket: frames waiting to be written, bounded in bytes.
+//!
+//! Frames are `Bytes` handles: an event frame is encoded once per binding and the same buffer is
+//! queued on every socket that receives it, so queueing is a reference-count increment, never a
+//! copy. An idle socket's queue is an empty `VecDeque`, which owns no heap memory.
+//!
+//! Backpressure: event frames count against the byte bound. When a socket cannot take more (it
+//! stops reading, or reads slower than events arrive), the [`SlowConsumerPolicy`] decides: `Drop`
+//! skips the event for this socket only and counts it, so that once the queue drains the dialect
+//! can tell the client how many it missed ([`Outbound::take_lag`]); `Close` asks for the socket to
+//! be closed with 1008. Either way the socket never slows the others and never grows past its bound.
+//! Control frames (replies, pongs, close) are never dropped: they are small and bounded by the
+//! client's own rate limit.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// What to do with an event for a socket whose queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Skip the event for this socket, count it, and send a lag notice once the queue drains.
+    #[default]
+    Drop,
+    /// Close the socket with 1008 `slow consumer`.
+    Close,
+}
+
+/// What happened to an event frame offered to a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Skipped under [`SlowConsumerPolicy::Drop`].
+    Dropped,
+    /// Not queued; under [`SlowConsumerPolicy::Close`] the socket must now be closed.
+    MustClose,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    frames: VecDeque<Bytes>,
+    /// Unwritten bytes in `frames` (the written prefix of the front frame excluded).
+    queued: usize,
+    /// Bytes of the front frame already written by a partial write.
+    written_of_front: usize,
+    limit: usize,
+    policy: SlowConsumerPolicy,
+    /// Events skipped since the last lag notice.
+    lagged: u64,
+}
+
+impl Outbound {
+    /// `limit`: the most event bytes that may wait for this socket.
+    pub fn new(limit: usize, policy: SlowConsumerPolicy) -> Outbound {
+        Outbound {
+            frames: VecDeque::new(),
+            queued: 0,
+            written_of_front: 0,
+            limit,
+            policy,
+            lagged: 0,
+        }
+    }
+
+    /// Offers an event frame. A frame is taken if it fits under the bound, or if the queue is
+    /// empty (an event larger than the bound is still delivered to a socket that keeps up).
+    pub fn push_event(&mut self, frame: Bytes) -> Enqueued {
+        if self.frames.is_empty() || self.queued + frame.len() <= self.limit {
+            self.push(frame);
+            return Enqueued::Queued;
+        }
+        match self.policy {
+            SlowConsumerPolicy::Drop => {
+                self.lagged += 1;
+                Enqueued::Dropped
+            }
+            SlowConsumerPolicy::Close => Enqueued::MustClose,
+        }
+    }
+
+    /// Queues a control frame or reply; these are never dropped.
+    pub fn push_control(&mut self, frame: Bytes) {
+        self.push(frame);
+    }
+
+    fn push(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        self.queued += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Unwritten bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Frames waiting (a partially written one included).
+    pub fn queued_frames(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The unwritten bytes, in order, as up to `max` slices: what a vectored write sends.
+    pub fn chunks(&self, max: usize) -> impl Iterator<Item = &[u8]> {
+        let skip = self.written_of_front;
+        self.frames
+            .iter()
+            .take(max)
+            .enumerate()
+            .map(move |(i, frame)| if i == 0 { &frame[skip..] } else { &frame[..] })
+    }
+
+    /// Records that the first `written` unwritten bytes went out; frees the frames fully written.
+    pub fn advance(&mut self, mut written: usize) {
+        written = written.min(self.queued);
+        self.queued -= written;
+        while written > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.len() - self.written_of_front;
+            if written < left {
+                self.written_of_front += written;
+                return;
+            }
+            written -= left;
+            self.written_of_front = 0;
+            self.frames.pop_front();
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            // A burst grew the ring buffer; give it back so an idle socket holds nothing.
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Once the queue has drained after events were skipped: how many, for the dialect's lag
+    /// notice. Resets the count.
+    pub fn take_lag(&mut self) -> Option<u64> {
+        if self.frames.is_empty() && self.lagged > 0 {
+            Some(std::mem::take(&mut self.lagged))
+        } else {
+            None
+        }
+    }
+
+    /// Events skipped since the last lag notice.
+    pub fn lagged(&self) -> u64 {
+        self.lagged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize, fill: u8) -> Bytes {
+        Bytes::from(vec![fill; len])
+    }
+
+    fn unwritten(queue: &Outbound) -> Vec<u8> {
+        queue.chunks(usize::MAX).flatten().copied().collect()
+    }
+
+    #[test]
+    fn events_past_the_bound_are_dropped_counted_and_reported_once_drained() {
+        let mut q = Outbound::new(100, SlowConsumerPolicy::Drop);
+        assert_eq!(q.push_event(frame(60, 1)), Enqueued::Queued);
+        assert_eq!(q.push_event(frame(40, 2)), Enqueued::Queued);
+        assert_eq!(q.push_event(frame(1, 3)), Enqueued::Dropped);
+        assert_eq!(q.push_event(frame(50, 4)), Enqueued::Dropped);
+        assert_eq!(q.queued_bytes(), 100, "never past the bound");
+        assert_eq!(q.take_lag(), None, "not before the queue has drained");
+        q.push_control(frame(5, 9));
+        assert_eq!(q.queued_bytes(), 105, "control frames are never dropped");
+        q.advance(105);
+        assert!(q.is_empty());
+        assert_eq!(q.take_lag(), Some(2));
+        assert_eq!(q.take_lag(), None);
+    }
+
+    #[test]
+    fn the_close_policy_asks_for_the_socket_to_be_closed() {
+        let mut q = Outbound::new(10, SlowConsumerPolicy::Close);
+        assert_eq!(q.push_event(frame(10, 1)), Enqueued::Queued);
+        assert_eq!(q.push_event(frame(1, 1)), Enqueued::MustClose);
+        assert_eq!(q.queued_frames(), 1);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_bound_reaches_a_socket_that_keeps_up() {
+        let mut q = Outbound::new(10, SlowConsumerPolicy::Drop);
+        assert_eq!(q.push_event(frame(1000, 1)), Enqueued::Queued);
+        assert_eq!(q.push_event(frame(1, 1)), Enqueued::Dropped);
+    }
+
+    #[test]
+    fn partial_writes_resume_exactly_where_they_stopped() {
+        let mut q = Outbound::new(1 << 20, SlowConsumerPolicy::Drop);
+        let mut expected = Vec::new();
+        for i in 0..10u8 {
+            let f = frame(10 + i as usize, i);
+            expected.extend_from_slice(&f);
+            q.push_event(f);
+        }
+        let mut sent = Vec::new();
+        for step in [1usize, 7, 13, 2, 50, 3, 100] {
+            let chunk: Vec<u8> = unwritten(&q).into_iter().take(step).collect();
+            sent.extend_from_slice(&chunk);
+            q.advance(chunk.len());
+            assert_eq!(q.queued_bytes(), expected.len() - sent.len());
+        }
+        assert_eq!(sent, expected);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn one_encoding_is_shared_not_copied() {
+        let shared = frame(4096, 7);
+        let mut sockets: Vec<Outbound> = (0..100)
+            .map(|_| Outbound::new(1 << 20, SlowConsumerPolicy::Drop))
+            .collect();
+        for q in &mut sockets {
+            q.push_event(shared.clone());
+        }
+        let first = sockets[0].chunks(1).next().unwrap().as_ptr();
+        assert!(sockets
+            .iter()
+            .all(|q| q.chunks(1).next().unwrap().as_ptr() == first));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_memory_back() {
+        let mut q = Outbound::new(1 << 20, SlowConsumerPolicy::Drop);
+        for _ in 0..1000 {
+            q.push_event(frame(10, 0));
+        }
+        q.advance(10_000);
+        assert!(q.is_empty());
+        assert_eq!(q.frames.capacity(), 0);
+        assert_eq!(q.chunks(8).count(), 0);
+    }
+}
