@@ -78,6 +78,10 @@ cargo fmt --all -- --check
 say "cargo test --workspace"
 cargo test --workspace --locked
 
+# The shards run on io_uring above; run their socket tests again on the epoll fallback.
+say "socket tests on the epoll driver (MONOIO_FORCE_LEGACY_DRIVER=1)"
+MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --locked --test shard_sockets
+
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

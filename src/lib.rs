@@ -5,6 +5,7 @@
 //! Only the rooms that exist are declared here; each arrives with the issue that builds it.
 
 pub mod binding;
+pub mod config;
 pub mod fanout;
 pub mod shard;
 pub mod ws;

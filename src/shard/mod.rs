@@ -1,7 +1,19 @@
 //! Thread-per-core shards: each owns a set of sockets, its copy of the binding automaton, and the
-//! outbound queue of every socket it owns. The runtime (monoio, io_uring with epoll fallback)
-//! arrives with the data-plane issue (#3); what is here is the per-socket state it is built from.
+//! outbound queue of every socket it owns.
+//!
+//! - [`runtime`]: the shard threads (monoio, io_uring with epoll fallback), `SO_REUSEPORT`
+//!   listeners, graceful shutdown ([`Gateway`]).
+//! - `connection`: one socket from handshake to close.
+//! - [`outbound`]: the per-socket, byte-bounded queue and the slow-consumer policy.
+//! - [`session`]: the seam the dialects plug into.
 
+mod connection;
+mod io;
 pub mod outbound;
+pub mod runtime;
+pub mod session;
 
+pub use connection::Conn;
 pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};
+pub use runtime::{Driver, Gateway};
+pub use session::{HttpRefusal, Reply, Session, SessionFactory};

@@ -1,0 +1,338 @@
+//! One WebSocket connection on its shard, from the first byte of the handshake to the close.
+//!
+//! Lifecycle: read the upgrade request (bounded, with a deadline) -> the dialect's
+//! [`SessionFactory`] accepts or refuses -> `101` -> the frame loop -> close. The loop waits for
+//! readiness, never with a read buffer of its own: bytes go into the shard's scratch buffer, and
+//! only a frame split across reads is copied into a per-socket buffer until it completes.
+//!
+//! A protocol violation ends this connection and nothing else: the close frame with the RFC's code
+//! is sent and the socket closed. Shutdown, keepalive and (later) fan-out reach the connection
+//! through its [`Conn`] in the shard registry, which holds its outbound queue.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use super::io::{self, Flushed};
+use super::outbound::Outbound;
+use super::runtime::ShardContext;
+use super::session::{Reply, Session};
+use crate::ws::frame::{encode, Message, Reader};
+use crate::ws::{handshake, CloseCode};
+
+/// A client must finish its upgrade request within this time.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Reads per readiness event before other sockets get their turn.
+const READS_PER_WAKEUP: usize = 8;
+
+/// A live socket as the rest of its shard sees it (registry, shutdown, fan-out).
+pub struct Conn {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    fd: RawFd,
+    pub(crate) outbound: Outbound,
+    /// A close frame has been queued: nothing else will be.
+    closing: bool,
+    /// The connection task, waiting for output to send.
+    writer: Option<Waker>,
+}
+
+impl Conn {
+    /// Queues a frame (not subject to the slow-consumer bound) and wakes the writer.
+    pub fn queue(&mut self, frame: Bytes) {
+        if !self.closing {
+            self.outbound.push_control(frame);
+            self.wake_writer();
+        }
+    }
+
+    /// Queues the close frame; the connection ends once it is sent (and, when the server
+    /// initiated it politely, once the client answers or the shard's deadline passes).
+    pub fn queue_close(&mut self, code: CloseCode, reason: &str) {
+        if !self.closing {
+            self.outbound
+                .push_control(Bytes::from(encode::close(code, reason)));
+            self.closing = true;
+            self.wake_writer();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Forces the connection task out of its wait (end of stream): the last resort of shutdown.
+    pub(crate) fn cut(&self) {
+        io::shutdown(self.fd);
+    }
+
+    fn wake_writer(&mut self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// How the frame loop goes on after a batch of input.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Continue,
+    /// Send what is queued (a close frame) and end.
+    FlushAndEnd,
+    /// End now: the peer is gone.
+    End,
+}
+
+pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardContext>) {
+    let fd = stream.as_raw_fd();
+    if io::set_nonblocking(fd).is_err() {
+        return;
+    }
+    let Some((request, leftover)) = read_request(&stream, fd).await else {
+        return;
+    };
+    let mut session = match shard.factory.open(&request, peer) {
+        Ok(session) => session,
+        Err(refusal) => {
+            let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
+            write_all(&stream, fd, answer).await;
+            return;
+        }
+    };
+    if !write_all(&stream, fd, handshake::accept(&request)).await {
+        return;
+    }
+    drop(request);
+
+    let conn = Rc::new(RefCell::new(Conn {
+        id: shard.next_socket_id(),
+        peer,
+        connected_at: SystemTime::now(),
+        fd,
+        outbound: Outbound::new(
+            shard.config.outbound_queue_bytes,
+            shard.config.slow_consumer,
+        ),
+        closing: false,
+        writer: None,
+    }));
+    let id = conn.borrow().id;
+    shard.sockets.borrow_mut().insert(id, conn.clone());
+    frames(&stream, fd, &conn, &shard, session.as_mut(), leftover).await;
+    // Unregister before the stream (and its descriptor) is dropped, so that nothing on this shard
+    // can act on a descriptor number the kernel may hand out again.
+    shard.sockets.borrow_mut().remove(&id);
+}
+
+/// Reads the upgrade request. `None` when the client left, was too slow, or was refused (the
+/// `400` has then been sent).
+async fn read_request(stream: &TcpStream, fd: RawFd) -> Option<(handshake::Request, Vec<u8>)> {
+    let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        monoio::select! {
+            ready = stream.readable(false) => ready.ok()?,
+            _ = monoio::time::sleep_until(deadline.into()) => return None,
+        }
+        match io::read(fd, &mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+        match handshake::parse(&buf) {
+            Ok(None) => continue,
+            Ok(Some((request, used))) => return Some((request, buf.split_off(used))),
+            Err(refusal) => {
+                write_all(stream, fd, handshake::refuse_bad_request(&refusal)).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Writes `bytes` completely (handshake answers), waiting for writability as needed.
+async fn write_all(stream: &TcpStream, fd: RawFd, bytes: Vec<u8>) -> bool {
+    let mut queue = Outbound::new(usize::MAX, Default::default());
+    queue.push_control(Bytes::from(bytes));
+    loop {
+        match io::flush(fd, &mut queue) {
+            Ok(Flushed::All) => return true,
+            Ok(Flushed::WouldBlock) => {
+                if stream.writable(false).await.is_err() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Resolves once the connection has output queued (registering the task to be woken otherwise).
+async fn output_queued(conn: &RefCell<Conn>) {
+    poll_fn(|cx| {
+        let mut conn = conn.borrow_mut();
+        if conn.outbound.is_empty() {
+            conn.writer = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await
+}
+
+async fn frames(
+    stream: &TcpStream,
+    fd: RawFd,
+    conn: &RefCell<Conn>,
+    shard: &ShardContext,
+    session: &mut dyn Session,
+    mut partial: Vec<u8>,
+) {
+    let config = &shard.config;
+    let mut reader = Reader::new(config.max_message_bytes);
+    let mut last_heard = Instant::now();
+    let mut next_tick = Instant::now() + config.ping_interval;
+    let mut next = Next::Continue;
+
+    // Bytes that arrived right behind the upgrade request.
+    if !partial.is_empty() {
+        let mut bytes = std::mem::take(&mut partial);
+        let used = handle_input(&mut reader, &mut bytes, conn, session, &mut next);
+        partial = bytes.split_off(used);
+    }
+
+    loop {
+        let flushed = io::flush(fd, &mut conn.borrow_mut().outbound);
+        match flushed {
+            Err(_) => return,
+            Ok(Flushed::All) if next != Next::Continue => return,
+            _ => {}
+        }
+        if next == Next::End {
+            return;
+        }
+        let write_blocked = matches!(flushed, Ok(Flushed::WouldBlock));
+        monoio::select! {
+            ready = stream.readable(false) => {
+                if ready.is_err() {
+                    return;
+                }
+                next = read_available(fd, shard, &mut reader, &mut partial, conn, session);
+                last_heard = Instant::now();
+            }
+            ready = stream.writable(false), if write_blocked => {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            _ = output_queued(conn), if !write_blocked => {}
+            _ = monoio::time::sleep_until(next_tick.into()) => {
+                next_tick = Instant::now() + config.ping_interval;
+                let mut conn = conn.borrow_mut();
+                if last_heard.elapsed() >= config.idle_timeout {
+                    conn.queue_close(CloseCode::GOING_AWAY, "idle timeout");
+                    next = Next::FlushAndEnd;
+                } else {
+                    conn.queue(Bytes::from(encode::ping(b"")));
+                }
+            }
+        }
+        // Closing on the server's initiative (shutdown): the loop goes on until the client's close
+        // answer arrives (handled as input) or the shard cuts the socket.
+    }
+}
+
+/// Reads what the socket has and handles every complete frame in it.
+fn read_available(
+    fd: RawFd,
+    shard: &ShardContext,
+    reader: &mut Reader,
+    partial: &mut Vec<u8>,
+    conn: &RefCell<Conn>,
+    session: &mut dyn Session,
+) -> Next {
+    let mut next = Next::Continue;
+    let mut scratch = shard.scratch.borrow_mut();
+    for _ in 0..READS_PER_WAKEUP {
+        let n = match io::read(fd, &mut scratch) {
+            Ok(0) => return Next::End,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => return Next::End,
+        };
+        if partial.is_empty() {
+            // The common case: whole frames straight out of the shard's scratch buffer.
+            let used = handle_input(reader, &mut scratch[..n], conn, session, &mut next);
+            partial.extend_from_slice(&scratch[used..n]);
+        } else {
+            partial.extend_from_slice(&scratch[..n]);
+            let used = handle_input(reader, partial, conn, session, &mut next);
+            partial.drain(..used);
+            if partial.is_empty() {
+                *partial = Vec::new();
+            }
+        }
+        if next != Next::Continue || n < scratch.len() {
+            break;
+        }
+    }
+    next
+}
+
+/// Handles the complete frames at the front of `buf`; returns how many bytes they took.
+fn handle_input(
+    reader: &mut Reader,
+    buf: &mut [u8],
+    conn: &RefCell<Conn>,
+    session: &mut dyn Session,
+    next: &mut Next,
+) -> usize {
+    let mut at = 0;
+    while *next == Next::Continue {
+        let (used, message) = match reader.next(&mut buf[at..]) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(violation) => {
+                conn.borrow_mut()
+                    .queue_close(violation.code, violation.reason);
+                *next = Next::FlushAndEnd;
+                break;
+            }
+        };
+        at += used;
+        let mut conn = conn.borrow_mut();
+        match message {
+            None => {}
+            Some(Message::Text(text)) => match session.on_text(text) {
+                Reply::None => {}
+                Reply::Text(reply) => conn.queue(Bytes::from(encode::text(reply.as_bytes()))),
+                Reply::Close(code, reason) => {
+                    conn.queue_close(code, &reason);
+                    *next = Next::FlushAndEnd;
+                }
+            },
+            Some(Message::Ping(payload)) => conn.queue(Bytes::from(encode::pong(payload))),
+            Some(Message::Pong(_)) => {}
+            Some(Message::Close(status)) => {
+                // Echo the client's code (RFC 6455 5.5.1), unless we had already sent ours.
+                let code = status.map_or(CloseCode::NORMAL, |(code, _)| CloseCode(code));
+                conn.queue_close(code, "");
+                *next = Next::FlushAndEnd;
+            }
+        }
+        drop(conn);
+        reader.release();
+    }
+    at
+}

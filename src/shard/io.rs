@@ -1,0 +1,87 @@
+//! Non-blocking reads and vectored writes on a socket's file descriptor.
+//!
+//! The shard waits for readiness through the runtime (an io_uring poll, or epoll) and then does
+//! the I/O itself, so that a read goes into the shard's scratch buffer (an idle socket pins no
+//! buffer) and a write sends the shared `Bytes` of many queued frames in one `writev`.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use super::outbound::Outbound;
+
+/// Frames gathered into one `writev`; Linux's `IOV_MAX` is 1024.
+const WRITEV_MAX: usize = 64;
+
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor this socket owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads what is available into `buf`: `Ok(0)` is end of stream, `WouldBlock` means nothing yet.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Everything queued went out.
+    All,
+    /// The socket's send buffer is full; wait for writability and flush again.
+    WouldBlock,
+}
+
+/// Writes as much of `queue` as the socket takes right now.
+pub(crate) fn flush(fd: RawFd, queue: &mut Outbound) -> io::Result<Flushed> {
+    while !queue.is_empty() {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; WRITEV_MAX];
+        let mut count = 0;
+        for (slot, chunk) in iov.iter_mut().zip(queue.chunks(WRITEV_MAX)) {
+            slot.iov_base = chunk.as_ptr() as *mut libc::c_void;
+            slot.iov_len = chunk.len();
+            count += 1;
+        }
+        // SAFETY: the first `count` iovecs point into `Bytes` owned by `queue`, which is not
+        // touched until the call returns; writev only reads them.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), count as libc::c_int) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(Flushed::WouldBlock),
+                _ => return Err(err),
+            }
+        }
+        queue.advance(n as usize);
+    }
+    Ok(Flushed::All)
+}
+
+/// Shuts both directions down: wakes a task waiting for readability with end of stream.
+pub(crate) fn shutdown(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor this socket owns; errors (already closed) are irrelevant.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}

@@ -1,0 +1,266 @@
+//! The thread-per-core runtime: N shard threads, each pinned to a core, each running a monoio
+//! runtime (io_uring, or epoll when io_uring is unavailable or `MONOIO_FORCE_LEGACY_DRIVER=1`) with
+//! its own `SO_REUSEPORT` listener on the WebSocket address, so the kernel spreads connections
+//! over the shards and no socket ever moves between threads.
+//!
+//! Lives and dies with [`Gateway`]: `start` returns once every shard listens; `shutdown` makes each
+//! shard stop accepting, send close 1001 `going away` to its sockets, give them
+//! `shutdown_grace` to answer and drain, cut whatever is left, and exit; `join` waits for that.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+use monoio::net::{ListenerOpts, TcpListener};
+
+use super::connection::{self, Conn};
+use super::session::SessionFactory;
+use crate::config::ServeConfig;
+use crate::ws::CloseCode;
+
+/// Scratch buffer each shard reads into; the largest read a socket gets per call.
+const SCRATCH_BYTES: usize = 64 * 1024;
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Which I/O driver the shards run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        })
+    }
+}
+
+/// The shard threads of one process.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    driver: Driver,
+    stop: Arc<Stop>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The cross-thread shutdown signal: a flag plus one waker per shard.
+struct Stop {
+    requested: AtomicBool,
+    shards: Vec<AtomicWaker>,
+}
+
+impl Stop {
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        for waker in &self.shards {
+            waker.wake();
+        }
+    }
+
+    async fn wait(&self, shard: usize) {
+        poll_fn(|cx| {
+            self.shards[shard].register(cx.waker());
+            if self.requested.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Gateway {
+    /// Starts `config.shards` shards and returns once all of them listen. With port 0 the first
+    /// shard's port is shared by the others.
+    pub fn start(config: ServeConfig, factory: Arc<dyn SessionFactory>) -> io::Result<Gateway> {
+        let shards = config.shards.max(1);
+        let driver = if monoio::utils::detect_uring() {
+            Driver::IoUring
+        } else {
+            Driver::Epoll
+        };
+        let stop = Arc::new(Stop {
+            requested: AtomicBool::new(false),
+            shards: (0..shards).map(|_| AtomicWaker::new()).collect(),
+        });
+        let mut gateway = Gateway {
+            local_addr: config.ws_listen,
+            driver,
+            stop,
+            threads: Vec::new(),
+        };
+        for index in 0..shards {
+            let (bound_tx, bound_rx) = mpsc::channel();
+            let mut shard_config = config.clone();
+            shard_config.ws_listen = gateway.local_addr;
+            let factory = factory.clone();
+            let stop = gateway.stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("horizon-shard-{index}"))
+                .spawn(move || shard_thread(index, shard_config, factory, stop, bound_tx))?;
+            gateway.threads.push(thread);
+            match bound_rx.recv() {
+                Ok(Ok(addr)) => gateway.local_addr = addr,
+                Ok(Err(e)) => {
+                    gateway.shutdown();
+                    gateway.join();
+                    return Err(e);
+                }
+                Err(_) => {
+                    gateway.shutdown();
+                    gateway.join();
+                    return Err(io::Error::other(format!("shard {index} failed to start")));
+                }
+            }
+        }
+        Ok(gateway)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// Asks every shard to shut down gracefully; returns at once (see [`Gateway::join`]).
+    pub fn shutdown(&self) {
+        self.stop.request();
+    }
+
+    /// Waits for every shard thread to finish.
+    pub fn join(mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.request();
+    }
+}
+
+/// What every task of one shard shares. Single-threaded: `Rc`, `Cell`, `RefCell`.
+pub(crate) struct ShardContext {
+    pub index: usize,
+    pub config: ServeConfig,
+    pub factory: Arc<dyn SessionFactory>,
+    /// Where sockets read into; never borrowed across an await.
+    pub scratch: RefCell<Vec<u8>>,
+    /// The shard's socket registry.
+    pub sockets: RefCell<HashMap<u64, Rc<RefCell<Conn>>, ahash::RandomState>>,
+    next_id: Cell<u64>,
+}
+
+impl ShardContext {
+    /// Unique across shards: the shard index in the top 16 bits.
+    pub fn next_socket_id(&self) -> u64 {
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        ((self.index as u64) << 48) | n
+    }
+}
+
+fn pin_to_core(index: usize) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; the call reads
+    // `size_of::<cpu_set_t>()` bytes of it. Failure (restricted affinity) only means no pinning.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(index % cores, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn shard_thread(
+    index: usize,
+    config: ServeConfig,
+    factory: Arc<dyn SessionFactory>,
+    stop: Arc<Stop>,
+    bound: mpsc::Sender<io::Result<SocketAddr>>,
+) {
+    pin_to_core(index);
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let mut runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let opts = ListenerOpts::new().reuse_port(true).backlog(LISTEN_BACKLOG);
+        let listener = match TcpListener::bind_with_config(config.ws_listen, &opts) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        let _ = bound.send(listener.local_addr());
+        let shard = Rc::new(ShardContext {
+            index,
+            config,
+            factory,
+            scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+            sockets: RefCell::new(HashMap::default()),
+            next_id: Cell::new(0),
+        });
+        loop {
+            monoio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        monoio::spawn(connection::run(stream, peer, shard.clone()));
+                    }
+                    // Out of descriptors and the like: back off instead of spinning.
+                    Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
+                },
+                _ = stop.wait(index) => break,
+            }
+        }
+        drop(listener);
+        going_away(&shard).await;
+    });
+}
+
+/// Graceful shutdown of one shard: close 1001 to everyone, wait for answers and drains, cut the
+/// rest.
+async fn going_away(shard: &ShardContext) {
+    let deadline = Instant::now() + shard.config.shutdown_grace;
+    for conn in shard.sockets.borrow().values() {
+        let mut conn = conn.borrow_mut();
+        conn.queue_close(CloseCode::GOING_AWAY, "going away");
+    }
+    while !shard.sockets.borrow().is_empty() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for conn in shard.sockets.borrow().values() {
+        conn.borrow().cut();
+    }
+    // The cut sockets' tasks see end of stream and unregister.
+    let cut_deadline = Instant::now() + Duration::from_secs(1);
+    while !shard.sockets.borrow().is_empty() && Instant::now() < cut_deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

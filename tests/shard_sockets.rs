@@ -1,0 +1,439 @@
+//! The shard runtime over real sockets: handshake refusals, echo through a session, ping/pong,
+//! fragmentation, every close code, the close handshake, keepalive, and graceful shutdown.
+//!
+//! The session used here echoes text (`"close"` makes it close with 4000): it stands in for a
+//! dialect so that the transport can be tested on its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use horizon::config::ServeConfig;
+use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory};
+use horizon::ws::handshake::Request;
+use horizon::ws::CloseCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Echo;
+
+impl Session for Echo {
+    fn on_text(&mut self, text: &str) -> Reply {
+        match text {
+            "close" => Reply::Close(CloseCode(4000), "asked to".into()),
+            _ => Reply::Text(format!("echo:{text}")),
+        }
+    }
+}
+
+struct EchoFactory;
+
+impl SessionFactory for EchoFactory {
+    fn open(&self, request: &Request, _peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
+        if request.path == "/refuse" {
+            return Err(HttpRefusal {
+                status: 401,
+                content_type: "application/json",
+                body: r#"{"error":"nope"}"#.into(),
+            });
+        }
+        Ok(Box::new(Echo))
+    }
+}
+
+fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Gateway {
+    let mut config = ServeConfig {
+        ws_listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        max_message_bytes: 1024,
+        ..ServeConfig::default()
+    };
+    tweak(&mut config);
+    Gateway::start(config, Arc::new(EchoFactory)).expect("gateway starts")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const UPGRADE: &str =
+    "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Sends `request` and returns everything the server answers until it closes or goes quiet.
+async fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that speaks raw frames, for the cases a well-behaved client library cannot produce.
+struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(UPGRADE.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Raw { stream }
+    }
+
+    async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![(u8::from(fin) << 7) | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            0..=125 => frame.push(mask_bit | payload.len() as u8),
+            126..=0xFFFF => {
+                frame.push(mask_bit | 126);
+                frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            }
+            _ => {
+                frame.push(mask_bit | 127);
+                frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next server frame: (opcode, payload). Panics on timeout.
+    async fn recv(&mut self) -> (u8, Vec<u8>) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let mut head = [0u8; 2];
+            self.stream.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
+            let len = match head[1] & 0x7F {
+                126 => self.stream.read_u16().await.unwrap() as usize,
+                127 => self.stream.read_u64().await.unwrap() as usize,
+                n => n as usize,
+            };
+            let mut payload = vec![0; len];
+            self.stream.read_exact(&mut payload).await.unwrap();
+            (head[0] & 0x0F, payload)
+        })
+        .await
+        .expect("a frame within 5 s")
+    }
+
+    /// Expects a close frame with `code`, then the server closing the connection.
+    async fn expect_close(&mut self, code: u16) -> String {
+        let (opcode, payload) = self.recv().await;
+        assert_eq!(
+            opcode, 0x8,
+            "expected a close frame, got opcode {opcode}: {payload:?}"
+        );
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code);
+        let mut rest = Vec::new();
+        let eof = tokio::time::timeout(Duration::from_secs(3), self.stream.read_to_end(&mut rest));
+        assert!(
+            eof.await.is_ok(),
+            "the server closes the connection after its close frame"
+        );
+        String::from_utf8(payload[2..].to_vec()).unwrap()
+    }
+}
+
+#[test]
+fn handshake_refusals() {
+    let gateway = start(|_| {});
+    let addr = gateway.local_addr();
+    runtime().block_on(async {
+        let post = UPGRADE.replace("GET", "POST");
+        let answer = http_exchange(addr, post.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("method must be GET\n"), "{answer}");
+
+        let no_key = UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+        let answer = http_exchange(addr, no_key.as_bytes()).await;
+        assert!(
+            answer.contains("400") && answer.contains("Sec-WebSocket-Key"),
+            "{answer}"
+        );
+
+        let old = UPGRADE.replace("Version: 13", "Version: 8");
+        assert!(http_exchange(addr, old.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 400"));
+
+        let garbage = http_exchange(addr, b"\x16\x03\x01 hello\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+
+        let refused = UPGRADE.replace("GET /ws", "GET /refuse");
+        let answer = http_exchange(addr, refused.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("Content-Type: application/json"));
+        assert!(answer.ends_with(r#"{"error":"nope"}"#));
+
+        // The gateway is still serving.
+        let mut client = Raw::connect(addr).await;
+        client.send(true, 0x1, b"alive?", true).await;
+        assert_eq!(client.recv().await, (0x1, b"echo:alive?".to_vec()));
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn a_real_client_talks_through_a_session() {
+    let gateway = start(|_| {});
+    let url = format!("ws://{}/socket", gateway.local_addr());
+    runtime().block_on(async {
+        let (mut ws, response) = tokio_tungstenite::connect_async(url).await.unwrap();
+        assert_eq!(response.status(), 101);
+        for i in 0..100 {
+            ws.send(Message::text(format!("m{i}"))).await.unwrap();
+            let reply = ws.next().await.unwrap().unwrap();
+            assert_eq!(reply, Message::text(format!("echo:m{i}")));
+        }
+        ws.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Pong(b"hi".to_vec().into())
+        );
+        ws.send(Message::text("close")).await.unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 4000);
+                assert_eq!(frame.reason.as_str(), "asked to");
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn fragmented_messages_are_reassembled() {
+    let gateway = start(|_| {});
+    runtime().block_on(async {
+        let mut client = Raw::connect(gateway.local_addr()).await;
+        client.send(false, 0x1, b"frag", true).await;
+        client.send(true, 0x9, b"p", true).await; // a ping between fragments
+        client.send(false, 0x0, b"men", true).await;
+        client.send(true, 0x0, b"ted", true).await;
+        assert_eq!(client.recv().await, (0xA, b"p".to_vec()));
+        assert_eq!(client.recv().await, (0x1, b"echo:fragmented".to_vec()));
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn a_frame_dribbled_in_byte_by_byte_arrives_whole() {
+    let gateway = start(|_| {});
+    runtime().block_on(async {
+        let mut c = Raw::connect(gateway.local_addr()).await;
+        let mut frame = vec![0x81, 0x80 | 126, 0, 200, 9, 8, 7, 6];
+        frame.extend(
+            (0..200u32)
+                .map(|i| b'a' + (i % 26) as u8)
+                .enumerate()
+                .map(|(i, b)| b ^ [9u8, 8, 7, 6][i % 4]),
+        );
+        for byte in &frame {
+            c.stream.write_all(&[*byte]).await.unwrap();
+            c.stream.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let (opcode, payload) = c.recv().await;
+        assert_eq!(opcode, 0x1);
+        let expected: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+        assert_eq!(&payload[5..], &expected[..]);
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn the_driver_in_use_is_reported() {
+    let gateway = start(|_| {});
+    let forced = std::env::var("MONOIO_FORCE_LEGACY_DRIVER").is_ok_and(|v| v == "1");
+    if forced {
+        assert_eq!(gateway.driver(), horizon::shard::Driver::Epoll);
+    } else {
+        // Development and CI machines have io_uring (see the README); elsewhere this says which.
+        assert_eq!(
+            gateway.driver(),
+            horizon::shard::Driver::IoUring,
+            "io_uring unavailable here?"
+        );
+    }
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn every_violation_closes_with_its_code() {
+    let gateway = start(|_| {});
+    let addr = gateway.local_addr();
+    runtime().block_on(async {
+        let mut c = Raw::connect(addr).await;
+        c.send(true, 0x1, b"plain", false).await;
+        assert_eq!(c.expect_close(1002).await, "client frames must be masked");
+
+        let mut c = Raw::connect(addr).await;
+        c.send(true, 0x2, b"\x00\x01", true).await;
+        assert_eq!(
+            c.expect_close(1003).await,
+            "binary messages are not accepted"
+        );
+
+        let mut c = Raw::connect(addr).await;
+        c.send(true, 0x1, b"\xc3\x28", true).await;
+        assert_eq!(
+            c.expect_close(1007).await,
+            "text message is not valid UTF-8"
+        );
+
+        let mut c = Raw::connect(addr).await;
+        c.send(true, 0x1, &[b'a'; 1025], true).await;
+        assert_eq!(c.expect_close(1009).await, "message too big");
+
+        let mut c = Raw::connect(addr).await;
+        c.send(true, 0x0, b"orphan", true).await;
+        c.expect_close(1002).await;
+
+        let mut c = Raw::connect(addr).await;
+        c.send(true, 0x8, &1006u16.to_be_bytes(), true).await;
+        assert_eq!(c.expect_close(1002).await, "invalid close code");
+
+        // A message of exactly the limit is fine.
+        let mut c = Raw::connect(addr).await;
+        c.send(true, 0x1, &[b'a'; 1024], true).await;
+        let (opcode, payload) = c.recv().await;
+        assert_eq!((opcode, payload.len()), (0x1, 1024 + 5));
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn the_close_handshake_echoes_the_clients_code() {
+    let gateway = start(|_| {});
+    runtime().block_on(async {
+        let mut c = Raw::connect(gateway.local_addr()).await;
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        c.send(true, 0x8, &payload, true).await;
+        c.expect_close(1000).await;
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn silent_clients_are_pinged_then_closed() {
+    let gateway = start(|c| {
+        c.ping_interval = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(2);
+    });
+    runtime().block_on(async {
+        let started = Instant::now();
+        let mut c = Raw::connect(gateway.local_addr()).await;
+        assert_eq!(c.recv().await.0, 0x9, "a ping after the interval");
+        let reason = loop {
+            let (opcode, payload) = c.recv().await;
+            if opcode == 0x8 {
+                assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+                break String::from_utf8(payload[2..].to_vec()).unwrap();
+            }
+            assert_eq!(opcode, 0x9);
+        };
+        assert_eq!(reason, "idle timeout");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+
+        // A client that answers (any frame counts) stays.
+        let mut lively = Raw::connect(gateway.local_addr()).await;
+        for _ in 0..3 {
+            let (opcode, payload) = lively.recv().await;
+            assert_eq!(opcode, 0x9);
+            lively.send(true, 0xA, &payload, true).await;
+        }
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
+fn shutdown_says_going_away_and_cuts_the_silent_after_the_grace() {
+    let gateway = start(|c| c.shutdown_grace = Duration::from_secs(2));
+    let addr = gateway.local_addr();
+    runtime().block_on(async {
+        let mut polite = Vec::new();
+        for _ in 0..4 {
+            polite.push(Raw::connect(addr).await);
+        }
+        let mut silent = Raw::connect(addr).await;
+        let started = Instant::now();
+        let joined = std::thread::spawn(move || {
+            gateway.shutdown();
+            gateway.join();
+        });
+        for c in &mut polite {
+            let (opcode, payload) = c.recv().await;
+            assert_eq!(opcode, 0x8);
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+            assert_eq!(&payload[2..], b"going away");
+            c.send(true, 0x8, &1001u16.to_be_bytes(), true).await;
+        }
+        // The silent client gets the close frame too, never answers, and is cut at the deadline.
+        let (opcode, _) = silent.recv().await;
+        assert_eq!(opcode, 0x8);
+        let mut rest = Vec::new();
+        let cut =
+            tokio::time::timeout(Duration::from_secs(5), silent.stream.read_to_end(&mut rest));
+        assert!(cut.await.is_ok());
+        while !joined.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900),
+            "waited for the grace period: {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "and not much longer: {took:?}"
+        );
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no longer accepting"
+        );
+    });
+}
