@@ -41,6 +41,12 @@ pub struct Conn {
     pub(crate) outbound: Outbound,
     /// A close frame has been queued: nothing else will be.
     closing: bool,
+    /// End the connection as soon as the queue is written (do not wait for the client's close).
+    end_after_flush: bool,
+    /// Shard clock second at which the client was last heard from (any bytes).
+    pub(crate) last_heard: u32,
+    /// Shard clock second of the last keepalive ping.
+    pub(crate) last_ping: u32,
     /// The connection task, waiting for output to send.
     writer: Option<Waker>,
 }
@@ -69,6 +75,13 @@ impl Conn {
         self.closing
     }
 
+    /// Closes without waiting for the client's answer (idle timeout, slow consumer).
+    pub(crate) fn close_now(&mut self, code: CloseCode, reason: &str) {
+        self.queue_close(code, reason);
+        self.end_after_flush = true;
+        self.wake_writer();
+    }
+
     /// Forces the connection task out of its wait (end of stream): the last resort of shutdown.
     pub(crate) fn cut(&self) {
         io::shutdown(self.fd);
@@ -77,6 +90,34 @@ impl Conn {
     fn wake_writer(&mut self) {
         if let Some(waker) = self.writer.take() {
             waker.wake();
+        }
+    }
+}
+
+/// Why the frame loop woke up.
+enum Wake {
+    /// The socket is readable.
+    Input,
+    /// Output to send, or room to send it.
+    Output,
+    /// The socket failed.
+    Gone,
+}
+
+impl Wake {
+    fn from_readable(ready: std::io::Result<()>) -> Wake {
+        if ready.is_ok() {
+            Wake::Input
+        } else {
+            Wake::Gone
+        }
+    }
+
+    fn from_other(ready: std::io::Result<()>) -> Wake {
+        if ready.is_ok() {
+            Wake::Output
+        } else {
+            Wake::Gone
         }
     }
 }
@@ -96,22 +137,12 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardCont
     if io::set_nonblocking(fd).is_err() {
         return;
     }
-    let Some((request, leftover)) = read_request(&stream, fd).await else {
+    // Each phase is its own heap future, freed when it ends: inline, the handshake's state would
+    // stay part of every idle connection's task (an async fn is as large as its largest await
+    // point), which costs more than the socket's whole steady state.
+    let Some((mut session, leftover)) = Box::pin(upgrade(&stream, fd, peer, &shard)).await else {
         return;
     };
-    let mut session = match shard.factory.open(&request, peer) {
-        Ok(session) => session,
-        Err(refusal) => {
-            let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
-            write_all(&stream, fd, answer).await;
-            return;
-        }
-    };
-    if !write_all(&stream, fd, handshake::accept(&request)).await {
-        return;
-    }
-    drop(request);
-
     let conn = Rc::new(RefCell::new(Conn {
         id: shard.next_socket_id(),
         peer,
@@ -122,30 +153,76 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardCont
             shard.config.slow_consumer,
         ),
         closing: false,
+        end_after_flush: false,
+        last_heard: shard.clock(),
+        last_ping: shard.clock(),
         writer: None,
     }));
     let id = conn.borrow().id;
     shard.sockets.borrow_mut().insert(id, conn.clone());
-    frames(&stream, fd, &conn, &shard, session.as_mut(), leftover).await;
+    Box::pin(frames(
+        &stream,
+        fd,
+        &conn,
+        &shard,
+        session.as_mut(),
+        leftover,
+    ))
+    .await;
     // Unregister before the stream (and its descriptor) is dropped, so that nothing on this shard
     // can act on a descriptor number the kernel may hand out again.
     shard.sockets.borrow_mut().remove(&id);
 }
 
+/// The handshake phase: the request, the dialect's decision, the `101`. Returns the session and
+/// any bytes that arrived behind the request.
+async fn upgrade(
+    stream: &TcpStream,
+    fd: RawFd,
+    peer: SocketAddr,
+    shard: &ShardContext,
+) -> Option<(Box<dyn Session>, Vec<u8>)> {
+    let (request, leftover) = read_request(stream, fd, shard).await?;
+    match shard.factory.open(&request, peer) {
+        Ok(session) => write_all(stream, fd, handshake::accept(&request))
+            .await
+            .then_some((session, leftover)),
+        Err(refusal) => {
+            let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
+            write_all(stream, fd, answer).await;
+            None
+        }
+    }
+}
+
 /// Reads the upgrade request. `None` when the client left, was too slow, or was refused (the
 /// `400` has then been sent).
-async fn read_request(stream: &TcpStream, fd: RawFd) -> Option<(handshake::Request, Vec<u8>)> {
+async fn read_request(
+    stream: &TcpStream,
+    fd: RawFd,
+    shard: &ShardContext,
+) -> Option<(handshake::Request, Vec<u8>)> {
     let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    // Read through the shard's scratch buffer: a buffer of our own here would be part of this
+    // task's state for the whole life of the connection (an async fn is as large as its largest
+    // await point).
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
     loop {
         monoio::select! {
             ready = stream.readable(false) => ready.ok()?,
             _ = monoio::time::sleep_until(deadline.into()) => return None,
         }
-        match io::read(fd, &mut chunk) {
+        let read = {
+            let mut scratch = shard.scratch.borrow_mut();
+            let room = (handshake::MAX_REQUEST_BYTES + 1)
+                .saturating_sub(buf.len())
+                .max(1);
+            let limit = room.min(scratch.len());
+            io::read(fd, &mut scratch[..limit]).inspect(|n| buf.extend_from_slice(&scratch[..*n]))
+        };
+        match read {
             Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return None,
         }
@@ -199,10 +276,7 @@ async fn frames(
     session: &mut dyn Session,
     mut partial: Vec<u8>,
 ) {
-    let config = &shard.config;
-    let mut reader = Reader::new(config.max_message_bytes);
-    let mut last_heard = Instant::now();
-    let mut next_tick = Instant::now() + config.ping_interval;
+    let mut reader = Reader::new(shard.config.max_message_bytes);
     let mut next = Next::Continue;
 
     // Bytes that arrived right behind the upgrade request.
@@ -212,40 +286,37 @@ async fn frames(
         partial = bytes.split_off(used);
     }
 
+    // Keepalive is not here: one sweep per shard pings and times out every socket (see
+    // `runtime::keepalive`), so that a connection carries no timer of its own.
     loop {
         let flushed = io::flush(fd, &mut conn.borrow_mut().outbound);
         match flushed {
             Err(_) => return,
-            Ok(Flushed::All) if next != Next::Continue => return,
+            Ok(Flushed::All) if next != Next::Continue || conn.borrow().end_after_flush => return,
             _ => {}
         }
         if next == Next::End {
             return;
         }
-        let write_blocked = matches!(flushed, Ok(Flushed::WouldBlock));
-        monoio::select! {
-            ready = stream.readable(false) => {
-                if ready.is_err() {
-                    return;
-                }
+        // Two select sites rather than one with preconditions: each await point holds only its
+        // own futures, so the task is as large as the larger site, not the sum of both.
+        let woke = if matches!(flushed, Ok(Flushed::WouldBlock)) {
+            monoio::select! {
+                ready = stream.readable(false) => Wake::from_readable(ready),
+                ready = stream.writable(false) => Wake::from_other(ready),
+            }
+        } else {
+            monoio::select! {
+                ready = stream.readable(false) => Wake::from_readable(ready),
+                _ = output_queued(conn) => Wake::Output,
+            }
+        };
+        match woke {
+            Wake::Gone => return,
+            Wake::Output => {}
+            Wake::Input => {
                 next = read_available(fd, shard, &mut reader, &mut partial, conn, session);
-                last_heard = Instant::now();
-            }
-            ready = stream.writable(false), if write_blocked => {
-                if ready.is_err() {
-                    return;
-                }
-            }
-            _ = output_queued(conn), if !write_blocked => {}
-            _ = monoio::time::sleep_until(next_tick.into()) => {
-                next_tick = Instant::now() + config.ping_interval;
-                let mut conn = conn.borrow_mut();
-                if last_heard.elapsed() >= config.idle_timeout {
-                    conn.queue_close(CloseCode::GOING_AWAY, "idle timeout");
-                    next = Next::FlushAndEnd;
-                } else {
-                    conn.queue(Bytes::from(encode::ping(b"")));
-                }
+                conn.borrow_mut().last_heard = shard.clock();
             }
         }
         // Closing on the server's initiative (shutdown): the loop goes on until the client's close

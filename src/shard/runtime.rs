@@ -166,6 +166,7 @@ pub(crate) struct ShardContext {
     /// The shard's socket registry.
     pub sockets: RefCell<HashMap<u64, Rc<RefCell<Conn>>, ahash::RandomState>>,
     next_id: Cell<u64>,
+    started: Instant,
 }
 
 impl ShardContext {
@@ -174,6 +175,37 @@ impl ShardContext {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
         ((self.index as u64) << 48) | n
+    }
+
+    /// Seconds since the shard started: a 4-byte clock for per-socket timestamps.
+    pub fn clock(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+}
+
+/// The shard's keepalive sweep: every second, pings each socket whose last ping is
+/// `ping_interval` old and closes (1001 `idle timeout`) each one not heard from for
+/// `idle_timeout`. One timer per shard instead of one per socket (a monoio timer future is
+/// 640 bytes, more than an idle socket's whole budget); the walk costs ~10 ns per socket.
+async fn keepalive(shard: Rc<ShardContext>) {
+    let ping_every = shard.config.ping_interval.as_secs().max(1) as u32;
+    let idle_after = shard.config.idle_timeout.as_secs().max(1) as u32;
+    let ping = bytes::Bytes::from(crate::ws::frame::encode::ping(b""));
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let now = shard.clock();
+        for conn in shard.sockets.borrow().values() {
+            let mut conn = conn.borrow_mut();
+            if conn.is_closing() {
+                continue;
+            }
+            if now.saturating_sub(conn.last_heard) >= idle_after {
+                conn.close_now(CloseCode::GOING_AWAY, "idle timeout");
+            } else if now.saturating_sub(conn.last_ping) >= ping_every {
+                conn.last_ping = now;
+                conn.queue(ping.clone());
+            }
+        }
     }
 }
 
@@ -225,7 +257,9 @@ fn shard_thread(
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             sockets: RefCell::new(HashMap::default()),
             next_id: Cell::new(0),
+            started: Instant::now(),
         });
+        let sweep = monoio::spawn(keepalive(shard.clone()));
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
@@ -241,6 +275,7 @@ fn shard_thread(
         }
         drop(listener);
         going_away(&shard).await;
+        drop(sweep);
     });
 }
 

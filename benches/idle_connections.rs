@@ -1,0 +1,163 @@
+//! Memory per idle WebSocket connection, measured on the real shard runtime.
+//!
+//! Run: `cargo bench --bench idle_connections` (15,000 connections; `HORIZON_IDLE_CONNECTIONS=N`
+//! to change it, `MONOIO_FORCE_LEGACY_DRIVER=1` for the epoll driver).
+//!
+//! The gateway runs in this process; the clients run in a second process (this same binary,
+//! re-executed) so that their memory is not counted. Once every client has completed its handshake
+//! and gone quiet, the gateway process reports, per connection: the growth of live heap bytes (a
+//! counting wrapper around mimalloc) and the growth of its resident set (`VmRSS`), which includes
+//! allocator and runtime overhead but not the kernel's socket buffers.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use horizon::config::ServeConfig;
+use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory};
+use horizon::ws::handshake::Request;
+
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to mimalloc, which upholds GlobalAlloc's contract.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` was allocated by this allocator with `layout`.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A session that accepts everyone and ignores messages: idle sockets, nothing else.
+struct Idle;
+
+impl Session for Idle {
+    fn on_text(&mut self, _text: &str) -> Reply {
+        Reply::None
+    }
+}
+
+struct IdleFactory;
+
+impl SessionFactory for IdleFactory {
+    fn open(&self, _request: &Request, _peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
+        Ok(Box::new(Idle))
+    }
+}
+
+const CLIENT_ROLE: &str = "HORIZON_IDLE_CLIENT_OF";
+
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The client process: opens `count` WebSocket connections, reports "ready", then holds them
+/// until its standard input closes.
+fn client(addr: SocketAddr, count: usize) {
+    let mut sockets = Vec::with_capacity(count);
+    let request = "GET /idle HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    for i in 0..count {
+        let mut stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => panic!("connection {i}: {e}"),
+        };
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = [0u8; 129];
+        let mut got = 0;
+        while !answer[..got].ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut answer[got..]).unwrap();
+            assert!(n > 0, "connection {i} closed during the handshake");
+            got += n;
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 101"));
+        sockets.push(stream);
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    drop(sockets);
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(CLIENT_ROLE) {
+        let (addr, count) = spec.split_once(',').expect("addr,count");
+        client(addr.parse().unwrap(), count.parse().unwrap());
+        return;
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful either way.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let count: usize = std::env::var("HORIZON_IDLE_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15_000);
+    let config = ServeConfig {
+        ws_listen: "127.0.0.1:0".parse().unwrap(),
+        // Long enough that no ping is in flight during the measurement.
+        ping_interval: Duration::from_secs(600),
+        idle_timeout: Duration::from_secs(1200),
+        ..ServeConfig::default()
+    };
+    let gateway = Gateway::start(config, Arc::new(IdleFactory)).expect("gateway");
+    std::thread::sleep(Duration::from_millis(200));
+    let (heap_before, rss_before) = (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
+
+    let started = Instant::now();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CLIENT_ROLE, format!("{},{count}", gateway.local_addr()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the client process failed");
+    let connect_time = started.elapsed();
+    // Let the last sockets' tasks settle into their readiness wait.
+    std::thread::sleep(Duration::from_secs(1));
+    let (heap_after, rss_after) = (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
+
+    let per = |before: usize, after: usize| after.saturating_sub(before) as f64 / count as f64;
+    println!(
+        "idle_connections/{count} driver={}: heap {:.0} bytes per connection, RSS {:.0} bytes per \
+         connection ({:.1} MiB total RSS growth); {count} handshakes in {:.2} s",
+        gateway.driver(),
+        per(heap_before, heap_after),
+        per(rss_before, rss_after),
+        rss_after.saturating_sub(rss_before) as f64 / (1 << 20) as f64,
+        connect_time.as_secs_f64(),
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+    gateway.shutdown();
+    gateway.join();
+}
