@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use horizon::config::ServeConfig;
-use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory};
+use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory, Subscriptions};
 use horizon::ws::handshake::Request;
 
 struct Counting;
@@ -51,7 +51,7 @@ static GLOBAL: Counting = Counting;
 struct Idle;
 
 impl Session for Idle {
-    fn on_text(&mut self, _text: &str) -> Reply {
+    fn on_text(&mut self, _text: &str, _subscriptions: &mut Subscriptions<'_>) -> Reply {
         Reply::None
     }
 }

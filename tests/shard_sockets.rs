@@ -1,16 +1,21 @@
 //! The shard runtime over real sockets: handshake refusals, echo through a session, ping/pong,
 //! fragmentation, every close code, the close handshake, keepalive, and graceful shutdown.
 //!
-//! The session used here echoes text (`"close"` makes it close with 4000): it stands in for a
-//! dialect so that the transport can be tested on its own.
+//! The session used here echoes text (`"close"` makes it close with 4000), and `sub P` /
+//! `unsub P` subscribe to `.`-separated pattern P with frames `P|<body>`: it stands in for a
+//! dialect so that the transport and the fan-out can be tested on their own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use horizon::binding::Separator;
 use horizon::config::ServeConfig;
-use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory};
+use horizon::fanout::Event;
+use horizon::shard::{
+    FrameEncoder, Gateway, HttpRefusal, Reply, Session, SessionFactory, Subscriptions,
+};
 use horizon::ws::handshake::Request;
 use horizon::ws::CloseCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,12 +24,37 @@ use tokio_tungstenite::tungstenite::Message;
 
 struct Echo;
 
+/// Frames `label|body`: one encoding per binding per event.
+struct Labelled(String);
+
+impl FrameEncoder for Labelled {
+    fn encode(&self, event: &Event) -> bytes::Bytes {
+        let text = format!("{}|{}", self.0, String::from_utf8_lossy(&event.body));
+        horizon::ws::frame::encode::text(text.as_bytes()).into()
+    }
+}
+
 impl Session for Echo {
-    fn on_text(&mut self, text: &str) -> Reply {
+    fn on_text(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply {
+        if let Some(pattern) = text.strip_prefix("sub ") {
+            let encoder = std::rc::Rc::new(Labelled(pattern.to_string()));
+            return match subscriptions.subscribe(Separator::Dot, pattern, pattern, encoder) {
+                Ok(new) => Reply::Text(format!("subscribed:{new}:{}", subscriptions.count())),
+                Err(e) => Reply::Text(format!("error:{e}")),
+            };
+        }
+        if let Some(pattern) = text.strip_prefix("unsub ") {
+            let left = subscriptions.unsubscribe(Separator::Dot, pattern, pattern);
+            return Reply::Text(format!("unsubscribed:{left}:{}", subscriptions.count()));
+        }
         match text {
             "close" => Reply::Close(CloseCode(4000), "asked to".into()),
             _ => Reply::Text(format!("echo:{text}")),
         }
+    }
+
+    fn lag_notice(&self, skipped: u64) -> Option<String> {
+        Some(format!("lagged:{skipped}"))
     }
 }
 
@@ -81,7 +111,10 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Raw::connect_with(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    async fn connect_with(mut stream: TcpStream) -> Raw {
         stream.write_all(UPGRADE.as_bytes()).await.unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -436,4 +469,228 @@ fn shutdown_says_going_away_and_cuts_the_silent_after_the_grace() {
             "no longer accepting"
         );
     });
+}
+
+// --- fan-out -----------------------------------------------------------------------------------
+
+fn event(key: &str, body: &str) -> Arc<Event> {
+    Arc::new(Event {
+        key: key.to_string(),
+        separator: Separator::Dot,
+        body: bytes::Bytes::from(body.to_string()),
+    })
+}
+
+impl Raw {
+    async fn text(&mut self, text: &str) -> String {
+        self.send(true, 0x1, text.as_bytes(), true).await;
+        let (opcode, payload) = self.recv().await;
+        assert_eq!(opcode, 0x1);
+        String::from_utf8(payload).unwrap()
+    }
+
+    async fn next_text(&mut self) -> String {
+        let (opcode, payload) = self.recv().await;
+        assert_eq!(opcode, 0x1, "{payload:?}");
+        String::from_utf8(payload).unwrap()
+    }
+
+    /// True if no frame arrives within `wait`.
+    async fn quiet_for(&mut self, wait: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(wait, self.stream.peek(&mut byte))
+            .await
+            .is_err()
+    }
+}
+
+#[test]
+fn events_reach_exactly_the_sockets_whose_bindings_match() {
+    let mut gateway = start(|_| {});
+    let publisher = gateway.take_publisher().unwrap();
+    let addr = gateway.local_addr();
+    runtime().block_on(async {
+        let mut a = Raw::connect(addr).await;
+        let mut b = Raw::connect(addr).await;
+        let mut c = Raw::connect(addr).await;
+        assert_eq!(a.text("sub call.acct-a.*.*").await, "subscribed:true:1");
+        assert_eq!(
+            a.text("sub call.acct-a.*.*").await,
+            "subscribed:false:1",
+            "duplicate"
+        );
+        assert_eq!(b.text("sub call.acct-b.*.*").await, "subscribed:true:1");
+        assert_eq!(
+            c.text("sub call.*.CHANNEL_CREATE.*").await,
+            "subscribed:true:1"
+        );
+        assert_eq!(c.text("sub call.acct-a.#").await, "subscribed:true:2");
+        assert!(a.text("sub ").await.starts_with("error:binding is empty"));
+
+        publisher
+            .publish(event("call.acct-a.CHANNEL_CREATE.x", "1"))
+            .await
+            .unwrap();
+        publisher
+            .publish(event("call.acct-b.CHANNEL_ANSWER.y", "2"))
+            .await
+            .unwrap();
+        publisher
+            .publish(event("call.acct-c.CHANNEL_DESTROY.z", "3"))
+            .await
+            .unwrap();
+
+        assert_eq!(a.next_text().await, "call.acct-a.*.*|1");
+        assert_eq!(b.next_text().await, "call.acct-b.*.*|2");
+        // c matched event 1 through two bindings: once per binding, each labelled.
+        let mut got = vec![c.next_text().await, c.next_text().await];
+        got.sort();
+        assert_eq!(got, vec!["call.*.CHANNEL_CREATE.*|1", "call.acct-a.#|1"]);
+        for socket in [&mut a, &mut b, &mut c] {
+            assert!(
+                socket.quiet_for(Duration::from_millis(200)).await,
+                "nothing else"
+            );
+        }
+
+        assert_eq!(a.text("unsub call.acct-a.*.*").await, "unsubscribed:true:0");
+        assert_eq!(
+            a.text("unsub call.acct-a.*.*").await,
+            "unsubscribed:false:0",
+            "stray"
+        );
+        drop(c); // abrupt disconnect: its bindings go with it
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        publisher
+            .publish(event("call.acct-a.CHANNEL_CREATE.x", "4"))
+            .await
+            .unwrap();
+        publisher
+            .publish(event("call.acct-b.CHANNEL_CREATE.x", "5"))
+            .await
+            .unwrap();
+        assert_eq!(b.next_text().await, "call.acct-b.*.*|5");
+        assert!(
+            a.quiet_for(Duration::from_millis(200)).await,
+            "unsubscribed socket gets nothing"
+        );
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+/// One client stops reading while 100 others keep receiving every event, in order, on time;
+/// returns (events the slow client got before its close or lag notice, what it got last).
+fn slow_consumer(policy: &str) -> (usize, String) {
+    // More than the 4 MiB a loopback socket's send buffer can grow to, or the "slow" client is
+    // merely buffered by the kernel and never falls behind.
+    const EVENTS: usize = 600;
+    let mut gateway = start(|c| {
+        c.outbound_queue_bytes = 64 * 1024;
+        c.slow_consumer = if policy == "close" {
+            horizon::shard::SlowConsumerPolicy::Close
+        } else {
+            horizon::shard::SlowConsumerPolicy::Drop
+        };
+    });
+    let publisher = gateway.take_publisher().unwrap();
+    let addr = gateway.local_addr();
+    let readers_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = readers_runtime.block_on(async {
+        let body = "x".repeat(10_000);
+        // The slow client: a tiny receive buffer, and it does not read until the end.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut slow = Raw::connect_with(socket.connect(addr).await.unwrap()).await;
+        assert_eq!(slow.text("sub load.#").await, "subscribed:true:1");
+
+        let mut fast = Vec::new();
+        for _ in 0..100 {
+            let mut c = Raw::connect(addr).await;
+            assert_eq!(c.text("sub load.#").await, "subscribed:true:1");
+            fast.push(c);
+        }
+        let readers: Vec<_> = fast
+            .into_iter()
+            .map(|mut c| {
+                tokio::spawn(async move {
+                    for i in 0..EVENTS {
+                        let text = c.next_text().await;
+                        let seq: usize = text["load.#|".len()..]
+                            .split(':')
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert_eq!(seq, i, "every event, in order");
+                    }
+                    c
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        // Paced: 2 events every 10 ms (200 events/s; 20,000 deliveries/s, 200 MB/s in all).
+        for i in 0..EVENTS {
+            publisher
+                .publish(event("load.e", &format!("{i}:{body}")))
+                .await
+                .unwrap();
+            if i % 2 == 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        for reader in readers {
+            tokio::time::timeout(Duration::from_secs(30), reader)
+                .await
+                .expect("the fast clients are not held up by the slow one")
+                .unwrap();
+        }
+        let fast_done = started.elapsed();
+        assert!(fast_done < Duration::from_secs(20), "{fast_done:?}");
+
+        // Now the slow client reads what it was given.
+        let mut received = 0;
+        loop {
+            let (opcode, payload) = slow.recv().await;
+            let text = String::from_utf8_lossy(&payload).into_owned();
+            if opcode == 0x1 && text.starts_with("load.#|") {
+                received += 1;
+                continue;
+            }
+            break (
+                received,
+                if opcode == 0x8 {
+                    format!("close:{}", u16::from_be_bytes([payload[0], payload[1]]))
+                } else {
+                    text
+                },
+            );
+        }
+    });
+    gateway.shutdown();
+    gateway.join();
+    outcome
+}
+
+#[test]
+fn a_slow_consumer_loses_events_alone_and_is_told_how_many() {
+    let (received, last) = slow_consumer("drop");
+    let skipped: usize = last.strip_prefix("lagged:").expect(&last).parse().unwrap();
+    assert!(skipped > 0, "the slow client must have been dropped events");
+    assert_eq!(
+        received + skipped,
+        600,
+        "every event either delivered or counted as skipped"
+    );
+}
+
+#[test]
+fn a_slow_consumer_is_closed_under_the_close_policy() {
+    let (received, last) = slow_consumer("close");
+    assert_eq!(last, "close:1008");
+    assert!(received < 600);
 }

@@ -21,3 +21,7 @@
 mod ring;
 
 pub use ring::{ring, Closed, Consumer, Producer, Recv, RingStats};
+
+mod event;
+
+pub use event::{Event, Publisher};

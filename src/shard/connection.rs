@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
+use super::bindings::Subscriptions;
 use super::io::{self, Flushed};
 use super::outbound::Outbound;
 use super::runtime::ShardContext;
@@ -49,6 +50,8 @@ pub struct Conn {
     pub(crate) last_ping: u32,
     /// The connection task, waiting for output to send.
     writer: Option<Waker>,
+    /// Ids of the shard bindings this socket is in (see `bindings.rs`).
+    pub(crate) bindings: Vec<u32>,
 }
 
 impl Conn {
@@ -80,6 +83,15 @@ impl Conn {
         self.queue_close(code, reason);
         self.end_after_flush = true;
         self.wake_writer();
+    }
+
+    /// Writes what is queued right away; if the socket cannot take it all, wakes the connection
+    /// task, which waits for writability. Called by the delivery loop after each batch.
+    pub(crate) fn flush_or_wake(&mut self) {
+        match io::flush(self.fd, &mut self.outbound) {
+            Ok(Flushed::All) if self.outbound.lagged() == 0 => {}
+            _ => self.wake_writer(),
+        }
     }
 
     /// Forces the connection task out of its wait (end of stream): the last resort of shutdown.
@@ -157,6 +169,7 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardCont
         last_heard: shard.clock(),
         last_ping: shard.clock(),
         writer: None,
+        bindings: Vec::new(),
     }));
     let id = conn.borrow().id;
     shard.sockets.borrow_mut().insert(id, conn.clone());
@@ -169,8 +182,9 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardCont
         leftover,
     ))
     .await;
-    // Unregister before the stream (and its descriptor) is dropped, so that nothing on this shard
-    // can act on a descriptor number the kernel may hand out again.
+    // Leave every binding and unregister before the stream (and its descriptor) is dropped, so
+    // that nothing on this shard can act on a descriptor number the kernel may hand out again.
+    shard.bindings.borrow_mut().unsubscribe_all(&conn);
     shard.sockets.borrow_mut().remove(&id);
 }
 
@@ -271,7 +285,7 @@ async fn output_queued(conn: &RefCell<Conn>) {
 async fn frames(
     stream: &TcpStream,
     fd: RawFd,
-    conn: &RefCell<Conn>,
+    conn: &Rc<RefCell<Conn>>,
     shard: &ShardContext,
     session: &mut dyn Session,
     mut partial: Vec<u8>,
@@ -282,7 +296,7 @@ async fn frames(
     // Bytes that arrived right behind the upgrade request.
     if !partial.is_empty() {
         let mut bytes = std::mem::take(&mut partial);
-        let used = handle_input(&mut reader, &mut bytes, conn, session, &mut next);
+        let used = handle_input(&mut reader, &mut bytes, conn, shard, session, &mut next);
         partial = bytes.split_off(used);
     }
 
@@ -293,6 +307,15 @@ async fn frames(
         match flushed {
             Err(_) => return,
             Ok(Flushed::All) if next != Next::Continue || conn.borrow().end_after_flush => return,
+            Ok(Flushed::All) => {
+                // Drained after dropping events for this socket: tell the client how many.
+                let lag = conn.borrow_mut().outbound.take_lag();
+                if let Some(notice) = lag.and_then(|skipped| session.lag_notice(skipped)) {
+                    conn.borrow_mut()
+                        .queue(Bytes::from(encode::text(notice.as_bytes())));
+                    continue;
+                }
+            }
             _ => {}
         }
         if next == Next::End {
@@ -330,7 +353,7 @@ fn read_available(
     shard: &ShardContext,
     reader: &mut Reader,
     partial: &mut Vec<u8>,
-    conn: &RefCell<Conn>,
+    conn: &Rc<RefCell<Conn>>,
     session: &mut dyn Session,
 ) -> Next {
     let mut next = Next::Continue;
@@ -344,11 +367,11 @@ fn read_available(
         };
         if partial.is_empty() {
             // The common case: whole frames straight out of the shard's scratch buffer.
-            let used = handle_input(reader, &mut scratch[..n], conn, session, &mut next);
+            let used = handle_input(reader, &mut scratch[..n], conn, shard, session, &mut next);
             partial.extend_from_slice(&scratch[used..n]);
         } else {
             partial.extend_from_slice(&scratch[..n]);
-            let used = handle_input(reader, partial, conn, session, &mut next);
+            let used = handle_input(reader, partial, conn, shard, session, &mut next);
             partial.drain(..used);
             if partial.is_empty() {
                 *partial = Vec::new();
@@ -365,7 +388,8 @@ fn read_available(
 fn handle_input(
     reader: &mut Reader,
     buf: &mut [u8],
-    conn: &RefCell<Conn>,
+    conn: &Rc<RefCell<Conn>>,
+    shard: &ShardContext,
     session: &mut dyn Session,
     next: &mut Next,
 ) -> usize {
@@ -382,27 +406,36 @@ fn handle_input(
             }
         };
         at += used;
-        let mut conn = conn.borrow_mut();
         match message {
             None => {}
-            Some(Message::Text(text)) => match session.on_text(text) {
-                Reply::None => {}
-                Reply::Text(reply) => conn.queue(Bytes::from(encode::text(reply.as_bytes()))),
-                Reply::Close(code, reason) => {
-                    conn.queue_close(code, &reason);
-                    *next = Next::FlushAndEnd;
+            Some(Message::Text(text)) => {
+                // The session may subscribe or unsubscribe: no borrow of the socket is held here.
+                let mut subscriptions = Subscriptions {
+                    table: &shard.bindings,
+                    conn,
+                };
+                match session.on_text(text, &mut subscriptions) {
+                    Reply::None => {}
+                    Reply::Text(reply) => conn
+                        .borrow_mut()
+                        .queue(Bytes::from(encode::text(reply.as_bytes()))),
+                    Reply::Close(code, reason) => {
+                        conn.borrow_mut().queue_close(code, &reason);
+                        *next = Next::FlushAndEnd;
+                    }
                 }
-            },
-            Some(Message::Ping(payload)) => conn.queue(Bytes::from(encode::pong(payload))),
+            }
+            Some(Message::Ping(payload)) => {
+                conn.borrow_mut().queue(Bytes::from(encode::pong(payload)))
+            }
             Some(Message::Pong(_)) => {}
             Some(Message::Close(status)) => {
                 // Echo the client's code (RFC 6455 5.5.1), unless we had already sent ours.
                 let code = status.map_or(CloseCode::NORMAL, |(code, _)| CloseCode(code));
-                conn.queue_close(code, "");
+                conn.borrow_mut().queue_close(code, "");
                 *next = Next::FlushAndEnd;
             }
         }
-        drop(conn);
         reader.release();
     }
     at

@@ -6,13 +6,16 @@
 //! - `connection`: one socket from handshake to close.
 //! - [`outbound`]: the per-socket, byte-bounded queue and the slow-consumer policy.
 //! - [`session`]: the seam the dialects plug into.
+//! - `bindings`: which sockets want which events; the delivery hot path.
 
+mod bindings;
 mod connection;
 mod io;
 pub mod outbound;
 pub mod runtime;
 pub mod session;
 
+pub use bindings::{Delivered, FrameEncoder, Subscriptions};
 pub use connection::Conn;
 pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};
 pub use runtime::{Driver, Gateway};

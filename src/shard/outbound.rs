@@ -100,6 +100,11 @@ impl Outbound {
         self.queued
     }
 
+    /// The most event bytes that may wait.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Frames waiting (a partially written one included).
     pub fn queued_frames(&self) -> usize {
         self.frames.len()

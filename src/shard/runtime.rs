@@ -22,14 +22,20 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use monoio::net::{ListenerOpts, TcpListener};
 
+use super::bindings::BindingTable;
 use super::connection::{self, Conn};
 use super::session::SessionFactory;
 use crate::config::ServeConfig;
+use crate::fanout::{self, Consumer, Event, Publisher, Recv};
 use crate::ws::CloseCode;
 
 /// Scratch buffer each shard reads into; the largest read a socket gets per call.
 const SCRATCH_BYTES: usize = 64 * 1024;
 const LISTEN_BACKLOG: i32 = 4096;
+/// Events that may wait in one shard's ring before the publisher waits.
+const RING_CAPACITY: usize = 8192;
+/// Events a shard takes from its ring per wakeup.
+const BATCH: usize = 256;
 
 /// Which I/O driver the shards run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +59,7 @@ pub struct Gateway {
     driver: Driver,
     stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
+    publisher: Option<Publisher>,
 }
 
 /// The cross-thread shutdown signal: a flag plus one waker per shard.
@@ -101,8 +108,12 @@ impl Gateway {
             driver,
             stop,
             threads: Vec::new(),
+            publisher: None,
         };
+        let mut producers = Vec::with_capacity(shards);
         for index in 0..shards {
+            let (producer, consumer) = fanout::ring::<Arc<Event>>(RING_CAPACITY);
+            producers.push(producer);
             let (bound_tx, bound_rx) = mpsc::channel();
             let mut shard_config = config.clone();
             shard_config.ws_listen = gateway.local_addr;
@@ -110,7 +121,9 @@ impl Gateway {
             let stop = gateway.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("horizon-shard-{index}"))
-                .spawn(move || shard_thread(index, shard_config, factory, stop, bound_tx))?;
+                .spawn(move || {
+                    shard_thread(index, shard_config, factory, stop, consumer, bound_tx)
+                })?;
             gateway.threads.push(thread);
             match bound_rx.recv() {
                 Ok(Ok(addr)) => gateway.local_addr = addr,
@@ -126,7 +139,13 @@ impl Gateway {
                 }
             }
         }
+        gateway.publisher = Some(Publisher::new(producers));
         Ok(gateway)
+    }
+
+    /// The handle that feeds events to every shard; there is one (the ingest side takes it).
+    pub fn take_publisher(&mut self) -> Option<Publisher> {
+        self.publisher.take()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -165,6 +184,8 @@ pub(crate) struct ShardContext {
     pub scratch: RefCell<Vec<u8>>,
     /// The shard's socket registry.
     pub sockets: RefCell<HashMap<u64, Rc<RefCell<Conn>>, ahash::RandomState>>,
+    /// The shard's bindings and automata.
+    pub(crate) bindings: RefCell<BindingTable>,
     next_id: Cell<u64>,
     started: Instant,
 }
@@ -227,6 +248,7 @@ fn shard_thread(
     config: ServeConfig,
     factory: Arc<dyn SessionFactory>,
     stop: Arc<Stop>,
+    events: Consumer<Arc<Event>>,
     bound: mpsc::Sender<io::Result<SocketAddr>>,
 ) {
     pin_to_core(index);
@@ -256,10 +278,12 @@ fn shard_thread(
             factory,
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             sockets: RefCell::new(HashMap::default()),
+            bindings: RefCell::new(BindingTable::default()),
             next_id: Cell::new(0),
             started: Instant::now(),
         });
         let sweep = monoio::spawn(keepalive(shard.clone()));
+        monoio::spawn(deliver(shard.clone(), events));
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
@@ -277,6 +301,30 @@ fn shard_thread(
         going_away(&shard).await;
         drop(sweep);
     });
+}
+
+/// The shard's delivery loop: takes events from its ring in batches, hands each to the binding
+/// table (one match, one encode per binding, one `Bytes` clone per socket), then writes to every
+/// socket that has new output. A socket whose kernel buffer is full is left to its own task, which
+/// waits for writability; the others are never held up by it.
+async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut dirty = Vec::new();
+    loop {
+        batch.clear();
+        if events.recv_batch(&mut batch, BATCH).await == Recv::Closed {
+            return;
+        }
+        {
+            let mut table = shard.bindings.borrow_mut();
+            for event in &batch {
+                table.deliver(event, &mut dirty);
+            }
+        }
+        for conn in dirty.drain(..) {
+            conn.borrow_mut().flush_or_wake();
+        }
+    }
 }
 
 /// Graceful shutdown of one shard: close 1001 to everyone, wait for answers and drains, cut the

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use super::bindings::Subscriptions;
 use crate::ws::handshake::Request;
 use crate::ws::CloseCode;
 
@@ -33,5 +34,13 @@ pub enum Reply {
 
 /// One socket's dialect state; lives on the socket's shard.
 pub trait Session {
-    fn on_text(&mut self, text: &str) -> Reply;
+    /// A client's text message; `subscriptions` acts on this socket's bindings.
+    fn on_text(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply;
+
+    /// The dialect's notice that `skipped` events were dropped for this slow socket, sent once
+    /// its queue has drained (the `drop` slow-consumer policy). `None` sends nothing.
+    fn lag_notice(&self, skipped: u64) -> Option<String> {
+        let _ = skipped;
+        None
+    }
 }

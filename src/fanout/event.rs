@@ -1,0 +1,45 @@
+//! What travels through the rings: one parsed event, shared by every shard.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::ring::{Closed, Producer};
+use crate::binding::Separator;
+
+/// An event ready for matching: parsed and normalized once by the ingest side, then shared by
+/// pointer with every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The internal key bindings are matched against (account-scoped for Kazoo).
+    pub key: String,
+    /// Which dialect's automaton the key is for (`.` Kazoo, `:` VoIPBin).
+    pub separator: Separator,
+    /// The normalized body that frame encoders put into their event frames.
+    pub body: Bytes,
+}
+
+/// Broadcasts events to every shard's ring. Owned by the ingest thread (single producer per ring).
+pub struct Publisher {
+    rings: Vec<Producer<Arc<Event>>>,
+}
+
+impl Publisher {
+    pub(crate) fn new(rings: Vec<Producer<Arc<Event>>>) -> Publisher {
+        Publisher { rings }
+    }
+
+    /// Hands `event` to every shard, waiting while a shard's ring is full (backpressure goes
+    /// upstream, nothing is dropped). Fails only when the gateway is shutting down.
+    pub async fn publish(&self, event: Arc<Event>) -> Result<(), Closed<Arc<Event>>> {
+        for ring in &self.rings {
+            ring.push(event.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Number of shards reached by a publish.
+    pub fn shards(&self) -> usize {
+        self.rings.len()
+    }
+}

@@ -1,0 +1,280 @@
+//! The shard's bindings: which sockets want which events, and how each binding's frame is made.
+//!
+//! A binding is one `(separator, pattern, label)` on this shard, shared by every socket that asked
+//! for it: the label is the dialect's client-side name (Kazoo's `subscribed_key`), so two sockets
+//! that subscribed the same way share one binding and one encoded frame per event. The binding
+//! automaton maps an event key to binding ids; each binding holds its sockets, so a delivery is
+//! one match, one encode per matching binding, and one `Bytes` clone per socket.
+//!
+//! Invariants: a binding exists iff it has at least one socket; its id is in the automaton under
+//! its pattern iff it exists; a socket's `Conn::bindings` lists exactly the bindings holding it.
+//! Subscribe and unsubscribe are idempotent per socket, and a socket leaving removes itself from
+//! every binding, so nothing is miscounted by duplicates, strays or abrupt disconnects.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::connection::Conn;
+use crate::binding::{BindingAutomaton, BindingError, Separator, SubscriptionId};
+use crate::fanout::Event;
+
+/// Turns an event into the frame the sockets of one binding receive (the dialect decides the
+/// shape). Called once per event per matching binding: hot path.
+pub trait FrameEncoder {
+    fn encode(&self, event: &Event) -> Bytes;
+}
+
+struct Binding {
+    separator: Separator,
+    pattern: String,
+    label: String,
+    encoder: Rc<dyn FrameEncoder>,
+    sockets: HashMap<u64, Rc<RefCell<Conn>>, ahash::RandomState>,
+}
+
+type Key = (Separator, String, String);
+
+pub(crate) struct BindingTable {
+    dot: BindingAutomaton,
+    colon: BindingAutomaton,
+    bindings: HashMap<u32, Binding, ahash::RandomState>,
+    by_key: HashMap<Key, u32, ahash::RandomState>,
+    next_id: u32,
+    free_ids: Vec<u32>,
+    /// Reused by every delivery.
+    matched: Vec<SubscriptionId>,
+}
+
+impl Default for BindingTable {
+    fn default() -> BindingTable {
+        BindingTable {
+            dot: BindingAutomaton::new(Separator::Dot),
+            colon: BindingAutomaton::new(Separator::Colon),
+            bindings: HashMap::default(),
+            by_key: HashMap::default(),
+            next_id: 0,
+            free_ids: Vec::new(),
+            matched: Vec::new(),
+        }
+    }
+}
+
+/// What happened to one event on one shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub frames_encoded: u64,
+    pub queued: u64,
+    pub dropped: u64,
+    pub closed_slow: u64,
+}
+
+impl BindingTable {
+    fn automaton(&mut self, separator: Separator) -> &mut BindingAutomaton {
+        match separator {
+            Separator::Dot => &mut self.dot,
+            Separator::Colon => &mut self.colon,
+        }
+    }
+
+    /// Adds `conn` to the binding `(separator, pattern, label)`, creating it (with `encoder`) if
+    /// needed. Returns whether the socket was newly added.
+    pub(crate) fn subscribe(
+        &mut self,
+        conn: &Rc<RefCell<Conn>>,
+        separator: Separator,
+        pattern: &str,
+        label: &str,
+        encoder: Rc<dyn FrameEncoder>,
+    ) -> Result<bool, BindingError> {
+        let key = (separator, pattern.to_string(), label.to_string());
+        let id = match self.by_key.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = self.free_ids.pop().unwrap_or_else(|| {
+                    self.next_id += 1;
+                    self.next_id - 1
+                });
+                self.automaton(separator)
+                    .insert(pattern, SubscriptionId(id))
+                    .inspect_err(|_| {
+                        self.free_ids.push(id);
+                    })?;
+                self.bindings.insert(
+                    id,
+                    Binding {
+                        separator,
+                        pattern: key.1.clone(),
+                        label: key.2.clone(),
+                        encoder,
+                        sockets: HashMap::default(),
+                    },
+                );
+                self.by_key.insert(key, id);
+                id
+            }
+        };
+        let socket = conn.borrow().id;
+        let binding = self
+            .bindings
+            .get_mut(&id)
+            .expect("by_key and bindings agree");
+        if binding.sockets.insert(socket, conn.clone()).is_some() {
+            return Ok(false);
+        }
+        conn.borrow_mut().bindings.push(id);
+        Ok(true)
+    }
+
+    /// Removes `conn` from the binding `(separator, pattern, label)`; false if it was not in it.
+    pub(crate) fn unsubscribe(
+        &mut self,
+        conn: &RefCell<Conn>,
+        separator: Separator,
+        pattern: &str,
+        label: &str,
+    ) -> bool {
+        let key = (separator, pattern.to_string(), label.to_string());
+        let Some(id) = self.by_key.get(&key).copied() else {
+            return false;
+        };
+        let mut conn = conn.borrow_mut();
+        let Some(at) = conn.bindings.iter().position(|b| *b == id) else {
+            return false;
+        };
+        conn.bindings.swap_remove(at);
+        let socket = conn.id;
+        drop(conn);
+        self.leave(id, socket);
+        true
+    }
+
+    /// Removes `conn` from every binding it is in (unsubscribe-all, disconnect).
+    pub(crate) fn unsubscribe_all(&mut self, conn: &RefCell<Conn>) -> usize {
+        let (socket, ids) = {
+            let mut conn = conn.borrow_mut();
+            (conn.id, std::mem::take(&mut conn.bindings))
+        };
+        for id in &ids {
+            self.leave(*id, socket);
+        }
+        ids.len()
+    }
+
+    fn leave(&mut self, id: u32, socket: u64) {
+        let Some(binding) = self.bindings.get_mut(&id) else {
+            return;
+        };
+        binding.sockets.remove(&socket);
+        if binding.sockets.is_empty() {
+            let binding = self.bindings.remove(&id).expect("present");
+            self.automaton(binding.separator)
+                .remove(&binding.pattern, SubscriptionId(id));
+            self.by_key
+                .remove(&(binding.separator, binding.pattern, binding.label));
+            self.free_ids.push(id);
+        }
+    }
+
+    /// `(pattern, label)` of each binding `conn` is in.
+    pub(crate) fn list(&self, conn: &Conn) -> Vec<(String, String)> {
+        conn.bindings
+            .iter()
+            .filter_map(|id| self.bindings.get(id))
+            .map(|b| (b.pattern.clone(), b.label.clone()))
+            .collect()
+    }
+
+    /// Hot path: matches `event`, encodes once per matching binding, and queues the frame on every
+    /// socket of the binding. Sockets whose queue went from empty to non-empty are added to
+    /// `dirty`, for the caller to flush after the batch.
+    pub(crate) fn deliver(
+        &mut self,
+        event: &Event,
+        dirty: &mut Vec<Rc<RefCell<Conn>>>,
+    ) -> Delivered {
+        let mut matched = std::mem::take(&mut self.matched);
+        matched.clear();
+        self.automaton(event.separator)
+            .matches(&event.key, &mut matched);
+        let mut report = Delivered::default();
+        for id in &matched {
+            let Some(binding) = self.bindings.get(&id.0) else {
+                continue;
+            };
+            let frame = binding.encoder.encode(event);
+            report.frames_encoded += 1;
+            for conn in binding.sockets.values() {
+                let mut socket = conn.borrow_mut();
+                if socket.is_closing() {
+                    continue;
+                }
+                let was_idle = socket.outbound.is_empty();
+                match socket.outbound.push_event(frame.clone()) {
+                    super::Enqueued::Queued => {
+                        report.queued += 1;
+                        if was_idle {
+                            dirty.push(conn.clone());
+                        } else if socket.outbound.queued_bytes() >= socket.outbound.limit() / 4 {
+                            // A burst must not overrun a socket that keeps up: write now rather
+                            // than at the end of the batch.
+                            socket.flush_or_wake();
+                        }
+                    }
+                    super::Enqueued::Dropped => report.dropped += 1,
+                    super::Enqueued::MustClose => {
+                        report.closed_slow += 1;
+                        socket.close_now(crate::ws::CloseCode::POLICY, "slow consumer");
+                    }
+                }
+            }
+        }
+        self.matched = matched;
+        report
+    }
+}
+
+/// The subscription operations a session may perform for its own socket.
+pub struct Subscriptions<'a> {
+    pub(crate) table: &'a RefCell<BindingTable>,
+    pub(crate) conn: &'a Rc<RefCell<Conn>>,
+}
+
+impl Subscriptions<'_> {
+    /// Subscribes this socket; `Ok(false)` if it already was (a duplicate changes nothing).
+    pub fn subscribe(
+        &mut self,
+        separator: Separator,
+        pattern: &str,
+        label: &str,
+        encoder: Rc<dyn FrameEncoder>,
+    ) -> Result<bool, BindingError> {
+        self.table
+            .borrow_mut()
+            .subscribe(self.conn, separator, pattern, label, encoder)
+    }
+
+    /// Unsubscribes this socket; false if it was not subscribed (a stray changes nothing).
+    pub fn unsubscribe(&mut self, separator: Separator, pattern: &str, label: &str) -> bool {
+        self.table
+            .borrow_mut()
+            .unsubscribe(self.conn, separator, pattern, label)
+    }
+
+    /// Unsubscribes this socket from everything; returns how many bindings it left.
+    pub fn unsubscribe_all(&mut self) -> usize {
+        self.table.borrow_mut().unsubscribe_all(self.conn)
+    }
+
+    /// `(pattern, label)` of every binding of this socket.
+    pub fn list(&self) -> Vec<(String, String)> {
+        self.table.borrow().list(&self.conn.borrow())
+    }
+
+    /// Number of bindings of this socket.
+    pub fn count(&self) -> usize {
+        self.conn.borrow().bindings.len()
+    }
+}
