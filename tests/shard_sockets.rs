@@ -43,6 +43,10 @@ impl Session for Echo {
                 Err(e) => Reply::Text(format!("error:{e}")),
             };
         }
+        if let Some(name) = text.strip_prefix("name ") {
+            subscriptions.set_labels(Some(name.to_string()), Some(r#"{"k":"v"}"#.to_string()));
+            return Reply::Text("named".into());
+        }
         if let Some(pattern) = text.strip_prefix("unsub ") {
             let left = subscriptions.unsubscribe(Separator::Dot, pattern, pattern);
             return Reply::Text(format!("unsubscribed:{left}:{}", subscriptions.count()));
@@ -693,4 +697,62 @@ fn a_slow_consumer_is_closed_under_the_close_policy() {
     let (received, last) = slow_consumer("close");
     assert_eq!(last, "close:1008");
     assert!(received < 600);
+}
+
+#[test]
+fn the_registry_and_counters_answer_by_message() {
+    let mut gateway = start(|_| {});
+    let publisher = gateway.take_publisher().unwrap();
+    let addr = gateway.local_addr();
+    runtime().block_on(async {
+        let mut clients = Vec::new();
+        for i in 0..6 {
+            let mut c = Raw::connect(addr).await;
+            assert_eq!(
+                c.text(&format!("sub feed.{i}.#")).await,
+                "subscribed:true:1"
+            );
+            if i == 0 {
+                assert_eq!(c.text("name console-1").await, "named");
+                assert_eq!(c.text("sub feed.all").await, "subscribed:true:2");
+            }
+            clients.push(c);
+        }
+        let _ = http_exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await; // an invalid upgrade
+
+        let (sockets, complete) = gateway.sockets(Duration::from_secs(2));
+        assert!(complete, "both shards answered");
+        assert_eq!(sockets.len(), 6);
+        let named: Vec<_> = sockets.iter().filter(|s| s.name.is_some()).collect();
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].name.as_deref(), Some("console-1"));
+        assert_eq!(named[0].metadata.as_deref(), Some(r#"{"k":"v"}"#));
+        let mut bindings: Vec<String> = named[0].bindings.iter().map(|(p, _)| p.clone()).collect();
+        bindings.sort();
+        assert_eq!(bindings, vec!["feed.0.#", "feed.all"]);
+        let ids: std::collections::HashSet<u64> = sockets.iter().map(|s| s.id).collect();
+        assert_eq!(ids.len(), 6, "socket ids are unique across shards");
+        assert!(sockets.iter().all(|s| s.peer.ip().is_loopback()));
+
+        publisher.publish(event("feed.0.x", "a")).await.unwrap();
+        publisher.publish(event("feed.1.x", "b")).await.unwrap();
+        assert_eq!(clients[0].next_text().await, "feed.0.#|a");
+        assert_eq!(clients[1].next_text().await, "feed.1.#|b");
+
+        let (stats, complete) = gateway.stats(Duration::from_secs(2));
+        assert!(complete);
+        let total = |f: fn(&horizon::shard::ShardStats) -> u64| stats.iter().map(f).sum::<u64>();
+        assert_eq!(stats.iter().map(|s| s.connections).sum::<usize>(), 6);
+        assert_eq!(stats.iter().map(|s| s.bindings).sum::<usize>(), 7);
+        assert_eq!(
+            total(|s| s.events),
+            4,
+            "two events, each seen by both shards"
+        );
+        assert_eq!(total(|s| s.deliveries), 2);
+        assert_eq!(total(|s| s.handshakes_invalid), 1);
+        assert_eq!(total(|s| s.ring.pushed), 4);
+    });
+    gateway.shutdown();
+    gateway.join();
 }

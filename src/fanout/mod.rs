@@ -20,7 +20,7 @@
 
 mod ring;
 
-pub use ring::{ring, Closed, Consumer, Producer, Recv, RingStats};
+pub use ring::{ring, Closed, Consumer, Producer, Recv, RingStats, StatsHandle};
 
 mod event;
 

@@ -262,6 +262,40 @@ impl<T> Consumer<T> {
     pub fn stats(&self) -> RingStats {
         self.shared.stats()
     }
+
+    /// A handle that reads this ring's counters from anywhere, without owning either end.
+    pub fn stats_handle(&self) -> StatsHandle
+    where
+        T: Send + 'static,
+    {
+        StatsHandle {
+            read: Arc::new(Reader(self.shared.clone())),
+        }
+    }
+}
+
+/// Reads one ring's counters (see [`Consumer::stats_handle`]).
+#[derive(Clone)]
+pub struct StatsHandle {
+    read: Arc<dyn ReadStats + Send + Sync>,
+}
+
+impl StatsHandle {
+    pub fn stats(&self) -> RingStats {
+        self.read.stats()
+    }
+}
+
+trait ReadStats {
+    fn stats(&self) -> RingStats;
+}
+
+struct Reader<T>(Arc<Shared<T>>);
+
+impl<T> ReadStats for Reader<T> {
+    fn stats(&self) -> RingStats {
+        self.0.stats()
+    }
 }
 
 impl<T> Drop for Consumer<T> {

@@ -178,6 +178,11 @@ impl BindingTable {
         }
     }
 
+    /// Number of distinct bindings on this shard.
+    pub(crate) fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
     /// `(pattern, label)` of each binding `conn` is in.
     pub(crate) fn list(&self, conn: &Conn) -> Vec<(String, String)> {
         conn.bindings
@@ -276,5 +281,21 @@ impl Subscriptions<'_> {
     /// Number of bindings of this socket.
     pub fn count(&self) -> usize {
         self.conn.borrow().bindings.len()
+    }
+
+    /// Sets what the client calls this socket; `None` leaves the current value (Kazoo: a later
+    /// message without `name` does not erase it).
+    pub fn set_labels(&mut self, name: Option<String>, metadata: Option<String>) {
+        if name.is_none() && metadata.is_none() {
+            return;
+        }
+        let mut conn = self.conn.borrow_mut();
+        let labels = conn.labels.get_or_insert_with(Default::default);
+        if name.is_some() {
+            labels.name = name;
+        }
+        if metadata.is_some() {
+            labels.metadata = metadata;
+        }
     }
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::bindings::Subscriptions;
+use super::control::Counters;
 use super::io::{self, Flushed};
 use super::outbound::Outbound;
 use super::runtime::ShardContext;
@@ -52,6 +53,16 @@ pub struct Conn {
     writer: Option<Waker>,
     /// Ids of the shard bindings this socket is in (see `bindings.rs`).
     pub(crate) bindings: Vec<u32>,
+    /// The client's name and metadata for the socket, if it gave any (boxed: most sockets have
+    /// none, and an idle socket's every byte counts).
+    pub(crate) labels: Option<Box<Labels>>,
+}
+
+/// What a client may call its socket (Kazoo's `name` and `metadata`).
+#[derive(Debug, Default)]
+pub(crate) struct Labels {
+    pub name: Option<String>,
+    pub metadata: Option<String>,
 }
 
 impl Conn {
@@ -170,6 +181,7 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardCont
         last_ping: shard.clock(),
         writer: None,
         bindings: Vec::new(),
+        labels: None,
     }));
     let id = conn.borrow().id;
     shard.sockets.borrow_mut().insert(id, conn.clone());
@@ -202,6 +214,7 @@ async fn upgrade(
             .await
             .then_some((session, leftover)),
         Err(refusal) => {
+            Counters::add(&shard.counters.handshakes_refused, 1);
             let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
             write_all(stream, fd, answer).await;
             None
@@ -244,6 +257,7 @@ async fn read_request(
             Ok(None) => continue,
             Ok(Some((request, used))) => return Some((request, buf.split_off(used))),
             Err(refusal) => {
+                Counters::add(&shard.counters.handshakes_invalid, 1);
                 write_all(stream, fd, handshake::refuse_bad_request(&refusal)).await;
                 return None;
             }

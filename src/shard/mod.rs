@@ -10,6 +10,7 @@
 
 mod bindings;
 mod connection;
+pub mod control;
 mod io;
 pub mod outbound;
 pub mod runtime;
@@ -17,6 +18,7 @@ pub mod session;
 
 pub use bindings::{Delivered, FrameEncoder, Subscriptions};
 pub use connection::Conn;
+pub use control::{ShardStats, SocketInfo};
 pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};
 pub use runtime::{Driver, Gateway};
 pub use session::{HttpRefusal, Reply, Session, SessionFactory};

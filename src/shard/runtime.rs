@@ -24,9 +24,10 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use super::bindings::BindingTable;
 use super::connection::{self, Conn};
+use super::control::{Control, Counters, ShardStats, SocketInfo};
 use super::session::SessionFactory;
 use crate::config::ServeConfig;
-use crate::fanout::{self, Consumer, Event, Publisher, Recv};
+use crate::fanout::{self, Consumer, Event, Producer, Publisher, Recv};
 use crate::ws::CloseCode;
 
 /// Scratch buffer each shard reads into; the largest read a socket gets per call.
@@ -34,6 +35,8 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const LISTEN_BACKLOG: i32 = 4096;
 /// Events that may wait in one shard's ring before the publisher waits.
 const RING_CAPACITY: usize = 8192;
+/// Control questions that may wait per shard; more fail at once as "busy".
+const CONTROL_CAPACITY: usize = 64;
 /// Events a shard takes from its ring per wakeup.
 const BATCH: usize = 256;
 
@@ -60,6 +63,8 @@ pub struct Gateway {
     stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
     publisher: Option<Publisher>,
+    /// One control ring per shard (see `control.rs`).
+    control: Vec<Producer<Control>>,
 }
 
 /// The cross-thread shutdown signal: a flag plus one waker per shard.
@@ -109,11 +114,14 @@ impl Gateway {
             stop,
             threads: Vec::new(),
             publisher: None,
+            control: Vec::new(),
         };
         let mut producers = Vec::with_capacity(shards);
         for index in 0..shards {
             let (producer, consumer) = fanout::ring::<Arc<Event>>(RING_CAPACITY);
             producers.push(producer);
+            let (control_tx, control_rx) = fanout::ring::<Control>(CONTROL_CAPACITY);
+            gateway.control.push(control_tx);
             let (bound_tx, bound_rx) = mpsc::channel();
             let mut shard_config = config.clone();
             shard_config.ws_listen = gateway.local_addr;
@@ -122,7 +130,8 @@ impl Gateway {
             let thread = std::thread::Builder::new()
                 .name(format!("horizon-shard-{index}"))
                 .spawn(move || {
-                    shard_thread(index, shard_config, factory, stop, consumer, bound_tx)
+                    let rings = (consumer, control_rx);
+                    shard_thread(index, shard_config, factory, stop, rings, bound_tx)
                 })?;
             gateway.threads.push(thread);
             match bound_rx.recv() {
@@ -156,6 +165,43 @@ impl Gateway {
         self.driver
     }
 
+    /// Every socket of every shard, asked by message. A shard that does not answer within
+    /// `timeout` is left out; the second value says whether the answer is complete.
+    pub fn sockets(&self, timeout: Duration) -> (Vec<SocketInfo>, bool) {
+        let (answers, complete) = self.ask(timeout, Control::Sockets);
+        (answers.into_iter().flatten().collect(), complete)
+    }
+
+    /// The counters of every shard, asked by message (see [`Gateway::sockets`] for `timeout`).
+    pub fn stats(&self, timeout: Duration) -> (Vec<ShardStats>, bool) {
+        self.ask(timeout, Control::Stats)
+    }
+
+    fn ask<T>(
+        &self,
+        timeout: Duration,
+        question: fn(mpsc::Sender<T>) -> Control,
+    ) -> (Vec<T>, bool) {
+        let (tx, rx) = mpsc::channel();
+        let mut asked = 0;
+        for ring in &self.control {
+            if ring.try_push(question(tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + timeout;
+        let mut answers = Vec::with_capacity(asked);
+        while answers.len() < asked {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(answer) => answers.push(answer),
+                Err(_) => break,
+            }
+        }
+        let complete = answers.len() == self.control.len();
+        (answers, complete)
+    }
+
     /// Asks every shard to shut down gracefully; returns at once (see [`Gateway::join`]).
     pub fn shutdown(&self) {
         self.stop.request();
@@ -186,6 +232,7 @@ pub(crate) struct ShardContext {
     pub sockets: RefCell<HashMap<u64, Rc<RefCell<Conn>>, ahash::RandomState>>,
     /// The shard's bindings and automata.
     pub(crate) bindings: RefCell<BindingTable>,
+    pub(crate) counters: Counters,
     next_id: Cell<u64>,
     started: Instant,
 }
@@ -248,7 +295,7 @@ fn shard_thread(
     config: ServeConfig,
     factory: Arc<dyn SessionFactory>,
     stop: Arc<Stop>,
-    events: Consumer<Arc<Event>>,
+    (events, control): (Consumer<Arc<Event>>, Consumer<Control>),
     bound: mpsc::Sender<io::Result<SocketAddr>>,
 ) {
     pin_to_core(index);
@@ -279,11 +326,14 @@ fn shard_thread(
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             sockets: RefCell::new(HashMap::default()),
             bindings: RefCell::new(BindingTable::default()),
+            counters: Counters::default(),
             next_id: Cell::new(0),
             started: Instant::now(),
         });
         let sweep = monoio::spawn(keepalive(shard.clone()));
+        let ring_stats = events.stats_handle();
         monoio::spawn(deliver(shard.clone(), events));
+        monoio::spawn(answer_control(shard.clone(), control, ring_stats));
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
@@ -317,12 +367,70 @@ async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
         }
         {
             let mut table = shard.bindings.borrow_mut();
+            let counters = &shard.counters;
             for event in &batch {
-                table.deliver(event, &mut dirty);
+                let report = table.deliver(event, &mut dirty);
+                Counters::add(&counters.frames_encoded, report.frames_encoded);
+                Counters::add(&counters.deliveries, report.queued);
+                Counters::add(&counters.dropped, report.dropped);
+                Counters::add(&counters.closed_slow, report.closed_slow);
             }
+            Counters::add(&counters.events, batch.len() as u64);
         }
         for conn in dirty.drain(..) {
             conn.borrow_mut().flush_or_wake();
+        }
+    }
+}
+
+/// Answers the control plane's questions about this shard.
+async fn answer_control(
+    shard: Rc<ShardContext>,
+    control: Consumer<Control>,
+    ring: fanout::StatsHandle,
+) {
+    let mut questions = Vec::new();
+    while control.recv_batch(&mut questions, 16).await != Recv::Closed {
+        for question in questions.drain(..) {
+            match question {
+                Control::Sockets(reply) => {
+                    let table = shard.bindings.borrow();
+                    let sockets = shard.sockets.borrow();
+                    let list = sockets
+                        .values()
+                        .map(|conn| {
+                            let conn = conn.borrow();
+                            let labels = conn.labels.as_deref();
+                            SocketInfo {
+                                id: conn.id,
+                                shard: shard.index,
+                                peer: conn.peer,
+                                connected_at: conn.connected_at,
+                                bindings: table.list(&conn),
+                                name: labels.and_then(|l| l.name.clone()),
+                                metadata: labels.and_then(|l| l.metadata.clone()),
+                            }
+                        })
+                        .collect();
+                    let _ = reply.send(list);
+                }
+                Control::Stats(reply) => {
+                    let c = &shard.counters;
+                    let _ = reply.send(ShardStats {
+                        shard: shard.index,
+                        connections: shard.sockets.borrow().len(),
+                        bindings: shard.bindings.borrow().len(),
+                        events: c.events.get(),
+                        frames_encoded: c.frames_encoded.get(),
+                        deliveries: c.deliveries.get(),
+                        dropped: c.dropped.get(),
+                        closed_slow: c.closed_slow.get(),
+                        handshakes_invalid: c.handshakes_invalid.get(),
+                        handshakes_refused: c.handshakes_refused.get(),
+                        ring: ring.stats(),
+                    });
+                }
+            }
         }
     }
 }

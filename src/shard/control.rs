@@ -1,0 +1,72 @@
+//! The control plane's view of a shard, by message: the REST API and metrics (issue #6) ask each
+//! shard through its control ring and collect the answers; shards never share state with other
+//! threads.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::SystemTime;
+
+use crate::fanout::RingStats;
+
+/// One socket as the control plane lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub id: u64,
+    pub shard: usize,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    /// `(pattern, label)` of each binding.
+    pub bindings: Vec<(String, String)>,
+    /// What the client called the socket (Kazoo's `name`), if anything.
+    pub name: Option<String>,
+    /// The client's metadata (a JSON text), if any.
+    pub metadata: Option<String>,
+}
+
+/// Counters of one shard. Label cardinality is bounded: nothing per account or per socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: usize,
+    pub connections: usize,
+    pub bindings: usize,
+    pub events: u64,
+    /// Frames encoded: one per event per matching binding.
+    pub frames_encoded: u64,
+    /// Frames queued to sockets.
+    pub deliveries: u64,
+    /// Events skipped for slow sockets (`drop` policy).
+    pub dropped: u64,
+    /// Sockets closed as slow consumers (`close` policy).
+    pub closed_slow: u64,
+    /// Upgrades refused: not a valid WebSocket request (400).
+    pub handshakes_invalid: u64,
+    /// Upgrades refused by the dialect (401 and the like).
+    pub handshakes_refused: u64,
+    /// The shard's event ring.
+    pub ring: RingStats,
+}
+
+/// A question to a shard; the answer goes back on the enclosed channel.
+pub(crate) enum Control {
+    Sockets(mpsc::Sender<Vec<SocketInfo>>),
+    Stats(mpsc::Sender<ShardStats>),
+}
+
+/// The shard-local counters behind [`ShardStats`] (single-threaded: plain cells).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub events: Cell<u64>,
+    pub frames_encoded: Cell<u64>,
+    pub deliveries: Cell<u64>,
+    pub dropped: Cell<u64>,
+    pub closed_slow: Cell<u64>,
+    pub handshakes_invalid: Cell<u64>,
+    pub handshakes_refused: Cell<u64>,
+}
+
+impl Counters {
+    pub(crate) fn add(cell: &Cell<u64>, n: u64) {
+        cell.set(cell.get() + n);
+    }
+}
