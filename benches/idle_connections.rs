@@ -148,9 +148,10 @@ fn main() {
 
     let per = |before: usize, after: usize| after.saturating_sub(before) as f64 / count as f64;
     println!(
-        "idle_connections/{count} driver={}: heap {:.0} bytes per connection, RSS {:.0} bytes per \
+        "idle_connections/{count} driver={} arena_eager_commit={}: heap {:.0} bytes per connection, RSS {:.0} bytes per \
          connection ({:.1} MiB total RSS growth); {count} handshakes in {:.2} s",
         gateway.driver(),
+        horizon::memory::arena_eager_commit(),
         per(heap_before, heap_after),
         per(rss_before, rss_after),
         rss_after.saturating_sub(rss_before) as f64 / (1 << 20) as f64,

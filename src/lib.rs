@@ -7,5 +7,6 @@
 pub mod binding;
 pub mod config;
 pub mod fanout;
+pub mod memory;
 pub mod shard;
 pub mod ws;
