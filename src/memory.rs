@@ -14,9 +14,9 @@
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// mimalloc's arena eager-commit setting in this process (0: on demand).
-pub fn arena_eager_commit() -> i64 {
+pub fn arena_eager_commit() -> std::ffi::c_long {
     // SAFETY: mi_option_get only reads an option value.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) })
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) }
 }
 
 #[cfg(test)]
