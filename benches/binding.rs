@@ -4,40 +4,16 @@
 //! Run: `cargo bench --bench binding` (figures recorded in BENCHMARKS.md).
 //! Quick look at one size: `cargo bench --bench binding -- 1000000`.
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use horizon::binding::{BindingAutomaton, Separator, SubscriptionId};
 
-/// mimalloc, as in the binary, plus a count of live bytes for the memory figure.
-struct Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to mimalloc, which upholds GlobalAlloc's contract.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by this allocator with `layout`.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting_alloc::live_bytes;
 
 /// Deterministic 32-hex-digit account ids, like Kazoo's.
 fn account(i: usize) -> String {
@@ -108,9 +84,9 @@ const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
 fn memory(c: &mut Criterion) {
     let _ = c;
     for &n in &SIZES {
-        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let before = live_bytes();
         let automaton = build(n);
-        let after = LIVE_BYTES.load(Ordering::Relaxed);
+        let after = live_bytes();
         println!(
             "memory/{n}: {:.1} bytes per binding ({} nodes, {} interned segments, {:.1} MiB)",
             (after - before) as f64 / n as f64,

@@ -9,11 +9,9 @@
 //! counting wrapper around mimalloc) and the growth of its resident set (`VmRSS`), which includes
 //! allocator and runtime overhead but not the kernel's socket buffers.
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,31 +19,10 @@ use horizon::config::ServeConfig;
 use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory, Subscriptions};
 use horizon::ws::handshake::Request;
 
-struct Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to mimalloc, which upholds GlobalAlloc's contract.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by this allocator with `layout`.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting_alloc::live_bytes;
 
 /// A session that accepts everyone and ignores messages: idle sockets, nothing else.
 struct Idle;
@@ -127,7 +104,7 @@ fn main() {
     };
     let gateway = Gateway::start(config, Arc::new(IdleFactory)).expect("gateway");
     std::thread::sleep(Duration::from_millis(200));
-    let (heap_before, rss_before) = (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
+    let (heap_before, rss_before) = (live_bytes(), rss_bytes());
 
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -144,7 +121,7 @@ fn main() {
     let connect_time = started.elapsed();
     // Let the last sockets' tasks settle into their readiness wait.
     std::thread::sleep(Duration::from_secs(1));
-    let (heap_after, rss_after) = (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
+    let (heap_after, rss_after) = (live_bytes(), rss_bytes());
 
     let per = |before: usize, after: usize| after.saturating_sub(before) as f64 / count as f64;
     println!(

@@ -81,18 +81,21 @@ fn serve_logs_its_listener_and_driver_and_stops_cleanly_on_sigterm_and_sigint() 
     }
 }
 
+/// Runs `horizon` with `args` to completion: its exit code and standard error.
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let (mut child, _) = spawn(args);
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits");
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut err).unwrap();
+    }
+    (status.code(), err)
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_key_named() {
-    let (mut child, _) = spawn(&["serve", "--shards", "none"]);
-    let status = wait_exit(&mut child, Duration::from_secs(10)).unwrap();
-    assert_eq!(status.code(), Some(2));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (code, err) = run_to_exit(&["serve", "--shards", "none"]);
+    assert_eq!(code, Some(2));
     assert_eq!(
         err.trim(),
         "horizon serve: invalid value `none` for shards: expected a positive number"
@@ -101,16 +104,8 @@ fn bad_configuration_is_refused_with_the_key_named() {
     // A port held by a listener without SO_REUSEPORT cannot be shared: a clear error, exit 1.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
-    let (mut child, _) = spawn(&["serve", "--ws-listen", &addr]);
-    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits");
-    assert_eq!(status.code(), Some(1));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (code, err) = run_to_exit(&["serve", "--ws-listen", &addr]);
+    assert_eq!(code, Some(1));
     assert!(
         err.starts_with("horizon serve: cannot start the WebSocket shards:"),
         "{err}"

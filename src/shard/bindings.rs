@@ -117,10 +117,11 @@ impl BindingTable {
             }
         };
         let socket = conn.borrow().id;
-        let binding = self
-            .bindings
-            .get_mut(&id)
-            .expect("by_key and bindings agree");
+        let Some(binding) = self.bindings.get_mut(&id) else {
+            // Unreachable while `by_key` and `bindings` agree (see the invariants above); a
+            // client's command must never bring the shard down, so report "not added".
+            return Ok(false);
+        };
         if binding.sockets.insert(socket, conn.clone()).is_some() {
             return Ok(false);
         }
@@ -169,12 +170,13 @@ impl BindingTable {
         };
         binding.sockets.remove(&socket);
         if binding.sockets.is_empty() {
-            let binding = self.bindings.remove(&id).expect("present");
-            self.automaton(binding.separator)
-                .remove(&binding.pattern, SubscriptionId(id));
-            self.by_key
-                .remove(&(binding.separator, binding.pattern, binding.label));
-            self.free_ids.push(id);
+            if let Some(binding) = self.bindings.remove(&id) {
+                self.automaton(binding.separator)
+                    .remove(&binding.pattern, SubscriptionId(id));
+                self.by_key
+                    .remove(&(binding.separator, binding.pattern, binding.label));
+                self.free_ids.push(id);
+            }
         }
     }
 
