@@ -756,3 +756,48 @@ fn the_registry_and_counters_answer_by_message() {
     gateway.shutdown();
     gateway.join();
 }
+
+#[test]
+fn a_closed_slow_consumer_that_never_reads_again_is_cut_after_the_idle_timeout() {
+    let mut gateway = start(|c| {
+        c.outbound_queue_bytes = 16 * 1024;
+        c.slow_consumer = horizon::shard::SlowConsumerPolicy::Close;
+        c.idle_timeout = Duration::from_secs(2);
+    });
+    let publisher = gateway.take_publisher().unwrap();
+    let addr = gateway.local_addr();
+    runtime().block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut silent = Raw::connect_with(socket.connect(addr).await.unwrap()).await;
+        assert_eq!(silent.text("sub flood.#").await, "subscribed:true:1");
+        // Far more than the kernel buffers: the socket is closed as a slow consumer, and its close
+        // frame can never be written because the client never reads again.
+        let body = "x".repeat(10_000);
+        for i in 0..800 {
+            publisher.publish(event("flood.e", &body)).await.unwrap();
+            if i % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let listed = |gateway: &Gateway| gateway.sockets(Duration::from_secs(2)).0.len();
+        assert_eq!(
+            listed(&gateway),
+            1,
+            "still there while within the idle timeout"
+        );
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while listed(&gateway) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the silent, closing socket was never cut"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (stats, _) = gateway.stats(Duration::from_secs(2));
+        assert_eq!(stats.iter().map(|s| s.closed_slow).sum::<u64>(), 1);
+        drop(silent);
+    });
+    gateway.shutdown();
+    gateway.join();
+}

@@ -252,8 +252,9 @@ impl ShardContext {
 }
 
 /// The shard's keepalive sweep: every second, pings each socket whose last ping is
-/// `ping_interval` old and closes (1001 `idle timeout`) each one not heard from for
-/// `idle_timeout`. One timer per shard instead of one per socket (a monoio timer future is
+/// `ping_interval` old, closes (1001 `idle timeout`) each one not heard from for `idle_timeout`,
+/// and cuts a closing socket that stays silent that long (its close frame may sit behind output
+/// the client never reads). One timer per shard instead of one per socket (a monoio timer future is
 /// 640 bytes, more than an idle socket's whole budget); the walk costs ~10 ns per socket.
 async fn keepalive(shard: Rc<ShardContext>) {
     let ping_every = shard.config.ping_interval.as_secs().max(1) as u32;
@@ -265,6 +266,11 @@ async fn keepalive(shard: Rc<ShardContext>) {
         for conn in shard.sockets.borrow().values() {
             let mut conn = conn.borrow_mut();
             if conn.is_closing() {
+                // Its close frame is queued behind output the client never reads: once it has
+                // been silent for the idle timeout too, give up on the close handshake.
+                if now.saturating_sub(conn.last_heard) >= idle_after {
+                    conn.cut();
+                }
                 continue;
             }
             if now.saturating_sub(conn.last_heard) >= idle_after {
