@@ -485,6 +485,11 @@ fn event(key: &str, body: &str) -> Arc<Event> {
     })
 }
 
+/// Publishes one event to every shard (the ring waits if a shard is busy).
+async fn publish(publisher: &horizon::fanout::Publisher, key: &str, body: &str) {
+    publisher.publish(event(key, body)).await.unwrap();
+}
+
 impl Raw {
     async fn text(&mut self, text: &str) -> String {
         self.send(true, 0x1, text.as_bytes(), true).await;
@@ -531,18 +536,9 @@ fn events_reach_exactly_the_sockets_whose_bindings_match() {
         assert_eq!(c.text("sub call.acct-a.#").await, "subscribed:true:2");
         assert!(a.text("sub ").await.starts_with("error:binding is empty"));
 
-        publisher
-            .publish(event("call.acct-a.CHANNEL_CREATE.x", "1"))
-            .await
-            .unwrap();
-        publisher
-            .publish(event("call.acct-b.CHANNEL_ANSWER.y", "2"))
-            .await
-            .unwrap();
-        publisher
-            .publish(event("call.acct-c.CHANNEL_DESTROY.z", "3"))
-            .await
-            .unwrap();
+        publish(&publisher, "call.acct-a.CHANNEL_CREATE.x", "1").await;
+        publish(&publisher, "call.acct-b.CHANNEL_ANSWER.y", "2").await;
+        publish(&publisher, "call.acct-c.CHANNEL_DESTROY.z", "3").await;
 
         assert_eq!(a.next_text().await, "call.acct-a.*.*|1");
         assert_eq!(b.next_text().await, "call.acct-b.*.*|2");
@@ -565,14 +561,8 @@ fn events_reach_exactly_the_sockets_whose_bindings_match() {
         );
         drop(c); // abrupt disconnect: its bindings go with it
         tokio::time::sleep(Duration::from_millis(100)).await;
-        publisher
-            .publish(event("call.acct-a.CHANNEL_CREATE.x", "4"))
-            .await
-            .unwrap();
-        publisher
-            .publish(event("call.acct-b.CHANNEL_CREATE.x", "5"))
-            .await
-            .unwrap();
+        publish(&publisher, "call.acct-a.CHANNEL_CREATE.x", "4").await;
+        publish(&publisher, "call.acct-b.CHANNEL_CREATE.x", "5").await;
         assert_eq!(b.next_text().await, "call.acct-b.*.*|5");
         assert!(
             a.quiet_for(Duration::from_millis(200)).await,
@@ -734,8 +724,8 @@ fn the_registry_and_counters_answer_by_message() {
         assert_eq!(ids.len(), 6, "socket ids are unique across shards");
         assert!(sockets.iter().all(|s| s.peer.ip().is_loopback()));
 
-        publisher.publish(event("feed.0.x", "a")).await.unwrap();
-        publisher.publish(event("feed.1.x", "b")).await.unwrap();
+        publish(&publisher, "feed.0.x", "a").await;
+        publish(&publisher, "feed.1.x", "b").await;
         assert_eq!(clients[0].next_text().await, "feed.0.#|a");
         assert_eq!(clients[1].next_text().await, "feed.1.#|b");
 

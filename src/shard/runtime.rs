@@ -336,7 +336,9 @@ fn shard_thread(
             next_id: Cell::new(0),
             started: Instant::now(),
         });
-        let sweep = monoio::spawn(keepalive(shard.clone()));
+        // The sweep, delivery and control tasks run until this `block_on` returns and the
+        // runtime, with its tasks, is dropped.
+        monoio::spawn(keepalive(shard.clone()));
         let ring_stats = events.stats_handle();
         monoio::spawn(deliver(shard.clone(), events));
         monoio::spawn(answer_control(shard.clone(), control, ring_stats));
@@ -355,7 +357,6 @@ fn shard_thread(
         }
         drop(listener);
         going_away(&shard).await;
-        drop(sweep);
     });
 }
 
