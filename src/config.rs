@@ -1,16 +1,21 @@
 //! `serve` configuration: flags override `HORIZON_<KEY>` environment variables, which override the
-//! defaults (PROTOCOLS.md section 1). The TOML file layer arrives with the auth file (#4).
+//! TOML file given with `--config FILE` (or `HORIZON_CONFIG`), which overrides the defaults
+//! (PROTOCOLS.md section 1). Every key has all three spellings: `ws_listen` in the file,
+//! `HORIZON_WS_LISTEN` in the environment, `--ws-listen` on the command line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::shard::SlowConsumerPolicy;
 
-/// Everything the data plane needs to run.
+/// Everything `serve` needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServeConfig {
     /// WebSocket listener; every shard binds it with `SO_REUSEPORT`.
     pub ws_listen: SocketAddr,
+    /// REST API listener (served by the control plane, a later issue).
+    pub api_listen: SocketAddr,
     /// Thread-per-core shards (default: online CPUs).
     pub shards: usize,
     /// Largest inbound message; larger closes the socket with 1009.
@@ -24,12 +29,31 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// On shutdown, how long sockets get to finish the close handshake and drain.
     pub shutdown_grace: Duration,
+    /// The broker; `None` runs the embedded event bus.
+    pub amqp_url: Option<String>,
+    /// This node's name in its queue name (`horizon.<node>.<random>`); the host name by default.
+    pub node: String,
+    /// Unacknowledged deliveries the broker may push ahead.
+    pub amqp_prefetch: u16,
+    /// The node queue outlives a vanished node by this long (`x-expires`).
+    pub amqp_queue_expires: Duration,
+    /// The auth file (accounts and static tokens); re-read on SIGHUP.
+    pub auth_file: Option<PathBuf>,
+    pub jwt_hs256_secret: Option<String>,
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    pub jwt_rs256_public_key_file: Option<PathBuf>,
+    /// Blackhole commands per socket: burst, then per second.
+    pub rate_limit_burst: u32,
+    pub rate_limit_per_sec: f64,
+    /// Client bindings one socket may hold.
+    pub max_bindings_per_socket: usize,
 }
 
 impl Default for ServeConfig {
     fn default() -> ServeConfig {
         ServeConfig {
             ws_listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             shards: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -39,6 +63,17 @@ impl Default for ServeConfig {
             ping_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            amqp_url: None,
+            node: crate::ids::node_name(),
+            amqp_prefetch: 1000,
+            amqp_queue_expires: Duration::from_secs(60),
+            auth_file: None,
+            jwt_hs256_secret: None,
+            jwt_hs256_secret_file: None,
+            jwt_rs256_public_key_file: None,
+            rate_limit_burst: 100,
+            rate_limit_per_sec: 10.0,
+            max_bindings_per_socket: 1000,
         }
     }
 }
@@ -56,10 +91,14 @@ pub enum ConfigError {
         value: String,
         why: &'static str,
     },
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
 }
 
-const KEYS: &[&str] = &[
+/// Every key, as written in the file.
+pub const KEYS: &[&str] = &[
     "ws_listen",
+    "api_listen",
     "shards",
     "max_message_bytes",
     "outbound_queue_bytes",
@@ -67,7 +106,72 @@ const KEYS: &[&str] = &[
     "ping_interval_secs",
     "idle_timeout_secs",
     "shutdown_grace_secs",
+    "amqp_url",
+    "node",
+    "amqp_prefetch",
+    "amqp_queue_expires_secs",
+    "auth_file",
+    "jwt_hs256_secret",
+    "jwt_hs256_secret_file",
+    "jwt_rs256_public_key_file",
+    "rate_limit_burst",
+    "rate_limit_per_sec",
+    "max_bindings_per_socket",
 ];
+
+/// Splits `--key value` / `--key=value` flags into `(key, value)` pairs (key in file spelling).
+/// `--config` is returned like any other key.
+pub fn parse_flags(args: &[String], known: &[&str]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut pairs = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let Some(flag) = arg.strip_prefix("--") else {
+            return Err(ConfigError::Unknown(arg.clone()));
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (flag, None),
+        };
+        let key = name.replace('-', "_");
+        if key != "config" && !known.contains(&key.as_str()) {
+            return Err(ConfigError::Unknown(arg.clone()));
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => args
+                .next()
+                .cloned()
+                .ok_or_else(|| ConfigError::MissingValue(name.into()))?,
+        };
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+/// Reads a flat TOML config file into `(key, value)` pairs.
+fn read_file(path: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let fail = |message: String| ConfigError::File {
+        path: path.to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let mut pairs = Vec::new();
+    for (key, value) in table {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(fail(format!("unknown key `{key}`")));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => return Err(fail(format!("`{key}` must be a string or a number"))),
+        };
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
 
 impl ServeConfig {
     /// Builds the configuration from command-line `args` (after `serve`) and an environment
@@ -76,33 +180,26 @@ impl ServeConfig {
         args: &[String],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ServeConfig, ConfigError> {
+        let flags = parse_flags(args, KEYS)?;
         let mut config = ServeConfig::default();
+        let file = flags
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "config")
+            .map(|(_, v)| v.clone())
+            .or_else(|| env("HORIZON_CONFIG"));
+        if let Some(path) = file {
+            for (key, value) in read_file(&path)? {
+                config.set(&key, &value)?;
+            }
+        }
         for key in KEYS {
             if let Some(value) = env(&format!("HORIZON_{}", key.to_ascii_uppercase())) {
                 config.set(key, &value)?;
             }
         }
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let Some(flag) = arg.strip_prefix("--") else {
-                return Err(ConfigError::Unknown(arg.clone()));
-            };
-            let (name, inline) = match flag.split_once('=') {
-                Some((name, value)) => (name, Some(value.to_string())),
-                None => (flag, None),
-            };
-            let key = name.replace('-', "_");
-            if !KEYS.contains(&key.as_str()) {
-                return Err(ConfigError::Unknown(arg.clone()));
-            }
-            let value = match inline {
-                Some(value) => value,
-                None => args
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| ConfigError::MissingValue(name.into()))?,
-            };
-            config.set(&key, &value)?;
+        for (key, value) in flags.iter().filter(|(k, _)| k != "config") {
+            config.set(key, value)?;
         }
         Ok(config)
     }
@@ -120,9 +217,13 @@ impl ServeConfig {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| invalid(why))
         };
+        let optional = |value: &str| (!value.is_empty()).then(|| value.to_string());
         match key {
             "ws_listen" => {
                 self.ws_listen = value.parse().map_err(|_| invalid("expected host:port"))?
+            }
+            "api_listen" => {
+                self.api_listen = value.parse().map_err(|_| invalid("expected host:port"))?
             }
             "shards" => self.shards = positive("expected a positive number")? as usize,
             "max_message_bytes" => {
@@ -146,6 +247,52 @@ impl ServeConfig {
             }
             "shutdown_grace_secs" => {
                 self.shutdown_grace = Duration::from_secs(positive("expected seconds > 0")?)
+            }
+            "amqp_url" => {
+                if !value.is_empty() && !value.starts_with("amqp://") {
+                    return Err(invalid(
+                        "expected amqp://user:pass@host:port/vhost (TLS is not built in)",
+                    ));
+                }
+                self.amqp_url = optional(value)
+            }
+            "node" => {
+                if !crate::families::valid_account_id(value) {
+                    return Err(invalid("expected [A-Za-z0-9_-]{1,64}"));
+                }
+                self.node = value.to_string()
+            }
+            "amqp_prefetch" => {
+                self.amqp_prefetch = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid("expected 1..65535"))?
+            }
+            "amqp_queue_expires_secs" => {
+                self.amqp_queue_expires = Duration::from_secs(positive("expected seconds > 0")?)
+            }
+            "auth_file" => self.auth_file = optional(value).map(PathBuf::from),
+            "jwt_hs256_secret" => self.jwt_hs256_secret = optional(value),
+            "jwt_hs256_secret_file" => {
+                self.jwt_hs256_secret_file = optional(value).map(PathBuf::from)
+            }
+            "jwt_rs256_public_key_file" => {
+                self.jwt_rs256_public_key_file = optional(value).map(PathBuf::from)
+            }
+            "rate_limit_burst" => {
+                self.rate_limit_burst =
+                    positive("expected a positive number")?.min(u32::MAX as u64) as u32
+            }
+            "rate_limit_per_sec" => {
+                self.rate_limit_per_sec = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|n| n.is_finite() && *n > 0.0)
+                    .ok_or_else(|| invalid("expected a positive number"))?
+            }
+            "max_bindings_per_socket" => {
+                self.max_bindings_per_socket = positive("expected a positive number")? as usize
             }
             _ => return Err(ConfigError::Unknown(key.into())),
         }
@@ -193,5 +340,43 @@ mod tests {
         ));
         let env = |k: &str| (k == "HORIZON_SLOW_CONSUMER").then(|| "maybe".to_string());
         assert!(ServeConfig::load(&[], env).is_err());
+        let err = ServeConfig::load(&args(&["--amqp-url", "http://x"]), |_| None).unwrap_err();
+        assert!(err.to_string().contains("amqp_url"), "{err}");
+    }
+
+    #[test]
+    fn the_file_sits_between_environment_and_defaults() {
+        let path = std::env::temp_dir().join(format!("horizon-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "shards = 7\nping_interval_secs = 3\namqp_url = \"amqp://127.0.0.1\"\nrate_limit_per_sec = 2.5\n",
+        )
+        .unwrap();
+        let file = path.display().to_string();
+        let env = |k: &str| (k == "HORIZON_PING_INTERVAL_SECS").then(|| "4".to_string());
+        let config = ServeConfig::load(&args(&["--config", &file, "--shards", "2"]), env).unwrap();
+        assert_eq!(config.shards, 2, "flag beats file");
+        assert_eq!(
+            config.ping_interval,
+            Duration::from_secs(4),
+            "env beats file"
+        );
+        assert_eq!(
+            config.amqp_url.as_deref(),
+            Some("amqp://127.0.0.1"),
+            "file beats default"
+        );
+        assert_eq!(config.rate_limit_per_sec, 2.5);
+        let env = |k: &str| (k == "HORIZON_CONFIG").then(|| file.clone());
+        assert_eq!(ServeConfig::load(&[], env).unwrap().shards, 7);
+
+        std::fs::write(&path, "shardz = 1\n").unwrap();
+        let err = ServeConfig::load(&args(&["--config", &file]), |_| None).unwrap_err();
+        assert!(err.to_string().contains("unknown key `shardz`"), "{err}");
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(
+            ServeConfig::load(&args(&["--config", "/nonexistent/horizon.toml"]), |_| None),
+            Err(ConfigError::File { .. })
+        ));
     }
 }

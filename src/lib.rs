@@ -1,12 +1,21 @@
 //! Horizon: carries events from RabbitMQ topic exchanges to WebSocket subscribers and webhooks.
 //!
 //! The crate is laid out along the data path (see `../shared/DESIGN.md` and the README):
-//! `ingest` -> `fanout` -> `shard` -> `ws` -> socket, with the pure matching core in [`binding`].
-//! Only the rooms that exist are declared here; each arrives with the issue that builds it.
+//! `ingest` -> `fanout` -> `shard` -> `ws` -> socket, with the pure matching core in [`binding`],
+//! the Kazoo event families in [`families`], identities in [`auth`] and the wire dialects in
+//! [`dialect`]. Only the rooms that exist are declared here; each arrives with the issue that
+//! builds it.
 
+pub mod auth;
 pub mod binding;
 pub mod config;
+pub mod dialect;
+pub mod families;
 pub mod fanout;
+pub mod ids;
+pub mod ingest;
+pub mod json;
+pub mod log;
 pub mod memory;
 pub mod shard;
 pub mod ws;

@@ -1,12 +1,15 @@
-//! The `horizon` binary.
+//! The `horizon` binary: `serve` runs the gateway, `token` mints development JWTs.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use horizon::config::ServeConfig;
-use horizon::shard::{Gateway, HttpRefusal, Session, SessionFactory};
-use horizon::ws::handshake::Request;
+use horizon::auth::{format_rfc3339, Auth, JwtKeys, Permissions, TokenClaims};
+use horizon::config::{parse_flags, ServeConfig, KEYS};
+use horizon::dialect::{Blackhole, BlackholeLimits, Dialects};
+use horizon::ingest::{AmqpConfig, EventSource, Ingest, Source};
+use horizon::shard::Gateway;
+use horizon::{elog, log};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -19,102 +22,309 @@ USAGE:
 
 COMMANDS:
     serve      run the gateway (options: see README.md, Configuration)
-    token      mint a signed development token
+    token      mint a signed development token:
+                 horizon token --account-id ID [--customer-id ID] [--agent-id ID]
+                   [--permissions admin,...] [--publish] [--superduper-admin] [--ttl 1h]
+               signed with jwt_hs256_secret (flag, HORIZON_JWT_HS256_SECRET or --config file)
     help       print this message
     version    print the version
 ";
 
-/// Until a dialect is built in (issue #4), the data plane runs but has nothing to serve: every
-/// upgrade is refused with a 503 that says so, rather than accepting sockets that would never
-/// receive anything.
-struct NoDialect;
+/// The account the development token of an embedded `serve` is for.
+const DEV_ACCOUNT: &str = "dev-account";
 
-impl SessionFactory for NoDialect {
-    fn open(&self, _request: &Request, _peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
-        Err(HttpRefusal {
-            status: 503,
-            content_type: "text/plain; charset=utf-8",
-            body: "no WebSocket dialect is enabled in this build of horizon yet\n".into(),
-        })
-    }
-}
-
-/// Writes a log line to standard output. A closed or broken stdout (the parent went away, a pipe
-/// with no reader) must never take the gateway down, so write errors are ignored.
-macro_rules! log {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-        let _ = out.flush();
-    }};
-}
-
-/// The same for standard error.
-macro_rules! elog {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
-
-/// Blocks SIGINT and SIGTERM in this thread and in every thread started after it, so that the
-/// main thread can wait for them with `sigwait`.
-fn block_shutdown_signals() -> libc::sigset_t {
+/// Blocks the signals `serve` handles in this thread and in every thread started after it, so
+/// that the main thread can wait for them with `sigwait`.
+fn block_signals() -> libc::sigset_t {
     // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only reads it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
+fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
     let mut signal = 0;
     // SAFETY: `set` is a valid signal set and `signal` a valid out-pointer.
     unsafe { libc::sigwait(set, &mut signal) };
-    if signal == libc::SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
-    }
+    signal
+}
+
+/// The JWT keys from the configuration (secret inline or in a file; RS256 public key file).
+fn jwt_keys(config: &ServeConfig) -> Result<JwtKeys, String> {
+    let secret = match (&config.jwt_hs256_secret, &config.jwt_hs256_secret_file) {
+        (Some(secret), _) => Some(secret.as_bytes().to_vec()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read jwt_hs256_secret_file {}: {e}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .as_bytes()
+                .to_vec(),
+        ),
+        (None, None) => None,
+    };
+    let pem = match &config.jwt_rs256_public_key_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read jwt_rs256_public_key_file {}: {e}",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    JwtKeys::new(secret, pem.as_deref()).map_err(|e| e.to_string())
 }
 
 fn serve(args: &[String]) -> ExitCode {
-    let config = match ServeConfig::load(args, |key| std::env::var(key).ok()) {
+    let mut config = match ServeConfig::load(args, |key| std::env::var(key).ok()) {
         Ok(config) => config,
         Err(e) => {
             elog!("horizon serve: {e}");
             return ExitCode::from(2);
         }
     };
-    let signals = block_shutdown_signals();
+    // Embedded with no auth file and no secret: a secret for this run only, so that the
+    // development token below works and nothing else does.
+    let development = config.amqp_url.is_none() && config.auth_file.is_none();
+    if development && config.jwt_hs256_secret.is_none() && config.jwt_hs256_secret_file.is_none() {
+        config.jwt_hs256_secret = Some(horizon::ids::random_hex(32));
+    }
+    let keys = match jwt_keys(&config) {
+        Ok(keys) => keys,
+        Err(e) => {
+            elog!("horizon serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let auth = match Auth::new(config.auth_file.clone(), keys) {
+        Ok(auth) => Arc::new(auth),
+        Err(e) => {
+            elog!("horizon serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match &config.amqp_url {
+        Some(url) => Source::Amqp(AmqpConfig {
+            url: url.clone(),
+            node: config.node.clone(),
+            prefetch: config.amqp_prefetch,
+            queue_expires: config.amqp_queue_expires,
+        }),
+        None => Source::Embedded,
+    };
+    let ingest = Ingest::new(source);
+    let blackhole = Arc::new(Blackhole::new(
+        auth.clone(),
+        Arc::new(ingest.clone()) as Arc<dyn EventSource>,
+        BlackholeLimits {
+            rate_burst: config.rate_limit_burst,
+            rate_per_sec: config.rate_limit_per_sec,
+            max_bindings: config.max_bindings_per_socket,
+            ..BlackholeLimits::default()
+        },
+    ));
+
+    let signals = block_signals();
     let shards = config.shards;
     let grace = config.shutdown_grace;
-    let gateway = match Gateway::start(config, Arc::new(NoDialect)) {
+    log!("horizon {} starting", env!("CARGO_PKG_VERSION"));
+    match &config.amqp_url {
+        Some(url) => log!(
+            "event source: AMQP {} (node queue {})",
+            horizon::ingest::redact_url(url),
+            ingest.queue_name()
+        ),
+        None => log!(
+            "event source: embedded bus (no amqp_url configured; publish with POST /v2/events)"
+        ),
+    }
+    let mut gateway = match Gateway::start(config.clone(), Arc::new(Dialects { blackhole })) {
         Ok(gateway) => gateway,
         Err(e) => {
             elog!("horizon serve: cannot start the WebSocket shards: {e}");
             return ExitCode::FAILURE;
         }
     };
-    log!("horizon {} starting", env!("CARGO_PKG_VERSION"));
-    log!("event source: none yet (the embedded bus and AMQP ingest arrive with issue #4)");
+    let Some(publisher) = gateway.take_publisher() else {
+        elog!("horizon serve: the shards' rings are already taken");
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = ingest.start(publisher) {
+        elog!("horizon serve: cannot start the ingest thread: {e}");
+        gateway.shutdown();
+        gateway.join();
+        return ExitCode::FAILURE;
+    }
     log!(
         "websocket: listening on ws://{} with {shards} shard(s), driver {}",
         gateway.local_addr(),
         gateway.driver()
     );
-    log!("dialects: none yet - upgrades are refused with 503 until issue #4 lands");
-    let signal = wait_for_signal(&signals);
-    log!("{signal}: shutting down (close 1001 to every socket, up to {grace:?} to drain)");
+    log!(
+        "dialects: Kazoo blackhole on every path; VoIPBin {} not enabled yet",
+        horizon::dialect::VOIPBIN_PATH
+    );
+    if development {
+        let claims = TokenClaims {
+            account_id: DEV_ACCOUNT.to_string(),
+            publish: true,
+            expires_at: Some(SystemTime::now() + Duration::from_secs(24 * 3600)),
+            ..TokenClaims::default()
+        };
+        match auth.keys().sign_hs256(&claims) {
+            Ok(token) => {
+                log!("development token (account {DEV_ACCOUNT}, publish, valid 24h): {token}")
+            }
+            Err(e) => elog!("horizon serve: no development token: {e}"),
+        }
+    }
+    loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => match auth.reload() {
+                Ok(()) => log!("SIGHUP: auth file reloaded"),
+                Err(e) => {
+                    elog!("SIGHUP: auth file not reloaded, the previous one stays in force: {e}")
+                }
+            },
+            signal => {
+                let name = if signal == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                log!(
+                    "{name}: shutting down (close 1001 to every socket, up to {grace:?} to drain)"
+                );
+                break;
+            }
+        }
+    }
     gateway.shutdown();
     gateway.join();
+    ingest.shutdown(Duration::from_secs(3));
     log!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `90s`, `15m`, `1h`, `7d`, or plain seconds.
+fn parse_ttl(text: &str) -> Option<Duration> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+fn token(args: &[String]) -> ExitCode {
+    const OWN: &[&str] = &[
+        "account_id",
+        "customer_id",
+        "agent_id",
+        "permissions",
+        "ttl",
+    ];
+    let fail = |message: String| {
+        elog!("horizon token: {message}");
+        ExitCode::from(2)
+    };
+    // `--publish` and `--superduper-admin` take no value; everything else is `--key value`.
+    let mut publish = false;
+    let mut superduper_admin = false;
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|a| match a.as_str() {
+            "--publish" => {
+                publish = true;
+                false
+            }
+            "--superduper-admin" => {
+                superduper_admin = true;
+                false
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    let known: Vec<&str> = KEYS.iter().chain(OWN).copied().collect();
+    let pairs = match parse_flags(&rest, &known) {
+        Ok(pairs) => pairs,
+        Err(e) => return fail(e.to_string()),
+    };
+    let own = |key: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let config_args: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| !OWN.contains(&k.as_str()))
+        .flat_map(|(k, v)| [format!("--{}", k.replace('_', "-")), v.clone()])
+        .collect();
+    let config = match ServeConfig::load(&config_args, |key| std::env::var(key).ok()) {
+        Ok(config) => config,
+        Err(e) => return fail(e.to_string()),
+    };
+    let Some(account_id) = own("account_id") else {
+        return fail("--account-id is required".into());
+    };
+    if !horizon::families::valid_account_id(&account_id) {
+        return fail(format!(
+            "invalid account id `{account_id}`: expected [A-Za-z0-9_-]{{1,64}}"
+        ));
+    }
+    let permissions = match own("permissions") {
+        None => Permissions::default(),
+        Some(list) => {
+            match Permissions::from_names(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+            {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    let ttl_text = own("ttl").unwrap_or_else(|| "1h".to_string());
+    let Some(ttl) = parse_ttl(&ttl_text) else {
+        return fail(format!(
+            "invalid --ttl `{ttl_text}`: expected e.g. 90s, 15m, 1h, 7d"
+        ));
+    };
+    let keys = match jwt_keys(&config) {
+        Ok(keys) => keys,
+        Err(e) => return fail(e),
+    };
+    let expires_at = SystemTime::now() + ttl;
+    let claims = TokenClaims {
+        account_id,
+        customer_id: own("customer_id"),
+        agent_id: own("agent_id"),
+        permissions,
+        publish,
+        superduper_admin,
+        expires_at: Some(expires_at),
+    };
+    match keys.sign_hs256(&claims) {
+        Ok(token) => {
+            println!("{token}");
+            eprintln!("expires {}", format_rfc3339(expires_at));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,12 +339,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("serve") => serve(&args[1..]),
-        Some("token") => {
-            eprintln!(
-                "horizon token: not available yet (issue #4); see the status table in README.md"
-            );
-            ExitCode::from(2)
-        }
+        Some("token") => token(&args[1..]),
         Some(other) => {
             eprintln!("horizon: unknown command `{other}`\n\n{USAGE}");
             ExitCode::from(2)

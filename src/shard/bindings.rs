@@ -247,6 +247,8 @@ impl BindingTable {
 pub struct Subscriptions<'a> {
     pub(crate) table: &'a RefCell<BindingTable>,
     pub(crate) conn: &'a Rc<RefCell<Conn>>,
+    /// The shard clock (seconds) when the message arrived.
+    pub(crate) now: u32,
 }
 
 impl Subscriptions<'_> {
@@ -283,6 +285,18 @@ impl Subscriptions<'_> {
     /// Number of bindings of this socket.
     pub fn count(&self) -> usize {
         self.conn.borrow().bindings.len()
+    }
+
+    /// Closes the socket with 4001 `token expired` once `remaining` has passed (`None`: the
+    /// credentials never expire). A later call replaces the deadline (a refreshed token).
+    pub fn set_expiry(&mut self, remaining: Option<std::time::Duration>) {
+        let at = remaining.map_or(0, |left| {
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            self.now
+                .saturating_add(secs.min(u64::from(u32::MAX)) as u32)
+                .max(1)
+        });
+        self.conn.borrow_mut().expires_at = at;
     }
 
     /// Sets what the client calls this socket; `None` leaves the current value (Kazoo: a later

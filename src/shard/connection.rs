@@ -49,6 +49,9 @@ pub struct Conn {
     pub(crate) last_heard: u32,
     /// Shard clock second of the last keepalive ping.
     pub(crate) last_ping: u32,
+    /// Shard clock second at which the session's credentials expire (0: never); the keepalive
+    /// sweep closes the socket with 4001 then.
+    pub(crate) expires_at: u32,
     /// The connection task, waiting for output to send.
     writer: Option<Waker>,
     /// Ids of the shard bindings this socket is in (see `bindings.rs`).
@@ -179,11 +182,20 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardCont
         end_after_flush: false,
         last_heard: shard.clock(),
         last_ping: shard.clock(),
+        expires_at: 0,
         writer: None,
         bindings: Vec::new(),
         labels: None,
     }));
     let id = conn.borrow().id;
+    if let Some(left) = session.expires_in() {
+        Subscriptions {
+            table: &shard.bindings,
+            conn: &conn,
+            now: shard.clock(),
+        }
+        .set_expiry(Some(left));
+    }
     shard.sockets.borrow_mut().insert(id, conn.clone());
     Box::pin(frames(
         &stream,
@@ -427,6 +439,7 @@ fn handle_input(
                 let mut subscriptions = Subscriptions {
                     table: &shard.bindings,
                     conn,
+                    now: shard.clock(),
                 };
                 match session.on_text(text, &mut subscriptions) {
                     Reply::None => {}
@@ -436,6 +449,25 @@ fn handle_input(
                     Reply::Close(code, reason) => {
                         conn.borrow_mut().queue_close(code, &reason);
                         *next = Next::FlushAndEnd;
+                    }
+                    Reply::Later(answer) => {
+                        // A task of its own, alive only while the answer is pending: the
+                        // connection's own future stays as small as an idle socket needs.
+                        let conn = conn.clone();
+                        monoio::spawn(async move {
+                            let mut reply = answer.await;
+                            while let Reply::Later(next) = reply {
+                                reply = next.await;
+                            }
+                            let mut conn = conn.borrow_mut();
+                            match reply {
+                                Reply::Text(text) => {
+                                    conn.queue(Bytes::from(encode::text(text.as_bytes())))
+                                }
+                                Reply::Close(code, reason) => conn.close_now(code, &reason),
+                                Reply::None | Reply::Later(_) => {}
+                            }
+                        });
                     }
                 }
             }

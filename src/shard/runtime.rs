@@ -273,7 +273,9 @@ async fn keepalive(shard: Rc<ShardContext>) {
                 }
                 continue;
             }
-            if now.saturating_sub(conn.last_heard) >= idle_after {
+            if conn.expires_at != 0 && now >= conn.expires_at {
+                conn.close_now(CloseCode::TOKEN_EXPIRED, "token expired");
+            } else if now.saturating_sub(conn.last_heard) >= idle_after {
                 conn.close_now(CloseCode::GOING_AWAY, "idle timeout");
             } else if now.saturating_sub(conn.last_ping) >= ping_every {
                 conn.last_ping = now;

@@ -2,7 +2,9 @@
 //! who may connect and what text messages mean. Dialects (Kazoo blackhole, VoIPBin) implement
 //! these traits; they know nothing of sockets.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use super::bindings::Subscriptions;
 use crate::ws::handshake::Request;
@@ -23,19 +25,40 @@ pub trait SessionFactory: Send + Sync + 'static {
 }
 
 /// What a session answers to a client's text message.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     None,
     /// A text frame back to this client.
     Text(String),
     /// Close the socket with this code and reason.
     Close(CloseCode, String),
+    /// The answer once something else has happened (Kazoo: the AMQP bind is confirmed). The
+    /// socket keeps reading meanwhile; the answer is queued when the future resolves, unless the
+    /// socket is gone by then.
+    Later(Pin<Box<dyn Future<Output = Reply>>>),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::None => write!(f, "None"),
+            Reply::Text(text) => f.debug_tuple("Text").field(text).finish(),
+            Reply::Close(code, reason) => f.debug_tuple("Close").field(code).field(reason).finish(),
+            Reply::Later(_) => write!(f, "Later(..)"),
+        }
+    }
 }
 
 /// One socket's dialect state; lives on the socket's shard.
 pub trait Session {
     /// A client's text message; `subscriptions` acts on this socket's bindings.
     fn on_text(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply;
+
+    /// How long the session's credentials stay valid, asked once when the socket opens (a token
+    /// given at the handshake). The socket is closed with 4001 `token expired` then, unless the
+    /// session moves the deadline with `Subscriptions::set_expiry`.
+    fn expires_in(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// The dialect's notice that `skipped` events were dropped for this slow socket, sent once
     /// its queue has drained (the `drop` slow-consumer policy). `None` sends nothing.

@@ -291,6 +291,18 @@ pub mod encode {
         frame(OP_TEXT, payload)
     }
 
+    /// A text frame whose payload is `parts` one after the other, written in one allocation
+    /// (event frames: a per-binding head and the event's shared tail).
+    pub fn text_parts(parts: &[&[u8]]) -> Vec<u8> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(len + 10);
+        header(OP_TEXT, len, &mut out);
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
     pub fn ping(payload: &[u8]) -> Vec<u8> {
         frame(OP_PING, &payload[..payload.len().min(125)])
     }

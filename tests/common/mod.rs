@@ -39,3 +39,5 @@ pub fn unique_name(what: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+pub mod kazoo;

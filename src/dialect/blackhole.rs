@@ -1,0 +1,540 @@
+//! Kazoo's blackhole protocol (PROTOCOLS.md section 3), one [`BlackholeSession`] per socket.
+//!
+//! A command is one JSON object: `action` (`subscribe`, `unsubscribe`, `ping`), `auth_token`
+//! (required until the socket has an identity), `request_id` (echoed, or generated), `data`.
+//! A subscribe resolves each client binding through its family into an account-scoped internal
+//! pattern, adds the socket to the shard's binding for it, takes one reference on the AMQP
+//! binding, and answers once the source has confirmed every binding it needs. Every path out of
+//! a subscription (unsubscribe, a token for fewer accounts, the socket closing) gives the
+//! reference back exactly once.
+//!
+//! Errors are replies (`status: error`) with Kazoo's strings; nothing a client sends closes the
+//! socket except an expired identity (4001).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::{handshake_token, Sequencer};
+use crate::auth::{Auth, AuthError, Identity};
+use crate::binding::Separator;
+use crate::families::{self, AmqpBinding};
+use crate::fanout::Event;
+use crate::ingest::EventSource;
+use crate::json::{self, TapeValue};
+use crate::shard::{FrameEncoder, HttpRefusal, Reply, Session, Subscriptions};
+use crate::ws::frame::encode;
+use crate::ws::handshake::Request;
+
+/// Per-socket limits (PROTOCOLS.md 3.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlackholeLimits {
+    /// Commands a socket may send in a burst.
+    pub rate_burst: u32,
+    /// Commands per second the burst refills at.
+    pub rate_per_sec: f64,
+    /// Client bindings one socket may hold.
+    pub max_bindings: usize,
+    /// Longest a subscribe reply waits for its AMQP binds; past it the reply is sent anyway and
+    /// the bindings become active as soon as the broker has them.
+    pub bind_wait: Duration,
+}
+
+impl Default for BlackholeLimits {
+    fn default() -> BlackholeLimits {
+        BlackholeLimits {
+            rate_burst: 100,
+            rate_per_sec: 10.0,
+            max_bindings: 1000,
+            bind_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The dialect, shared by every shard.
+pub struct Blackhole {
+    auth: Arc<Auth>,
+    source: Arc<dyn EventSource>,
+    limits: BlackholeLimits,
+}
+
+/// Kazoo's error strings (and Horizon's few additions), exactly as clients match them.
+mod errors {
+    pub const TOKEN_REQUIRED: &str = "authentication token required";
+    pub const TOKEN_FORMAT: &str = "invalid authentication token format";
+    pub const TOKEN_FAILED: &str = "failed to authenticate token";
+    pub const TOKEN_EXPIRED: &str = "token expired";
+    pub const MISSING_KEYS: &str = "missing required keys : account_id, binding";
+    pub const WILDCARD_ACCOUNT: &str = "unauthorized wildcard account id";
+    pub const ACCOUNT: &str = "unauthorized account id";
+    pub const RATE_LIMITED: &str = "rate limiting threshold hit";
+    pub const TOO_MANY: &str = "too many bindings";
+    pub const INVALID_JSON: &str = "invalid json";
+}
+
+impl Blackhole {
+    pub fn new(
+        auth: Arc<Auth>,
+        source: Arc<dyn EventSource>,
+        limits: BlackholeLimits,
+    ) -> Blackhole {
+        Blackhole {
+            auth,
+            source,
+            limits,
+        }
+    }
+
+    /// Opens a session. A token given at the handshake must be valid (401 otherwise); without
+    /// one, the first command must carry `auth_token`.
+    pub fn open(
+        self: &Arc<Self>,
+        request: &Request,
+        _peer: SocketAddr,
+    ) -> Result<Box<dyn Session>, HttpRefusal> {
+        let identity = match handshake_token(request) {
+            None => None,
+            Some(token) => match self.auth.authenticate(&token, SystemTime::now()) {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    let mut body = Vec::new();
+                    body.extend_from_slice(b"{\"status\":\"error\",\"data\":{\"errors\":[");
+                    json::write_str(&mut body, &e.to_string());
+                    body.extend_from_slice(b"]}}");
+                    return Err(HttpRefusal {
+                        status: 401,
+                        content_type: "application/json",
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    });
+                }
+            },
+        };
+        Ok(Box::new(BlackholeSession {
+            dialect: self.clone(),
+            identity,
+            subscriptions: Vec::new(),
+            bucket: TokenBucket::new(self.limits.rate_burst, self.limits.rate_per_sec),
+            sequencer: Sequencer::default(),
+        }))
+    }
+}
+
+/// One subscription of a socket: a client binding for one account.
+struct Subscription {
+    binding: String,
+    account: String,
+    pattern: String,
+    amqp: AmqpBinding,
+}
+
+pub struct BlackholeSession {
+    dialect: Arc<Blackhole>,
+    identity: Option<Identity>,
+    subscriptions: Vec<Subscription>,
+    bucket: TokenBucket,
+    sequencer: Sequencer,
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: u32, rate: f64) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            rate,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The event frame of one binding: a head made once per binding, the event's shared tail.
+struct KazooFrame {
+    head: Vec<u8>,
+}
+
+impl KazooFrame {
+    fn new(binding: &str, pattern: &str) -> KazooFrame {
+        let mut head = Vec::with_capacity(64 + binding.len() + pattern.len());
+        head.extend_from_slice(b"{\"action\":\"event\",\"subscribed_key\":");
+        json::write_str(&mut head, binding);
+        head.extend_from_slice(b",\"subscription_key\":");
+        json::write_str(&mut head, pattern);
+        head.push(b',');
+        KazooFrame { head }
+    }
+}
+
+impl FrameEncoder for KazooFrame {
+    /// Hot path: once per event per matching binding.
+    fn encode(&self, event: &Event) -> Bytes {
+        Bytes::from(encode::text_parts(&[&self.head, &event.body]))
+    }
+}
+
+/// A reply under construction.
+struct Answer {
+    request_id: String,
+}
+
+impl Answer {
+    fn success(&self, data: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"{\"action\":\"reply\",\"request_id\":");
+        json::write_str(&mut out, &self.request_id);
+        out.extend_from_slice(b",\"status\":\"success\",\"data\":");
+        data(&mut out);
+        out.push(b'}');
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn error(&self, errors: &[&str]) -> Reply {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"{\"action\":\"reply\",\"request_id\":");
+        json::write_str(&mut out, &self.request_id);
+        out.extend_from_slice(b",\"status\":\"error\",\"data\":{\"errors\":");
+        json::write_str_array(&mut out, errors.iter().copied());
+        out.extend_from_slice(b"}}");
+        Reply::Text(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+impl Session for BlackholeSession {
+    fn on_text(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply {
+        let reply = self.command(text, subscriptions);
+        self.sequencer.order(reply)
+    }
+
+    fn expires_in(&self) -> Option<Duration> {
+        remaining(self.identity.as_ref()?)
+    }
+
+    fn lag_notice(&self, skipped: u64) -> Option<String> {
+        Some(format!(
+            "{{\"action\":\"lagged\",\"data\":{{\"skipped\":{skipped}}}}}"
+        ))
+    }
+}
+
+/// Time left on an identity's token (`None`: it does not expire).
+fn remaining(identity: &Identity) -> Option<Duration> {
+    identity.expires_at.map(|at| {
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    })
+}
+
+impl BlackholeSession {
+    fn command(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply {
+        let mut bytes = text.as_bytes().to_vec();
+        let tape = simd_json::to_tape(&mut bytes);
+        let root = tape
+            .as_ref()
+            .ok()
+            .and_then(|t| TapeValue::root(&t.0))
+            .filter(|r| r.is_object());
+        let request_id = root
+            .and_then(|r| r.get("request_id"))
+            .and_then(|v| v.as_str())
+            .filter(|id| !id.is_empty() && id.len() <= 256)
+            .map_or_else(|| crate::ids::random_hex(16), str::to_string);
+        let answer = Answer { request_id };
+        if !self.bucket.take() {
+            return answer.error(&[errors::RATE_LIMITED]);
+        }
+        let Some(root) = root else {
+            return answer.error(&[errors::INVALID_JSON]);
+        };
+
+        let action = root.get("action");
+        let is_ping = action.and_then(|a| a.as_str()) == Some("ping");
+        match root.get("auth_token") {
+            Some(token) => {
+                let Some(token) = token.as_str() else {
+                    return answer.error(&[errors::TOKEN_FORMAT]);
+                };
+                match self.dialect.auth.authenticate(token, SystemTime::now()) {
+                    Ok(identity) => self.adopt(identity, subscriptions),
+                    Err(AuthError::Format) => return answer.error(&[errors::TOKEN_FORMAT]),
+                    Err(AuthError::Failed) => return answer.error(&[errors::TOKEN_FAILED]),
+                    Err(AuthError::Expired) => {
+                        return answer.error(&[errors::TOKEN_FAILED, errors::TOKEN_EXPIRED])
+                    }
+                }
+            }
+            // A ping needs no identity (a client may keep a socket warm before it logs in).
+            None if is_ping => {}
+            None if self.identity.is_none() => return answer.error(&[errors::TOKEN_REQUIRED]),
+            None => {}
+        }
+        if is_ping {
+            return Reply::Text(
+                answer.success(|out| out.extend_from_slice(b"{\"response\":\"pong\"}")),
+            );
+        }
+        if self
+            .identity
+            .as_ref()
+            .and_then(remaining)
+            .is_some_and(|left| left.is_zero())
+        {
+            return answer.error(&[errors::TOKEN_FAILED, errors::TOKEN_EXPIRED]);
+        }
+
+        let data = root.get("data").filter(|d| d.is_object());
+        match action.and_then(|a| a.as_str()) {
+            Some("subscribe") => self.subscribe(&answer, data, subscriptions),
+            Some("unsubscribe") => self.unsubscribe(&answer, data, subscriptions),
+            Some(other) => {
+                let shown: String = other.chars().take(64).collect();
+                answer.error(&[&format!("unknown action {shown}")])
+            }
+            None => answer.error(&["unknown action"]),
+        }
+    }
+
+    /// Takes a (new or refreshed) identity: moves the expiry, and drops subscriptions the new
+    /// identity may not see.
+    fn adopt(&mut self, identity: Identity, subscriptions: &mut Subscriptions<'_>) {
+        subscriptions.set_expiry(remaining(&identity));
+        let auth = &self.dialect.auth;
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.subscriptions)
+            .into_iter()
+            .partition(|s| auth.may_see(&identity, &s.account));
+        self.subscriptions = keep;
+        for sub in drop {
+            self.leave(sub, subscriptions);
+        }
+        self.identity = Some(identity);
+    }
+
+    fn leave(&self, sub: Subscription, subscriptions: &mut Subscriptions<'_>) {
+        if subscriptions.unsubscribe(Separator::Dot, &sub.pattern, &sub.binding) {
+            self.dialect.source.release(sub.amqp);
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        answer: &Answer,
+        data: Option<TapeValue<'_, '_>>,
+        subscriptions: &mut Subscriptions<'_>,
+    ) -> Reply {
+        let Some(identity) = self.identity.as_ref() else {
+            return answer.error(&[errors::TOKEN_REQUIRED]);
+        };
+        let Some(bindings) = data
+            .and_then(|d| requested_bindings(d).ok().flatten())
+            .filter(|b| !b.is_empty())
+        else {
+            return answer.error(&[errors::MISSING_KEYS]);
+        };
+        let account = match data.and_then(|d| d.get("account_id")) {
+            None => identity.account_id.clone(),
+            Some(account) => match account.as_str() {
+                Some(account) => account.to_string(),
+                None => return answer.error(&[errors::MISSING_KEYS]),
+            },
+        };
+        if account == "*" {
+            if !identity.superduper_admin {
+                return answer.error(&[errors::WILDCARD_ACCOUNT]);
+            }
+        } else if !families::valid_account_id(&account)
+            || !self.dialect.auth.may_see(identity, &account)
+        {
+            return answer.error(&[errors::ACCOUNT]);
+        }
+
+        let mut resolved = Vec::with_capacity(bindings.len());
+        let mut problems: Vec<String> = Vec::new();
+        for binding in &bindings {
+            match families::resolve(binding, &account) {
+                Ok(r) => resolved.push((binding.clone(), r)),
+                Err(e) => {
+                    let e = e.to_string();
+                    if !problems.contains(&e) {
+                        problems.push(e);
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            let problems: Vec<&str> = problems.iter().map(String::as_str).collect();
+            return answer.error(&problems);
+        }
+        let fresh = resolved
+            .iter()
+            .filter(|(b, _)| !self.has(b, &account))
+            .count();
+        if self.subscriptions.len() + fresh > self.dialect.limits.max_bindings {
+            return answer.error(&[errors::TOO_MANY]);
+        }
+
+        let mut waits = Vec::new();
+        for (binding, r) in resolved {
+            let encoder: Rc<dyn FrameEncoder> =
+                Rc::new(KazooFrame::new(&binding, &r.internal_pattern));
+            match subscriptions.subscribe(Separator::Dot, &r.internal_pattern, &binding, encoder) {
+                Ok(true) => {
+                    waits.push(self.dialect.source.acquire(r.amqp.clone()));
+                    self.subscriptions.push(Subscription {
+                        binding,
+                        account: account.clone(),
+                        pattern: r.internal_pattern,
+                        amqp: r.amqp,
+                    });
+                }
+                // Already subscribed: a duplicate changes nothing (and takes no reference).
+                Ok(false) => {}
+                Err(_) => {
+                    return answer.error(&["no available subscriptions to requested binding"])
+                }
+            }
+        }
+        if let Some(data) = data {
+            let name = data
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(str::to_string);
+            let metadata = data.get("metadata").filter(|m| !m.is_null()).map(|m| {
+                let mut out = Vec::new();
+                json::write_value(&mut out, m, &mut |out, k| json::write_str(out, k));
+                String::from_utf8_lossy(&out).into_owned()
+            });
+            subscriptions.set_labels(name, metadata);
+        }
+
+        let reply = answer.success(|out| {
+            out.extend_from_slice(b"{\"subscribed\":");
+            json::write_str_array(out, self.client_bindings());
+            out.push(b'}');
+        });
+        if waits.is_empty() {
+            return Reply::Text(reply);
+        }
+        let wait = self.dialect.limits.bind_wait;
+        Reply::Later(Box::pin(async move {
+            let all = futures_util::future::join_all(waits);
+            // Past the wait the bindings stay registered: the source activates them when it can.
+            let _ = monoio::time::timeout(wait, all).await;
+            Reply::Text(reply)
+        }))
+    }
+
+    fn unsubscribe(
+        &mut self,
+        answer: &Answer,
+        data: Option<TapeValue<'_, '_>>,
+        subscriptions: &mut Subscriptions<'_>,
+    ) -> Reply {
+        // No binding(s) at all means every binding; malformed ones must not.
+        let requested = match data.map(requested_bindings) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(list))) => Some(list),
+            Some(Err(())) => return answer.error(&[errors::MISSING_KEYS]),
+        };
+        let account = match data.and_then(|d| d.get("account_id")) {
+            None => None,
+            Some(account) => match account.as_str() {
+                Some(account) => Some(account.to_string()),
+                None => return answer.error(&[errors::MISSING_KEYS]),
+            },
+        };
+        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.subscriptions)
+            .into_iter()
+            .partition(|s| {
+                requested.as_ref().is_none_or(|r| r.contains(&s.binding))
+                    && account.as_ref().is_none_or(|a| *a == s.account)
+            });
+        self.subscriptions = keep;
+        let mut unsubscribed: Vec<String> = Vec::new();
+        for sub in gone {
+            if !unsubscribed.contains(&sub.binding) {
+                unsubscribed.push(sub.binding.clone());
+            }
+            self.leave(sub, subscriptions);
+        }
+        Reply::Text(answer.success(|out| {
+            out.extend_from_slice(b"{\"unsubscribed\":");
+            json::write_str_array(out, unsubscribed.iter().map(String::as_str));
+            out.extend_from_slice(b",\"subscribed\":");
+            json::write_str_array(out, self.client_bindings());
+            out.push(b'}');
+        }))
+    }
+
+    fn has(&self, binding: &str, account: &str) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|s| s.binding == binding && s.account == account)
+    }
+
+    /// The socket's client bindings, each once, in subscription order.
+    fn client_bindings(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::with_capacity(self.subscriptions.len());
+        for s in &self.subscriptions {
+            if !out.contains(&s.binding.as_str()) {
+                out.push(&s.binding);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for BlackholeSession {
+    /// The socket is gone (the shard has already removed it from its bindings): give back every
+    /// AMQP reference it held.
+    fn drop(&mut self) {
+        for sub in self.subscriptions.drain(..) {
+            self.dialect.source.release(sub.amqp);
+        }
+    }
+}
+
+/// `data.binding` (wins) or `data.bindings`, each once: `Ok(None)` when neither is there,
+/// `Err` when the one given is not a string (or an array of strings).
+fn requested_bindings(data: TapeValue<'_, '_>) -> Result<Option<Vec<String>>, ()> {
+    if let Some(binding) = data.get("binding") {
+        return binding
+            .as_str()
+            .map(|b| Some(vec![b.to_string()]))
+            .ok_or(());
+    }
+    let Some(list) = data.get("bindings") else {
+        return Ok(None);
+    };
+    if !list.is_array() {
+        return Err(());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for item in list.elements() {
+        let item = item.as_str().ok_or(())?;
+        if !out.iter().any(|b| b == item) {
+            out.push(item.to_string());
+        }
+    }
+    Ok(Some(out))
+}

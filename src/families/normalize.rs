@@ -1,0 +1,445 @@
+//! The ingest side of the families: one AMQP delivery in, one routed event out.
+//!
+//! Hot path (once per delivery, not per socket; `benches/ingest.rs`). The body is parsed once into
+//! a simd-json tape (reused buffers, strings unescaped in place), the family's fields are read off
+//! the tape, and the payload is written once in Kazoo's normalized form - keys lower-cased with
+//! `-` turned into `_` at every depth, Kazoo's default AMQP headers dropped at the top. The result
+//! is the part of the event frame every subscriber shares:
+//! `"name":..,"routing_key":..,"data":{..}}`.
+
+use bytes::Bytes;
+use simd_json::{Buffers, Tape};
+
+use super::encoding::{account_from_db, decode_segment, encode_segment};
+use super::{valid_account_id, CALL_EVENTS};
+use crate::json::{self, TapeValue};
+
+/// Kazoo's default and optional default headers, dropped from `data` (as `kz_api:remove_defaults`).
+const DEFAULT_HEADERS: &[&str] = &[
+    "Server-ID",
+    "Node",
+    "Msg-ID",
+    "App-Name",
+    "App-Version",
+    "Event-Category",
+    "Event-Name",
+    "Raw-Headers",
+    "Destination-Server",
+    "Geo-Location",
+    "Access-Group",
+    "Tenant-ID",
+    "Defer-Response",
+];
+
+/// An event ready for the shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalized {
+    /// The account-scoped internal key bindings are matched against.
+    pub key: String,
+    /// The account the event belongs to.
+    pub account: String,
+    /// `"name":..,"routing_key":..,"data":{..}}`: the tail of every event frame for it.
+    pub tail: Bytes,
+}
+
+/// Why a delivery was skipped (acked and counted, never retried: it would fail again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Skip {
+    #[error("body is not JSON")]
+    NotJson,
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    #[error("missing or empty {0}")]
+    Missing(&'static str),
+    #[error("account id is not a valid routing-key segment")]
+    InvalidAccount,
+    #[error("database is not an account database")]
+    NotAccountDb,
+    #[error("event is not one the family carries")]
+    UnsupportedEvent,
+    #[error("routing key does not have the family's shape")]
+    MalformedRoutingKey,
+    #[error("exchange is not one of the families'")]
+    UnknownExchange,
+}
+
+impl Skip {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [Skip; 8] = [
+        Skip::NotJson,
+        Skip::NotAnObject,
+        Skip::Missing(""),
+        Skip::InvalidAccount,
+        Skip::NotAccountDb,
+        Skip::UnsupportedEvent,
+        Skip::MalformedRoutingKey,
+        Skip::UnknownExchange,
+    ];
+
+    /// A short label for counters and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Skip::NotJson => "not_json",
+            Skip::NotAnObject => "not_an_object",
+            Skip::Missing(_) => "missing_field",
+            Skip::InvalidAccount => "invalid_account",
+            Skip::NotAccountDb => "not_account_db",
+            Skip::UnsupportedEvent => "unsupported_event",
+            Skip::MalformedRoutingKey => "malformed_routing_key",
+            Skip::UnknownExchange => "unknown_exchange",
+        }
+    }
+
+    /// Position in [`Skip::ALL`].
+    pub fn index(&self) -> usize {
+        Skip::ALL
+            .iter()
+            .position(|s| s.label() == self.label())
+            .unwrap_or(0)
+    }
+}
+
+/// Parses and normalizes deliveries, reusing its buffers. One per ingest thread.
+pub struct Normalizer {
+    buffers: Buffers,
+    tape: Tape<'static>,
+    out: Vec<u8>,
+}
+
+impl Default for Normalizer {
+    fn default() -> Normalizer {
+        Normalizer {
+            buffers: Buffers::default(),
+            tape: Tape::null().reset(),
+            out: Vec::with_capacity(4096),
+        }
+    }
+}
+
+impl Normalizer {
+    /// Routes and normalizes one delivery. `body` is parsed in place (simd-json unescapes
+    /// strings into it), so the caller hands over a buffer it no longer needs.
+    pub fn normalize(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        body: &mut [u8],
+    ) -> Result<Normalized, Skip> {
+        let mut tape = std::mem::replace(&mut self.tape, Tape::null().reset()).reset();
+        let result = match simd_json::fill_tape(body, &mut self.buffers, &mut tape) {
+            Ok(()) => match TapeValue::root(&tape.0) {
+                Some(root) if root.is_object() => self.route(exchange, routing_key, root),
+                _ => Err(Skip::NotAnObject),
+            },
+            Err(_) => Err(Skip::NotJson),
+        };
+        self.tape = tape.reset();
+        result
+    }
+
+    fn route(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        root: TapeValue<'_, '_>,
+    ) -> Result<Normalized, Skip> {
+        let field = |name: &'static str| {
+            root.get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .ok_or(Skip::Missing(name))
+        };
+        let event_name = || field("Event-Name");
+        let segments: Vec<&str> = routing_key.split('.').collect();
+        let (key, account, name) = match exchange {
+            "callevt" => {
+                let name = event_name()?;
+                if !CALL_EVENTS.contains(&name) {
+                    return Err(Skip::UnsupportedEvent);
+                }
+                let call_id = field("Call-ID")?;
+                let account = root
+                    .get("Custom-Channel-Vars")
+                    .and_then(|ccv| ccv.get("Account-ID"))
+                    .and_then(|v| v.as_str())
+                    .ok_or(Skip::Missing("Custom-Channel-Vars.Account-ID"))?;
+                let account = checked_account(account)?;
+                let key = format!("call.{account}.{name}.{}", encode_segment(call_id));
+                (key, account.to_string(), name)
+            }
+            "configuration" => {
+                let [action, db, _kind, _id] = segments.as_slice() else {
+                    return Err(Skip::MalformedRoutingKey);
+                };
+                let account = account_from_db(db).ok_or(Skip::NotAccountDb)?;
+                let account = checked_account(&account)?.to_string();
+                let name = field("Event-Name").unwrap_or(action);
+                (routing_key.to_string(), account, name)
+            }
+            "conference" => {
+                let account = payload_account(root)?;
+                let key = match segments.as_slice() {
+                    ["conference", "event", conference, call] => format!(
+                        "conference.event.{account}.{}.{}",
+                        canonical(conference)?,
+                        canonical(call)?
+                    ),
+                    ["conference", "command", conference] => {
+                        format!("conference.command.{account}.{}", canonical(conference)?)
+                    }
+                    _ => return Err(Skip::MalformedRoutingKey),
+                };
+                (key, account.to_string(), event_name()?)
+            }
+            "fax" => {
+                let account = payload_account(root)?;
+                let ["fax", "status", fax_id] = segments.as_slice() else {
+                    return Err(Skip::MalformedRoutingKey);
+                };
+                let key = format!("fax.status.{account}.{}", canonical(fax_id)?);
+                (key, account.to_string(), event_name()?)
+            }
+            _ => return Err(Skip::UnknownExchange),
+        };
+
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"\"name\":");
+        json::write_str(out, name);
+        out.extend_from_slice(b",\"routing_key\":");
+        json::write_str(out, &key);
+        out.extend_from_slice(b",\"data\":{");
+        let mut first = true;
+        for (k, v) in root.entries() {
+            if DEFAULT_HEADERS.contains(&k) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            normalized_key(out, k);
+            out.push(b':');
+            json::write_value(out, v, &mut normalized_key);
+        }
+        out.extend_from_slice(b"}}");
+        Ok(Normalized {
+            key,
+            account,
+            tail: Bytes::copy_from_slice(out),
+        })
+    }
+}
+
+fn checked_account(account: &str) -> Result<&str, Skip> {
+    if valid_account_id(account) {
+        Ok(account)
+    } else {
+        Err(Skip::InvalidAccount)
+    }
+}
+
+/// The account of a conference or fax event: `Account-ID`, else the channel's.
+fn payload_account<'i>(root: TapeValue<'_, 'i>) -> Result<&'i str, Skip> {
+    let account = root
+        .get("Account-ID")
+        .or_else(|| {
+            root.get("Custom-Channel-Vars")
+                .and_then(|c| c.get("Account-ID"))
+        })
+        .and_then(|v| v.as_str())
+        .ok_or(Skip::Missing("Account-ID"))?;
+    checked_account(account)
+}
+
+/// A routing-key id segment in the one encoding subscriptions use.
+fn canonical(segment: &str) -> Result<String, Skip> {
+    if segment.is_empty() {
+        return Err(Skip::MalformedRoutingKey);
+    }
+    Ok(encode_segment(&decode_segment(segment)))
+}
+
+/// Writes `key` lower-cased with `-` turned into `_`, as Kazoo's blackhole normalizes.
+fn normalized_key(out: &mut Vec<u8>, key: &str) {
+    if key
+        .bytes()
+        .all(|b| !b.is_ascii_uppercase() && b != b'-' && b != b'"' && b != b'\\' && b >= 0x20)
+    {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    let normalized: String = key
+        .chars()
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    json::write_str(out, &normalized);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalize(exchange: &str, key: &str, body: &str) -> Result<Normalized, Skip> {
+        Normalizer::default().normalize(exchange, key, &mut body.as_bytes().to_vec())
+    }
+
+    fn tail(n: &Normalized) -> String {
+        String::from_utf8(n.tail.to_vec()).expect("utf-8")
+    }
+
+    const CALL: &str = r#"{"Event-Name":"CHANNEL_CREATE","Event-Category":"call_event","Call-ID":"abc@host.example",
+        "Caller-ID-Number":"+15551234","Msg-ID":"m1","Server-ID":"s1","App-Name":"ecallmgr","App-Version":"4.3",
+        "Node":"ecallmgr@fs1","Custom-Channel-Vars":{"Account-ID":"acct-a","Owner-ID":"u1","Nested-List":[{"A-B":1}]}}"#;
+
+    #[test]
+    fn call_events_get_the_account_scoped_key_and_kazoo_normalized_data() {
+        let n =
+            normalize("callevt", "call.CHANNEL_CREATE.abc%40host%2Eexample", CALL).expect("routed");
+        assert_eq!(n.key, "call.acct-a.CHANNEL_CREATE.abc%40host%2Eexample");
+        assert_eq!(n.account, "acct-a");
+        let t = tail(&n);
+        let frame = format!("{{{t}");
+        let mut bytes = frame.into_bytes();
+        let v = simd_json::to_owned_value(&mut bytes).expect("the tail completes a JSON object");
+        use simd_json::prelude::*;
+        assert_eq!(v.get_str("name"), Some("CHANNEL_CREATE"));
+        assert_eq!(
+            v.get_str("routing_key"),
+            Some("call.acct-a.CHANNEL_CREATE.abc%40host%2Eexample")
+        );
+        let data = v.get("data").expect("data");
+        assert_eq!(data.get_str("call_id"), Some("abc@host.example"));
+        assert_eq!(data.get_str("caller_id_number"), Some("+15551234"));
+        for dropped in [
+            "msg_id",
+            "server_id",
+            "app_name",
+            "app_version",
+            "node",
+            "event_name",
+            "event_category",
+            "Msg-ID",
+        ] {
+            assert!(data.get(dropped).is_none(), "{dropped} must be dropped");
+        }
+        let ccv = data.get("custom_channel_vars").expect("ccv");
+        assert_eq!(ccv.get_str("account_id"), Some("acct-a"));
+        assert_eq!(
+            ccv.get("nested_list")
+                .and_then(|l| l.get_idx(0))
+                .and_then(|o| o.get_i64("a_b")),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn object_events_keep_their_routing_key() {
+        let body = r#"{"Event-Name":"doc_edited","ID":"u1","Type":"user","Account-ID":"acct-a"}"#;
+        let n = normalize(
+            "configuration",
+            "doc_edited.account%2Fac%2Fct%2F-a.user.u1",
+            body,
+        )
+        .expect("routed");
+        assert_eq!(n.key, "doc_edited.account%2Fac%2Fct%2F-a.user.u1");
+        assert_eq!(n.account, "acct-a");
+        assert_eq!(
+            normalize("configuration", "doc_edited.system_config.user.u1", body),
+            Err(Skip::NotAccountDb)
+        );
+        assert_eq!(
+            normalize("configuration", "doc_edited.x", body),
+            Err(Skip::MalformedRoutingKey)
+        );
+    }
+
+    #[test]
+    fn conference_and_fax_events_take_the_account_from_the_payload() {
+        let body = r#"{"Event-Name":"participant_event","Account-ID":"acct-a"}"#;
+        let n = normalize("conference", "conference.event.conf1.abc%40h", body).expect("routed");
+        assert_eq!(n.key, "conference.event.acct-a.conf1.abc%40h");
+        let n = normalize("conference", "conference.command.conf1", body).expect("routed");
+        assert_eq!(n.key, "conference.command.acct-a.conf1");
+        let n = normalize(
+            "fax",
+            "fax.status.f1",
+            r#"{"Event-Name":"status","Account-ID":"acct-a"}"#,
+        )
+        .expect("routed");
+        assert_eq!(n.key, "fax.status.acct-a.f1");
+    }
+
+    #[test]
+    fn bad_deliveries_are_skipped_with_a_reason() {
+        assert_eq!(
+            normalize("callevt", "call.X.y", "{not json"),
+            Err(Skip::NotJson)
+        );
+        assert_eq!(
+            normalize("callevt", "call.X.y", "[1]"),
+            Err(Skip::NotAnObject)
+        );
+        assert_eq!(normalize("callevt", "call.X.y", ""), Err(Skip::NotJson));
+        assert_eq!(
+            normalize(
+                "callevt",
+                "call.X.y",
+                r#"{"Event-Name":"CHANNEL_CREATE","Call-ID":"c"}"#
+            ),
+            Err(Skip::Missing("Custom-Channel-Vars.Account-ID"))
+        );
+        assert_eq!(
+            normalize(
+                "callevt",
+                "call.X.y",
+                r#"{"Event-Name":"CHANNEL_CREATE","Call-ID":7}"#
+            ),
+            Err(Skip::Missing("Call-ID"))
+        );
+        let evil = r#"{"Event-Name":"CHANNEL_CREATE","Call-ID":"c","Custom-Channel-Vars":{"Account-ID":"acct-b.CHANNEL_CREATE"}}"#;
+        assert_eq!(
+            normalize("callevt", "call.X.y", evil),
+            Err(Skip::InvalidAccount)
+        );
+        let star = r#"{"Event-Name":"CHANNEL_CREATE","Call-ID":"c","Custom-Channel-Vars":{"Account-ID":"*"}}"#;
+        assert_eq!(
+            normalize("callevt", "call.X.y", star),
+            Err(Skip::InvalidAccount)
+        );
+        assert_eq!(
+            normalize(
+                "callevt",
+                "call.X.y",
+                r#"{"Event-Name":"CHANNEL_EXECUTE","Call-ID":"c"}"#
+            ),
+            Err(Skip::UnsupportedEvent)
+        );
+        assert_eq!(normalize("other", "x", "{}"), Err(Skip::UnknownExchange));
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(50_000), "]".repeat(50_000));
+        assert_eq!(
+            normalize("callevt", "k", &deep),
+            Err(Skip::Missing("Event-Name"))
+        );
+    }
+
+    #[test]
+    fn buffers_are_reused_across_deliveries() {
+        let mut normalizer = Normalizer::default();
+        for i in 0..3 {
+            let body = CALL.replace("abc@host.example", &format!("call-{i}"));
+            let n = normalizer
+                .normalize("callevt", "k", &mut body.into_bytes())
+                .expect("routed");
+            assert_eq!(n.key, format!("call.acct-a.CHANNEL_CREATE.call-{i}"));
+        }
+    }
+}

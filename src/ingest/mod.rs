@@ -1,0 +1,347 @@
+//! Where events come from: RabbitMQ (`amqp`) or the in-process bus (`embedded`), on one ingest
+//! thread that owns the shards' rings.
+//!
+//! The thread runs a tokio current-thread runtime. Everything that reaches it - a shard asking
+//! for an AMQP binding, a socket letting one go, a publish from the REST side - arrives as a
+//! [`Command`] on one channel, so the node-wide reference counts ([`counts`]) have a single owner
+//! and are never raced. A delivery is parsed and normalized once ([`Normalizer`]) and handed to
+//! every shard as one `Arc<Event>`; a full ring makes the thread wait, and with AMQP that wait
+//! holds back acks, so bursts queue in RabbitMQ rather than in memory.
+//!
+//! [`Ingest`] is the handle the rest of the gateway holds: `Clone`, `Send`, cheap.
+
+mod amqp;
+mod counts;
+mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::binding::Separator;
+use crate::families::{AmqpBinding, Normalizer, Skip};
+use crate::fanout::{Event, Publisher};
+
+pub use amqp::{redact as redact_url, AmqpConfig};
+
+/// Which source feeds the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Amqp(AmqpConfig),
+    /// No broker: the in-process bus fed by publishes (the REST endpoint, tests).
+    Embedded,
+}
+
+/// The source could not activate a binding (it is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("event source unavailable")]
+pub struct SourceDown;
+
+/// Why a publish was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Embedded bus: the event does not route (not JSON, no account, ...).
+    #[error("event not routable: {0}")]
+    NotRoutable(Skip),
+    #[error("broker unavailable")]
+    BrokerUnavailable,
+    #[error("gateway shutting down")]
+    ShuttingDown,
+}
+
+/// What subscriptions need from the event source: reference-counted bindings. Implemented by
+/// [`Ingest`]; the dialects hold it as a trait object and know nothing of AMQP connections.
+pub trait EventSource: Send + Sync + 'static {
+    /// Takes one reference on `binding`; the future resolves once the binding is active at the
+    /// source (bound on the broker), so an event published after it resolves is delivered.
+    fn acquire(
+        &self,
+        binding: AmqpBinding,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SourceDown>> + Send>>;
+
+    /// Gives one reference back; the binding is removed after its last reference.
+    fn release(&self, binding: AmqpBinding);
+}
+
+pub(crate) enum Command {
+    Acquire(AmqpBinding, oneshot::Sender<Result<(), SourceDown>>),
+    Release(AmqpBinding),
+    Publish {
+        exchange: String,
+        routing_key: String,
+        payload: Vec<u8>,
+        done: oneshot::Sender<Result<(), PublishError>>,
+    },
+    Shutdown,
+}
+
+/// Where the source is; `readyz` and the log report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SourceState {
+    Starting = 0,
+    Connecting = 1,
+    Consuming = 2,
+    Embedded = 3,
+    Stopped = 4,
+}
+
+/// Counters and state, readable from any thread.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    state: AtomicU8,
+    /// Deliveries (or embedded publishes) received.
+    pub received: AtomicU64,
+    /// Events handed to the shards.
+    pub routed: AtomicU64,
+    /// Deliveries skipped, per [`Skip::ALL`] reason.
+    pub skipped: [AtomicU64; Skip::ALL.len()],
+    /// Distinct bindings with at least one reference.
+    pub bindings: AtomicU64,
+    /// Releases of bindings nobody held (a dialect bug if ever non-zero).
+    pub stray_releases: AtomicU64,
+    /// Times the broker connection was (re)established.
+    pub connects: AtomicU64,
+}
+
+impl IngestStatus {
+    pub fn state(&self) -> SourceState {
+        match self.state.load(Ordering::Acquire) {
+            1 => SourceState::Connecting,
+            2 => SourceState::Consuming,
+            3 => SourceState::Embedded,
+            4 => SourceState::Stopped,
+            _ => SourceState::Starting,
+        }
+    }
+
+    fn set_state(&self, state: SourceState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Ready to deliver: consuming from the broker, or running the embedded bus.
+    pub fn ready(&self) -> bool {
+        matches!(self.state(), SourceState::Consuming | SourceState::Embedded)
+    }
+
+    pub fn skipped(&self, reason: Skip) -> u64 {
+        self.skipped[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+struct Shared {
+    source: Source,
+    commands: mpsc::UnboundedSender<Command>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    status: Arc<IngestStatus>,
+    queue: String,
+}
+
+/// The handle to the ingest thread.
+#[derive(Clone)]
+pub struct Ingest {
+    shared: Arc<Shared>,
+}
+
+impl Ingest {
+    /// Prepares the ingest side. Commands sent before [`Ingest::start`] wait for the thread, so
+    /// the shards (which need this handle) can start first.
+    pub fn new(source: Source) -> Ingest {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let queue = match &source {
+            Source::Amqp(config) => {
+                format!("horizon.{}.{}", config.node, crate::ids::random_hex(8))
+            }
+            Source::Embedded => String::new(),
+        };
+        Ingest {
+            shared: Arc::new(Shared {
+                source,
+                commands,
+                receiver: Mutex::new(Some(receiver)),
+                thread: Mutex::new(None),
+                status: Arc::new(IngestStatus::default()),
+                queue,
+            }),
+        }
+    }
+
+    /// Starts the ingest thread, which owns `publisher` (the shards' rings) from now on.
+    pub fn start(&self, publisher: Publisher) -> std::io::Result<()> {
+        let receiver = self
+            .shared
+            .receiver
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .ok_or_else(|| std::io::Error::other("ingest already started"))?;
+        let source = self.shared.source.clone();
+        let status = self.shared.status.clone();
+        let queue = self.shared.queue.clone();
+        let thread = std::thread::Builder::new()
+            .name("horizon-ingest".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        crate::elog!("ingest: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    match source {
+                        Source::Amqp(config) => {
+                            amqp::run(config, queue, receiver, publisher, status.clone()).await
+                        }
+                        Source::Embedded => {
+                            embedded::run(receiver, publisher, status.clone()).await
+                        }
+                    }
+                    status.set_state(SourceState::Stopped);
+                });
+            })?;
+        if let Ok(mut slot) = self.shared.thread.lock() {
+            *slot = Some(thread);
+        }
+        Ok(())
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.shared.source
+    }
+
+    pub fn status(&self) -> &IngestStatus {
+        &self.shared.status
+    }
+
+    /// The node queue's name (AMQP); empty for the embedded bus.
+    pub fn queue_name(&self) -> &str {
+        &self.shared.queue
+    }
+
+    /// Publishes an event: into the embedded bus, or to the broker's exchange.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), PublishError> {
+        let (done, result) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Publish {
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+                payload,
+                done,
+            })
+            .map_err(|_| PublishError::ShuttingDown)?;
+        result.await.unwrap_or(Err(PublishError::ShuttingDown))
+    }
+
+    /// Stops consuming (pending acks are sent), closes the broker connection and waits up to
+    /// `timeout` for the thread.
+    pub fn shutdown(&self, timeout: Duration) {
+        let _ = self.shared.commands.send(Command::Shutdown);
+        let thread = self.shared.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let deadline = Instant::now() + timeout;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl EventSource for Ingest {
+    fn acquire(
+        &self,
+        binding: AmqpBinding,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SourceDown>> + Send>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shared.commands.send(Command::Acquire(binding, tx));
+        Box::pin(async move {
+            sent.map_err(|_| SourceDown)?;
+            rx.await.unwrap_or(Err(SourceDown))
+        })
+    }
+
+    fn release(&self, binding: AmqpBinding) {
+        let _ = self.shared.commands.send(Command::Release(binding));
+    }
+}
+
+/// Normalizes one delivery and hands it to every shard. Shared by both sources.
+async fn route(
+    normalizer: &mut Normalizer,
+    skips: &mut SkipLog,
+    publisher: &Publisher,
+    status: &IngestStatus,
+    exchange: &str,
+    routing_key: &str,
+    body: &mut [u8],
+) -> Result<(), PublishError> {
+    status.received.fetch_add(1, Ordering::Relaxed);
+    match normalizer.normalize(exchange, routing_key, body) {
+        Ok(normalized) => {
+            let event = Arc::new(Event {
+                key: normalized.key,
+                separator: Separator::Dot,
+                body: normalized.tail,
+            });
+            publisher
+                .publish(event)
+                .await
+                .map_err(|_| PublishError::ShuttingDown)?;
+            status.routed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(skip) => {
+            status.skipped[skip.index()].fetch_add(1, Ordering::Relaxed);
+            skips.note(skip, exchange, routing_key);
+            Err(PublishError::NotRoutable(skip))
+        }
+    }
+}
+
+/// Logs skipped deliveries at most once per reason every ten seconds, with how many there were.
+#[derive(Default)]
+struct SkipLog {
+    last: [Option<Instant>; Skip::ALL.len()],
+    unlogged: [u64; Skip::ALL.len()],
+}
+
+impl SkipLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, skip: Skip, exchange: &str, routing_key: &str) {
+        let i = skip.index();
+        self.unlogged[i] += 1;
+        if self.last[i].is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        let more = self.unlogged[i] - 1;
+        let key: String = routing_key.chars().take(200).collect();
+        if more > 0 {
+            crate::elog!(
+                "ingest: skipped a delivery on {exchange} / {key}: {skip} (and {more} more skipped for this reason since the last report)"
+            );
+        } else {
+            crate::elog!("ingest: skipped a delivery on {exchange} / {key}: {skip}");
+        }
+        self.last[i] = Some(Instant::now());
+        self.unlogged[i] = 0;
+    }
+}

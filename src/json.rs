@@ -1,0 +1,301 @@
+//! Small JSON helpers shared by the dialects and the ingest side: string escaping for frames we
+//! write by hand, and a non-recursive view of simd-json tapes.
+//!
+//! Everything parsed from the network goes through a simd-json *tape* (a flat vector of nodes),
+//! never a recursive DOM: a message of 64 KiB of `[` would otherwise recurse 64k frames deep.
+
+use simd_json::{Node, StaticNode};
+
+/// Appends `s` to `out` as a JSON string literal (with quotes).
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends `items` as a JSON array of strings.
+pub fn write_str_array<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a str>) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, item);
+    }
+    out.push(b']');
+}
+
+/// Appends a JSON scalar (number, bool, null).
+pub fn write_static(out: &mut Vec<u8>, node: &StaticNode) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = match node {
+        StaticNode::I64(n) => write!(out, "{n}"),
+        StaticNode::U64(n) => write!(out, "{n}"),
+        StaticNode::F64(n) if n.is_finite() => write!(out, "{n}"),
+        StaticNode::F64(_) | StaticNode::Null => write!(out, "null"),
+        StaticNode::Bool(b) => write!(out, "{b}"),
+    };
+}
+
+/// A value inside a tape: the node and everything nested under it.
+#[derive(Clone, Copy)]
+pub struct TapeValue<'t, 'i>(pub &'t [Node<'i>]);
+
+impl<'t, 'i> TapeValue<'t, 'i> {
+    /// The whole document of a tape.
+    pub fn root(nodes: &'t [Node<'i>]) -> Option<TapeValue<'t, 'i>> {
+        (!nodes.is_empty()).then(|| TapeValue(&nodes[..span(nodes)]))
+    }
+
+    pub fn as_str(&self) -> Option<&'i str> {
+        match self.0.first() {
+            Some(Node::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_object(&self) -> bool {
+        matches!(self.0.first(), Some(Node::Object { .. }))
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.0.first(), Some(Node::Static(StaticNode::Null)))
+    }
+
+    /// `(key, value)` pairs of an object; empty for anything else.
+    pub fn entries(&self) -> Entries<'t, 'i> {
+        let (len, rest) = match self.0.split_first() {
+            Some((Node::Object { len, .. }, rest)) => (*len, rest),
+            _ => (0, &[][..]),
+        };
+        Entries { rest, left: len }
+    }
+
+    /// Elements of an array; empty for anything else.
+    pub fn elements(&self) -> Elements<'t, 'i> {
+        let (len, rest) = match self.0.split_first() {
+            Some((Node::Array { len, .. }, rest)) => (*len, rest),
+            _ => (0, &[][..]),
+        };
+        Elements { rest, left: len }
+    }
+
+    pub fn is_array(&self) -> bool {
+        matches!(self.0.first(), Some(Node::Array { .. }))
+    }
+
+    /// The member `key` of an object (the first, if a key repeats).
+    pub fn get(&self, key: &str) -> Option<TapeValue<'t, 'i>> {
+        self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+/// Number of nodes the value at the front of `nodes` spans.
+fn span(nodes: &[Node<'_>]) -> usize {
+    match nodes.first() {
+        Some(Node::Object { count, .. }) | Some(Node::Array { count, .. }) => {
+            (count + 1).min(nodes.len())
+        }
+        Some(_) => 1,
+        None => 0,
+    }
+}
+
+pub struct Entries<'t, 'i> {
+    rest: &'t [Node<'i>],
+    left: usize,
+}
+
+impl<'t, 'i> Iterator for Entries<'t, 'i> {
+    type Item = (&'i str, TapeValue<'t, 'i>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let (key, rest) = self.rest.split_first()?;
+        let Node::String(key) = key else {
+            return None;
+        };
+        let n = span(rest);
+        let (value, rest) = rest.split_at(n);
+        self.rest = rest;
+        Some((key, TapeValue(value)))
+    }
+}
+
+pub struct Elements<'t, 'i> {
+    rest: &'t [Node<'i>],
+    left: usize,
+}
+
+impl<'t, 'i> Iterator for Elements<'t, 'i> {
+    type Item = TapeValue<'t, 'i>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let n = span(self.rest);
+        if n == 0 {
+            return None;
+        }
+        let (value, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Some(TapeValue(value))
+    }
+}
+
+/// Writes a tape value back out as JSON, without recursion (depth is bounded only by the input).
+/// `key` maps each object key (the Kazoo normalization lower-cases them, say).
+pub fn write_value(
+    out: &mut Vec<u8>,
+    value: TapeValue<'_, '_>,
+    key: &mut impl FnMut(&mut Vec<u8>, &str),
+) {
+    // Per open container: members left to write, and whether it is an object.
+    let mut open: Vec<(usize, bool)> = Vec::new();
+    let mut first = true;
+    let mut nodes = value.0.iter();
+    loop {
+        // Close every container whose members are all written.
+        while let Some((left, is_object)) = open.last_mut() {
+            if *left > 0 {
+                break;
+            }
+            out.push(if *is_object { b'}' } else { b']' });
+            open.pop();
+            first = false;
+        }
+        let Some(node) = nodes.next() else {
+            return;
+        };
+        if let Some((left, is_object)) = open.last_mut() {
+            if !first {
+                out.push(b',');
+            }
+            *left -= 1;
+            if *is_object {
+                let Node::String(k) = node else {
+                    return;
+                };
+                key(out, k);
+                out.push(b':');
+                match nodes.next() {
+                    Some(node) => write_node(out, node, &mut open, &mut first),
+                    None => return,
+                }
+                continue;
+            }
+        }
+        write_node(out, node, &mut open, &mut first);
+    }
+}
+
+fn write_node(out: &mut Vec<u8>, node: &Node<'_>, open: &mut Vec<(usize, bool)>, first: &mut bool) {
+    *first = false;
+    match node {
+        Node::String(s) => write_str(out, s),
+        Node::Static(s) => write_static(out, s),
+        Node::Object { len, .. } => {
+            out.push(b'{');
+            open.push((*len, true));
+            *first = true;
+        }
+        Node::Array { len, .. } => {
+            out.push(b'[');
+            open.push((*len, false));
+            *first = true;
+        }
+    }
+}
+
+/// Parses `text` into `tape` (reusing its allocation) with `buffers`; `scratch` receives a copy of
+/// the input, since simd-json unescapes in place.
+pub fn parse_into<'s>(
+    scratch: &'s mut Vec<u8>,
+    text: &[u8],
+    buffers: &mut simd_json::Buffers,
+    tape: &mut simd_json::Tape<'s>,
+) -> Result<(), simd_json::Error> {
+    scratch.clear();
+    scratch.extend_from_slice(text);
+    simd_json::fill_tape(scratch, buffers, tape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(input: &str) -> String {
+        let mut bytes = input.as_bytes().to_vec();
+        let tape = simd_json::to_tape(&mut bytes).expect("valid json");
+        let mut out = Vec::new();
+        let root = TapeValue::root(&tape.0).expect("a value");
+        write_value(&mut out, root, &mut |out, k| {
+            write_str(out, &k.to_uppercase())
+        });
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn writes_values_back_without_recursion() {
+        assert_eq!(
+            roundtrip(r#"{"a":[1,{"b":null},[]],"c":{}}"#),
+            r#"{"A":[1,{"B":null},[]],"C":{}}"#
+        );
+        assert_eq!(
+            roundtrip(r#"[[[["x"]]],true,-1.5,"q\"\n\u0001"]"#),
+            r#"[[[["x"]]],true,-1.5,"q\"\n\u0001"]"#
+        );
+        assert_eq!(roundtrip("7"), "7");
+        let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+        assert_eq!(roundtrip(&deep), deep);
+    }
+
+    #[test]
+    fn reads_members_and_elements() {
+        let mut bytes = br#"{"a":{"x":[1,2]},"b":"s","c":[{"d":1},"e"]}"#.to_vec();
+        let tape = simd_json::to_tape(&mut bytes).expect("valid json");
+        let root = TapeValue::root(&tape.0).expect("a value");
+        assert_eq!(root.get("b").and_then(|v| v.as_str()), Some("s"));
+        assert_eq!(
+            root.get("a")
+                .map(|a| a.get("x").map(|x| x.elements().count())),
+            Some(Some(2))
+        );
+        let c: Vec<_> = root
+            .get("c")
+            .map(|c| c.elements().collect())
+            .unwrap_or_default();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[1].as_str(), Some("e"));
+        assert!(root.get("zz").is_none());
+    }
+}
