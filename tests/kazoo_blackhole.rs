@@ -566,3 +566,56 @@ fn a_bad_handshake_token_is_refused_with_401() {
     });
     node.stop();
 }
+
+#[test]
+fn publishes_through_the_node_reach_the_broker_and_come_back_routed() {
+    let t = Tenants::new();
+    let node = Node::start(true, &t.auth_toml(), |_, _| {});
+    runtime().block_on(async {
+        node.ready().await;
+        let mut c = Client::connect(node.addr()).await;
+        c.subscribe(Some(&token(&t.a)), r#"{"binding":"fax.status.*"}"#)
+            .await;
+        // A publish to an exchange that does not exist closes only the publishing channel.
+        node.ingest
+            .publish("no-such-exchange-for-horizon", "x", b"{}".to_vec())
+            .await
+            .ok();
+        let body = format!(
+            r#"{{"Event-Name":"status","Fax-ID":"f1","Account-ID":"{}","Status":"sent"}}"#,
+            t.a
+        );
+        let mut delivered = false;
+        for _ in 0..20 {
+            if node
+                .ingest
+                .publish("fax", "fax.status.f1", body.clone().into_bytes())
+                .await
+                .is_ok()
+            {
+                if let Some(event) = c.next_json(Duration::from_millis(500)).await {
+                    assert_eq!(
+                        event.get_str("routing_key"),
+                        Some(format!("fax.status.{}.f1", t.a).as_str())
+                    );
+                    assert_eq!(
+                        event.get("data").and_then(|d| d.get_str("status")),
+                        Some("sent")
+                    );
+                    delivered = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            delivered,
+            "a publish through the node came back as an event"
+        );
+        assert_eq!(
+            node.ingest.status().state(),
+            horizon::ingest::SourceState::Consuming,
+            "consumption never stopped"
+        );
+    });
+    node.stop();
+}

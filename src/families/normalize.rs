@@ -260,28 +260,36 @@ fn canonical(segment: &str) -> Result<String, Skip> {
     Ok(encode_segment(&decode_segment(segment)))
 }
 
-/// Writes `key` lower-cased with `-` turned into `_`, as Kazoo's blackhole normalizes.
+/// Writes `key` lower-cased with `-` turned into `_`, as Kazoo's blackhole normalizes. ASCII
+/// only: bytes of multi-byte characters are all >= 0x80 and pass through unchanged.
 fn normalized_key(out: &mut Vec<u8>, key: &str) {
-    if key
-        .bytes()
-        .all(|b| !b.is_ascii_uppercase() && b != b'-' && b != b'"' && b != b'\\' && b >= 0x20)
-    {
-        out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
-        out.push(b'"');
-        return;
-    }
-    let normalized: String = key
-        .chars()
-        .map(|c| {
+    let bytes = key.as_bytes();
+    if bytes.iter().any(|&b| json::needs_escape(b)) {
+        // Rare (a key with quotes or control characters): escape, then map the rest.
+        let mut mapped = String::with_capacity(key.len());
+        mapped.extend(key.chars().map(|c| {
             if c == '-' {
                 '_'
             } else {
                 c.to_ascii_lowercase()
             }
-        })
-        .collect();
-    json::write_str(out, &normalized);
+        }));
+        json::write_str(out, &mapped);
+        return;
+    }
+    // Copy, then map in place: a loop the compiler vectorizes.
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let from = out.len();
+    out.extend_from_slice(bytes);
+    for b in &mut out[from..] {
+        *b = match *b {
+            b'-' => b'_',
+            b'A'..=b'Z' => *b + 32,
+            other => other,
+        };
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]

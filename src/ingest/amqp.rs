@@ -237,6 +237,7 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
     let mut dirty: VecDeque<AmqpBinding> = node.counts.wanted_bindings().into();
     let mut dirty_set: HashSet<AmqpBinding> = dirty.iter().cloned().collect();
     let mut ack: Option<(u64, u64, Instant)> = None; // (last tag, unacked, oldest)
+    let mut publisher: Option<Channel> = None;
     let mut announced = false;
 
     let ended = 'session: loop {
@@ -282,20 +283,10 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
                     }
                 }
                 Some(Command::Publish { exchange, routing_key, payload, done }) => {
-                    let published = channel
-                        .basic_publish(
-                            exchange.as_str().into(),
-                            routing_key.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &payload,
-                            BasicProperties::default().with_content_type("application/json".into()),
-                        )
-                        .await;
-                    let failed = published.is_err();
-                    let _ = done.send(published.map(|_| ()).map_err(|_| PublishError::BrokerUnavailable));
-                    if failed {
-                        break Ended::Lost("publish failed".into());
-                    }
+                    // Publishes use a channel of their own: a publish to a missing exchange
+                    // closes its channel, and that must not stop consumption.
+                    let result = publish(&connection, &mut publisher, &exchange, &routing_key, &payload).await;
+                    let _ = done.send(result);
                 }
             },
             delivery = consumer.next() => match delivery {
@@ -348,6 +339,37 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
         .await;
     }
     ended
+}
+
+/// Publishes on the session's publishing channel, opening it (again) as needed.
+async fn publish(
+    connection: &Connection,
+    channel: &mut Option<Channel>,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+) -> Result<(), PublishError> {
+    if !channel.as_ref().is_some_and(|c| c.status().connected()) {
+        *channel = Some(
+            connection
+                .create_channel()
+                .await
+                .map_err(|_| PublishError::BrokerUnavailable)?,
+        );
+    }
+    let Some(open) = channel.as_ref() else {
+        return Err(PublishError::BrokerUnavailable);
+    };
+    open.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        payload,
+        BasicProperties::default().with_content_type("application/json".into()),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|_| PublishError::BrokerUnavailable)
 }
 
 async fn open_queue(node: &Node, connection: &Connection) -> Result<Channel, lapin::Error> {

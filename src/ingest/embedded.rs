@@ -18,7 +18,6 @@ pub(super) async fn run(
     status: Arc<IngestStatus>,
 ) {
     status.set_state(SourceState::Embedded);
-    crate::log!("ingest: embedded event bus (no AMQP URL configured)");
     let mut counts = Counts::default();
     let mut normalizer = Normalizer::default();
     let mut skips = SkipLog::default();
