@@ -139,9 +139,7 @@ fn serve(args: &[String]) -> ExitCode {
             horizon::ingest::redact_url(url),
             ingest.queue_name()
         ),
-        None => log!(
-            "event source: embedded bus (no amqp_url configured; publish with POST /v2/events)"
-        ),
+        None => log!("event source: embedded bus (no amqp_url configured)"),
     }
     let mut gateway = match Gateway::start(config.clone(), Arc::new(Dialects { blackhole })) {
         Ok(gateway) => gateway,
