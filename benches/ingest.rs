@@ -80,7 +80,7 @@ fn end_to_end() {
     use futures_util::{SinkExt, StreamExt};
     use horizon::auth::{Auth, JwtKeys};
     use horizon::config::ServeConfig;
-    use horizon::dialect::{Blackhole, BlackholeLimits, Dialects};
+    use horizon::dialect::{BlackholeLimits, Dialects};
     use horizon::ingest::{AmqpConfig, EventSource, Ingest, Source};
     use horizon::shard::Gateway;
     use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
@@ -108,18 +108,18 @@ fn end_to_end() {
         prefetch: 2000,
         queue_expires: Duration::from_secs(30),
     }));
-    let blackhole = Arc::new(Blackhole::new(
+    let dialects = Dialects::new(
         auth,
         Arc::new(ingest.clone()) as Arc<dyn EventSource>,
         BlackholeLimits::default(),
-    ));
+    );
     let config = ServeConfig {
         ws_listen: "127.0.0.1:0".parse().unwrap(),
         outbound_queue_bytes: 256 * 1024 * 1024,
         ..ServeConfig::default()
     };
     let shards = config.shards;
-    let mut gateway = Gateway::start(config, Arc::new(Dialects { blackhole })).expect("gateway");
+    let mut gateway = Gateway::start(config, Arc::new(dialects)).expect("gateway");
     ingest
         .start(gateway.take_publisher().expect("publisher"))
         .expect("ingest");

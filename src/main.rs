@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use horizon::auth::{format_rfc3339, Auth, JwtKeys, Permissions, TokenClaims};
 use horizon::config::{parse_flags, ServeConfig, KEYS};
-use horizon::dialect::{Blackhole, BlackholeLimits, Dialects};
+use horizon::dialect::{BlackholeLimits, Dialects};
 use horizon::ingest::{AmqpConfig, EventSource, Ingest, Source};
 use horizon::shard::Gateway;
 use horizon::{elog, log};
@@ -118,7 +118,7 @@ fn serve(args: &[String]) -> ExitCode {
         None => Source::Embedded,
     };
     let ingest = Ingest::new(source);
-    let blackhole = Arc::new(Blackhole::new(
+    let dialects = Dialects::new(
         auth.clone(),
         Arc::new(ingest.clone()) as Arc<dyn EventSource>,
         BlackholeLimits {
@@ -127,7 +127,7 @@ fn serve(args: &[String]) -> ExitCode {
             max_bindings: config.max_bindings_per_socket,
             ..BlackholeLimits::default()
         },
-    ));
+    );
 
     let signals = block_signals();
     let shards = config.shards;
@@ -141,7 +141,7 @@ fn serve(args: &[String]) -> ExitCode {
         ),
         None => log!("event source: embedded bus (no amqp_url configured)"),
     }
-    let mut gateway = match Gateway::start(config.clone(), Arc::new(Dialects { blackhole })) {
+    let mut gateway = match Gateway::start(config.clone(), Arc::new(dialects)) {
         Ok(gateway) => gateway,
         Err(e) => {
             elog!("horizon serve: cannot start the WebSocket shards: {e}");
@@ -164,7 +164,7 @@ fn serve(args: &[String]) -> ExitCode {
         gateway.driver()
     );
     log!(
-        "dialects: Kazoo blackhole on every path; VoIPBin {} not enabled yet",
+        "dialects: VoIPBin on {}, Kazoo blackhole on every other path",
         horizon::dialect::VOIPBIN_PATH
     );
     if development {

@@ -101,7 +101,7 @@ fn serve_runs_embedded_with_a_development_token_and_stops_cleanly_on_sigterm_and
             r#"{"action":"reply","request_id":"r1","status":"success","data":{"subscribed":["call.CHANNEL_CREATE.*"]}}"#
         );
 
-        // The VoIPBin path is not served yet, and says so instead of pretending.
+        // The VoIPBin path wants a token before the upgrade, with VoIPBin's error body.
         let mut stream = TcpStream::connect(&addr).unwrap();
         stream
             .write_all(
@@ -111,8 +111,8 @@ fn serve_runs_embedded_with_a_development_token_and_stops_cleanly_on_sigterm_and
             .unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
-        assert!(answer.contains("DIALECT_NOT_ENABLED"), "{answer}");
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains(r#""status":"UNAUTHENTICATED""#), "{answer}");
 
         // SAFETY: kill on the child's own pid.
         unsafe { libc::kill(child.id() as i32, signal) };

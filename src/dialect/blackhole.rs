@@ -14,11 +14,11 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{handshake_token, Sequencer};
+use super::{handshake_token, remaining, Sequencer, TokenBucket};
 use crate::auth::{Auth, AuthError, Identity};
 use crate::binding::Separator;
 use crate::families::{self, AmqpBinding};
@@ -138,38 +138,6 @@ pub struct BlackholeSession {
     sequencer: Sequencer,
 }
 
-/// A token bucket: `burst` tokens, refilled at `rate` per second.
-struct TokenBucket {
-    tokens: f64,
-    burst: f64,
-    rate: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(burst: u32, rate: f64) -> TokenBucket {
-        TokenBucket {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            rate,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The event frame of one binding: a head made once per binding, the event's shared tail.
 struct KazooFrame {
     head: Vec<u8>,
@@ -236,14 +204,6 @@ impl Session for BlackholeSession {
             "{{\"action\":\"lagged\",\"data\":{{\"skipped\":{skipped}}}}}"
         ))
     }
-}
-
-/// Time left on an identity's token (`None`: it does not expire).
-fn remaining(identity: &Identity) -> Option<Duration> {
-    identity.expires_at.map(|at| {
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-    })
 }
 
 impl BlackholeSession {

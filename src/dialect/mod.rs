@@ -3,37 +3,53 @@
 //! source through [`EventSource`](crate::ingest::EventSource) and know nothing of AMQP either.
 //!
 //! - [`blackhole`]: Kazoo's blackhole protocol (every path but `/v1.0/ws`).
-//! - VoIPBin's `/v1.0/ws` arrives with its own issue; until then that path answers 404.
+//! - [`voipbin`]: VoIPBin's `/v1.0/ws`.
 
 pub mod blackhole;
+pub mod voipbin;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::auth::Identity;
 
 use crate::shard::{HttpRefusal, Reply, Session, SessionFactory};
 use crate::ws::handshake::Request;
 
 pub use blackhole::{Blackhole, BlackholeLimits};
+pub use voipbin::Voipbin;
 
 /// The WebSocket path of the VoIPBin dialect.
 pub const VOIPBIN_PATH: &str = "/v1.0/ws";
 
-/// Picks the dialect by path.
+/// Picks the dialect by path: VoIPBin on `/v1.0/ws`, Kazoo's blackhole everywhere else.
 pub struct Dialects {
     pub blackhole: Arc<Blackhole>,
+    pub voipbin: Arc<Voipbin>,
+}
+
+impl Dialects {
+    /// Both dialects over one auth, one event source and one set of limits.
+    pub fn new(
+        auth: Arc<crate::auth::Auth>,
+        source: Arc<dyn crate::ingest::EventSource>,
+        limits: BlackholeLimits,
+    ) -> Dialects {
+        Dialects {
+            blackhole: Arc::new(Blackhole::new(auth.clone(), source.clone(), limits.clone())),
+            voipbin: Arc::new(Voipbin::new(auth, source, limits)),
+        }
+    }
 }
 
 impl SessionFactory for Dialects {
     fn open(&self, request: &Request, peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
         if request.path == VOIPBIN_PATH {
-            return Err(HttpRefusal {
-                status: 404,
-                content_type: "application/json",
-                body: r#"{"error":{"status":"NOT_FOUND","reason":"DIALECT_NOT_ENABLED","message":"the VoIPBin dialect is not part of this build yet"}}"#.into(),
-            });
+            return self.voipbin.open(request, peer);
         }
         self.blackhole.open(request, peer)
     }
@@ -113,4 +129,44 @@ impl Sequencer {
             reply
         }))
     }
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(burst: u32, rate: f64) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            rate,
+            last: Instant::now(),
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Time left on an identity's token (`None`: it does not expire).
+pub(crate) fn remaining(identity: &Identity) -> Option<Duration> {
+    identity.expires_at.map(|at| {
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    })
 }

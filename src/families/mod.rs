@@ -16,6 +16,7 @@
 
 mod encoding;
 mod normalize;
+pub mod voipbin;
 
 pub use encoding::{account_db, account_from_db, decode_segment, encode_segment};
 pub use normalize::{Normalized, Normalizer, Skip};
@@ -28,7 +29,8 @@ pub struct AmqpBinding {
     pub key: String,
 }
 
-/// The exchanges of the Kazoo families, with the flags Kazoo declares them with.
+/// The exchanges Horizon binds to, with the flags their publishers declare them with (Kazoo's
+/// non-durable, VoIPBin's durable).
 pub const EXCHANGES: &[Exchange] = &[
     Exchange {
         name: "callevt",
@@ -45,6 +47,10 @@ pub const EXCHANGES: &[Exchange] = &[
     Exchange {
         name: "fax",
         durable: false,
+    },
+    Exchange {
+        name: voipbin::EXCHANGE,
+        durable: true,
     },
 ];
 

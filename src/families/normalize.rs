@@ -11,7 +11,9 @@ use bytes::Bytes;
 use simd_json::{Buffers, Tape};
 
 use super::encoding::{account_from_db, decode_segment, encode_segment};
+use super::voipbin;
 use super::{valid_account_id, CALL_EVENTS};
+use crate::binding::Separator;
 use crate::json::{self, TapeValue};
 
 /// Kazoo's default and optional default headers, dropped from `data` (as `kz_api:remove_defaults`).
@@ -36,6 +38,8 @@ const DEFAULT_HEADERS: &[&str] = &[
 pub struct Normalized {
     /// The account-scoped internal key bindings are matched against.
     pub key: String,
+    /// `.` for Kazoo keys, `:` for VoIPBin topics.
+    pub separator: Separator,
     /// The account the event belongs to.
     pub account: String,
     /// `"name":..,"routing_key":..,"data":{..}}`: the tail of every event frame for it.
@@ -143,6 +147,9 @@ impl Normalizer {
         routing_key: &str,
         root: TapeValue<'_, '_>,
     ) -> Result<Normalized, Skip> {
+        if exchange == voipbin::EXCHANGE {
+            return self.route_voipbin(routing_key, root);
+        }
         let field = |name: &'static str| {
             root.get(name)
                 .and_then(|v| v.as_str())
@@ -225,7 +232,58 @@ impl Normalizer {
         out.extend_from_slice(b"}}");
         Ok(Normalized {
             key,
+            separator: Separator::Dot,
             account,
+            tail: Bytes::copy_from_slice(out),
+        })
+    }
+
+    /// A VoIPBin delivery: `{"type","publisher","data_type","data"}` with `data` an object or a
+    /// JSON string holding one. The tail is `"type":..,"data":..}` (the frame head carries the
+    /// matched topic); `data` is forwarded as it is, keys untouched.
+    fn route_voipbin(
+        &mut self,
+        routing_key: &str,
+        root: TapeValue<'_, '_>,
+    ) -> Result<Normalized, Skip> {
+        let (key, key_type) =
+            voipbin::internal_key(routing_key).ok_or(Skip::MalformedRoutingKey)?;
+        let owner = routing_key
+            .split('.')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let event_type = root
+            .get("type")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .unwrap_or(key_type);
+        let data = root.get("data").ok_or(Skip::Missing("data"))?;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"\"type\":");
+        json::write_str(out, event_type);
+        out.extend_from_slice(b",\"data\":");
+        let mut same = |out: &mut Vec<u8>, k: &str| json::write_str(out, k);
+        match data.as_str() {
+            // `data` holding the object as a JSON string: forward the object.
+            Some(text) => {
+                let mut inner = text.as_bytes().to_vec();
+                match simd_json::to_tape(&mut inner) {
+                    Ok(tape) => match TapeValue::root(&tape.0) {
+                        Some(value) => json::write_value(out, value, &mut same),
+                        None => json::write_str(out, text),
+                    },
+                    Err(_) => json::write_str(out, text),
+                }
+            }
+            None => json::write_value(out, data, &mut same),
+        }
+        out.push(b'}');
+        Ok(Normalized {
+            key,
+            separator: Separator::Colon,
+            account: owner,
             tail: Bytes::copy_from_slice(out),
         })
     }
@@ -436,6 +494,46 @@ mod tests {
         assert_eq!(
             normalize("callevt", "k", &deep),
             Err(Skip::Missing("Event-Name"))
+        );
+    }
+
+    #[test]
+    fn voipbin_events_keep_their_data_and_get_topic_keys() {
+        let object = r#"{"type":"call_hangup","publisher":"call-manager","data_type":"application/json","data":{"id":"c-1","Status":"hangup"}}"#;
+        let n = normalize(
+            voipbin::EXCHANGE,
+            "customer_id.cust-1.call.call_hangup.c-1",
+            object,
+        )
+        .expect("routed");
+        assert_eq!(n.key, "customer_id:cust-1:call:c-1");
+        assert_eq!(n.separator, Separator::Colon);
+        assert_eq!(
+            tail(&n),
+            r#""type":"call_hangup","data":{"id":"c-1","Status":"hangup"}}"#
+        );
+        let string = r#"{"type":"call_hangup","data":"{\"id\":\"c-1\"}"}"#;
+        let n = normalize(
+            voipbin::EXCHANGE,
+            "agent_id.a-1.call.call_hangup.c-1",
+            string,
+        )
+        .expect("routed");
+        assert_eq!(tail(&n), r#""type":"call_hangup","data":{"id":"c-1"}}"#);
+        let not_json = r#"{"type":"note","data":"plain text"}"#;
+        let n = normalize(voipbin::EXCHANGE, "agent_id.a-1.note.note.x", not_json).expect("routed");
+        assert_eq!(tail(&n), r#""type":"note","data":"plain text"}"#);
+        assert_eq!(
+            normalize(voipbin::EXCHANGE, "customer_id.c.call", object),
+            Err(Skip::MalformedRoutingKey)
+        );
+        assert_eq!(
+            normalize(
+                voipbin::EXCHANGE,
+                "customer_id.c.call.x.y",
+                r#"{"type":"x"}"#
+            ),
+            Err(Skip::Missing("data"))
         );
     }
 

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::binding::Separator;
 use crate::families::{AmqpBinding, Normalizer, Skip};
 use crate::fanout::{Event, Publisher};
 
@@ -298,7 +297,7 @@ async fn route(
         Ok(normalized) => {
             let event = Arc::new(Event {
                 key: normalized.key,
-                separator: Separator::Dot,
+                separator: normalized.separator,
                 body: normalized.tail,
             });
             publisher

@@ -46,6 +46,8 @@ pub(crate) struct BindingTable {
     free_ids: Vec<u32>,
     /// Reused by every delivery.
     matched: Vec<SubscriptionId>,
+    /// Sockets already given the current event, when it must reach each socket once.
+    seen: hashbrown::HashSet<u64, ahash::RandomState>,
 }
 
 impl Default for BindingTable {
@@ -58,6 +60,7 @@ impl Default for BindingTable {
             next_id: 0,
             free_ids: Vec::new(),
             matched: Vec::new(),
+            seen: Default::default(),
         }
     }
 }
@@ -195,7 +198,9 @@ impl BindingTable {
     }
 
     /// Hot path: matches `event`, encodes once per matching binding, and queues the frame on every
-    /// socket of the binding. Sockets whose queue went from empty to non-empty are added to
+    /// socket of the binding. Kazoo (`.` keys) sends one frame per matching binding, each naming
+    /// its `subscribed_key`; VoIPBin (`:` topics) sends each event to a socket once, however many
+    /// of its topics match (the first matching topic names it). Sockets whose queue went from empty to non-empty are added to
     /// `dirty`, for the caller to flush after the batch.
     pub(crate) fn deliver(
         &mut self,
@@ -207,13 +212,18 @@ impl BindingTable {
         self.automaton(event.separator)
             .matches(&event.key, &mut matched);
         let mut report = Delivered::default();
+        let once = event.separator == Separator::Colon && matched.len() > 1;
+        self.seen.clear();
         for id in &matched {
             let Some(binding) = self.bindings.get(&id.0) else {
                 continue;
             };
             let frame = binding.encoder.encode(event);
             report.frames_encoded += 1;
-            for conn in binding.sockets.values() {
+            for (socket_id, conn) in &binding.sockets {
+                if once && !self.seen.insert(*socket_id) {
+                    continue;
+                }
                 let mut socket = conn.borrow_mut();
                 if socket.is_closing() {
                     continue;

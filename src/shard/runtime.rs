@@ -256,6 +256,8 @@ impl ShardContext {
 /// and cuts a closing socket that stays silent that long (its close frame may sit behind output
 /// the client never reads). One timer per shard instead of one per socket (a monoio timer future is
 /// 640 bytes, more than an idle socket's whole budget); the walk costs ~10 ns per socket.
+/// The clock counts whole seconds, so "silent for more than `idle_timeout` clock seconds" means
+/// between the timeout and the timeout plus two seconds of real silence: never early.
 async fn keepalive(shard: Rc<ShardContext>) {
     let ping_every = shard.config.ping_interval.as_secs().max(1) as u32;
     let idle_after = shard.config.idle_timeout.as_secs().max(1) as u32;
@@ -268,14 +270,14 @@ async fn keepalive(shard: Rc<ShardContext>) {
             if conn.is_closing() {
                 // Its close frame is queued behind output the client never reads: once it has
                 // been silent for the idle timeout too, give up on the close handshake.
-                if now.saturating_sub(conn.last_heard) >= idle_after {
+                if now.saturating_sub(conn.last_heard) > idle_after {
                     conn.cut();
                 }
                 continue;
             }
             if conn.expires_at != 0 && now >= conn.expires_at {
                 conn.close_now(CloseCode::TOKEN_EXPIRED, "token expired");
-            } else if now.saturating_sub(conn.last_heard) >= idle_after {
+            } else if now.saturating_sub(conn.last_heard) > idle_after {
                 conn.close_now(CloseCode::GOING_AWAY, "idle timeout");
             } else if now.saturating_sub(conn.last_ping) >= ping_every {
                 conn.last_ping = now;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use horizon::auth::{Auth, JwtKeys};
 use horizon::config::ServeConfig;
-use horizon::dialect::{Blackhole, BlackholeLimits, Dialects};
+use horizon::dialect::{BlackholeLimits, Dialects};
 use horizon::ingest::{AmqpConfig, EventSource, Ingest, Source};
 use horizon::shard::Gateway;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
@@ -137,13 +137,12 @@ impl Node {
             Source::Embedded
         };
         let ingest = Ingest::new(source);
-        let blackhole = Arc::new(Blackhole::new(
+        let dialects = Dialects::new(
             auth.clone(),
             Arc::new(ingest.clone()) as Arc<dyn EventSource>,
             limits,
-        ));
-        let mut gateway =
-            Gateway::start(config, Arc::new(Dialects { blackhole })).expect("gateway starts");
+        );
+        let mut gateway = Gateway::start(config, Arc::new(dialects)).expect("gateway starts");
         let publisher = gateway.take_publisher().expect("publisher");
         ingest.start(publisher).expect("ingest starts");
         Node {

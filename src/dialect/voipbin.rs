@@ -1,0 +1,338 @@
+//! VoIPBin's `/v1.0/ws` dialect (PROTOCOLS.md section 4), one [`VoipbinSession`] per socket.
+//!
+//! The token comes with the upgrade (`?token=`, the `token` cookie, or `Authorization: Bearer`);
+//! without a valid one the upgrade is refused with VoIPBin's 401 body. Commands are
+//! `{"type":"subscribe"|"unsubscribe","topics":[...]}`. Unlike VoIPBin, every command is
+//! answered (`subscribed`, `unsubscribed`, or `error` naming the topics at fault), topics match by
+//! whole `:` segments, and an event reaches a socket once however many of its topics match.
+//!
+//! Permissions: `customer_id:<c>` topics need admin or manager rights on customer `c` (a super
+//! admin may name any customer, or `*`); `agent_id:<a>` topics only the agent `a` itself.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::{handshake_token, remaining, BlackholeLimits, Sequencer, TokenBucket};
+use crate::auth::{Auth, AuthError, Identity, Permissions};
+use crate::binding::Separator;
+use crate::families::voipbin::{Scope, Topic};
+use crate::families::AmqpBinding;
+use crate::fanout::Event;
+use crate::ingest::EventSource;
+use crate::json::{self, TapeValue};
+use crate::shard::{FrameEncoder, HttpRefusal, Reply, Session, Subscriptions};
+use crate::ws::frame::encode;
+use crate::ws::handshake::Request;
+
+/// The dialect, shared by every shard. Limits are the blackhole ones (rate, topics per socket).
+pub struct Voipbin {
+    auth: Arc<Auth>,
+    source: Arc<dyn EventSource>,
+    limits: BlackholeLimits,
+}
+
+/// The messages of error frames.
+mod errors {
+    pub const INVALID_JSON: &str = "invalid json";
+    pub const TOPICS: &str = "topics must be a non-empty array of strings";
+    pub const INVALID_TOPIC: &str = "invalid topic";
+    pub const UNAUTHORIZED_TOPIC: &str = "unauthorized topic";
+    pub const TOO_MANY: &str = "too many topics";
+    pub const RATE_LIMITED: &str = "rate limiting threshold hit";
+    pub const TOKEN_EXPIRED: &str = "token expired";
+}
+
+impl Voipbin {
+    pub fn new(auth: Arc<Auth>, source: Arc<dyn EventSource>, limits: BlackholeLimits) -> Voipbin {
+        Voipbin {
+            auth,
+            source,
+            limits,
+        }
+    }
+
+    /// Opens a session for a valid token; VoIPBin's 401 otherwise.
+    pub fn open(
+        self: &Arc<Self>,
+        request: &Request,
+        _peer: SocketAddr,
+    ) -> Result<Box<dyn Session>, HttpRefusal> {
+        let token = handshake_token(request).ok_or_else(|| unauthenticated("no token given"))?;
+        let identity = self
+            .auth
+            .authenticate(&token, SystemTime::now())
+            .map_err(|e| {
+                unauthenticated(match e {
+                    AuthError::Expired => "token expired",
+                    AuthError::Format | AuthError::Failed => "invalid token",
+                })
+            })?;
+        Ok(Box::new(VoipbinSession {
+            dialect: self.clone(),
+            identity,
+            topics: Vec::new(),
+            bucket: TokenBucket::new(self.limits.rate_burst, self.limits.rate_per_sec),
+            sequencer: Sequencer::default(),
+        }))
+    }
+}
+
+fn unauthenticated(message: &str) -> HttpRefusal {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        br#"{"error":{"status":"UNAUTHENTICATED","reason":"INVALID_CREDENTIALS","message":"#,
+    );
+    json::write_str(&mut body, message);
+    body.extend_from_slice(b"}}");
+    HttpRefusal {
+        status: 401,
+        content_type: "application/json",
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Whether `identity` may subscribe to `topic`.
+pub fn may_subscribe(identity: &Identity, topic: &Topic<'_>) -> bool {
+    let p = identity.permissions;
+    match topic.scope {
+        Scope::Customer => {
+            p.has(Permissions::SUPER_ADMIN)
+                || (topic.owner != "*"
+                    && identity.customer_id.as_deref() == Some(topic.owner)
+                    && (p.has(Permissions::ADMIN) || p.has(Permissions::MANAGER)))
+        }
+        Scope::Agent => topic.owner != "*" && identity.agent_id.as_deref() == Some(topic.owner),
+    }
+}
+
+struct Subscribed {
+    topic: String,
+    pattern: String,
+    amqp: AmqpBinding,
+}
+
+pub struct VoipbinSession {
+    dialect: Arc<Voipbin>,
+    identity: Identity,
+    topics: Vec<Subscribed>,
+    bucket: TokenBucket,
+    sequencer: Sequencer,
+}
+
+/// `{"topic":"<topic>",` + the event's `"type":..,"data":..}`.
+struct VoipbinFrame {
+    head: Vec<u8>,
+}
+
+impl FrameEncoder for VoipbinFrame {
+    /// Hot path: once per event per matching topic.
+    fn encode(&self, event: &Event) -> Bytes {
+        Bytes::from(encode::text_parts(&[&self.head, &event.body]))
+    }
+}
+
+fn frame(kind: &str, message: Option<&str>, topics: &[&str]) -> String {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"type\":");
+    json::write_str(&mut out, kind);
+    if let Some(message) = message {
+        out.extend_from_slice(b",\"message\":");
+        json::write_str(&mut out, message);
+    }
+    out.extend_from_slice(b",\"topics\":");
+    json::write_str_array(&mut out, topics.iter().copied());
+    out.push(b'}');
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn error(message: &str, topics: &[&str]) -> Reply {
+    Reply::Text(frame("error", Some(message), topics))
+}
+
+impl Session for VoipbinSession {
+    fn on_text(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply {
+        let reply = self.command(text, subscriptions);
+        self.sequencer.order(reply)
+    }
+
+    fn expires_in(&self) -> Option<Duration> {
+        remaining(&self.identity)
+    }
+
+    fn lag_notice(&self, skipped: u64) -> Option<String> {
+        Some(format!("{{\"type\":\"lagged\",\"skipped\":{skipped}}}"))
+    }
+}
+
+impl VoipbinSession {
+    fn command(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply {
+        if !self.bucket.take() {
+            return error(errors::RATE_LIMITED, &[]);
+        }
+        if remaining(&self.identity).is_some_and(|left| left.is_zero()) {
+            return error(errors::TOKEN_EXPIRED, &[]);
+        }
+        let mut bytes = text.as_bytes().to_vec();
+        let Ok(tape) = simd_json::to_tape(&mut bytes) else {
+            return error(errors::INVALID_JSON, &[]);
+        };
+        let Some(root) = TapeValue::root(&tape.0).filter(|r| r.is_object()) else {
+            return error(errors::INVALID_JSON, &[]);
+        };
+        let kind = root.get("type").and_then(|t| t.as_str());
+        if !matches!(kind, Some("subscribe" | "unsubscribe")) {
+            let shown: String = kind.unwrap_or("").chars().take(64).collect();
+            return error(format!("unknown type {shown}").trim_end(), &[]);
+        }
+        let Some(list) = root.get("topics").filter(|t| t.is_array()) else {
+            return error(errors::TOPICS, &[]);
+        };
+        let mut topics: Vec<&str> = Vec::new();
+        for item in list.elements() {
+            let Some(topic) = item.as_str() else {
+                return error(errors::TOPICS, &[]);
+            };
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
+        if topics.is_empty() {
+            return error(errors::TOPICS, &[]);
+        }
+        let invalid: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| Topic::parse(t).is_none())
+            .collect();
+        if !invalid.is_empty() {
+            return error(errors::INVALID_TOPIC, &invalid);
+        }
+        if kind == Some("unsubscribe") {
+            return self.unsubscribe(&topics, subscriptions);
+        }
+        let parsed: Vec<Topic<'_>> = topics.iter().filter_map(|t| Topic::parse(t)).collect();
+        let unauthorized: Vec<&str> = parsed
+            .iter()
+            .filter(|t| !may_subscribe(&self.identity, t))
+            .map(|t| t.text)
+            .collect();
+        if !unauthorized.is_empty() {
+            return error(errors::UNAUTHORIZED_TOPIC, &unauthorized);
+        }
+        let fresh = parsed
+            .iter()
+            .filter(|t| !self.topics.iter().any(|s| s.topic == t.text))
+            .count();
+        if self.topics.len() + fresh > self.dialect.limits.max_bindings {
+            return error(errors::TOO_MANY, &topics);
+        }
+        let mut waits = Vec::new();
+        for topic in &parsed {
+            let pattern = topic.internal_pattern();
+            let mut head = Vec::with_capacity(16 + topic.text.len());
+            head.extend_from_slice(b"{\"topic\":");
+            json::write_str(&mut head, topic.text);
+            head.push(b',');
+            let encoder: Rc<dyn FrameEncoder> = Rc::new(VoipbinFrame { head });
+            match subscriptions.subscribe(Separator::Colon, &pattern, topic.text, encoder) {
+                Ok(true) => {
+                    let amqp = topic.amqp();
+                    waits.push(self.dialect.source.acquire(amqp.clone()));
+                    self.topics.push(Subscribed {
+                        topic: topic.text.to_string(),
+                        pattern,
+                        amqp,
+                    });
+                }
+                Ok(false) => {}
+                Err(_) => return error(errors::INVALID_TOPIC, &[topic.text]),
+            }
+        }
+        let reply = frame("subscribed", None, &topics);
+        if waits.is_empty() {
+            return Reply::Text(reply);
+        }
+        let wait = self.dialect.limits.bind_wait;
+        Reply::Later(Box::pin(async move {
+            let _ = monoio::time::timeout(wait, futures_util::future::join_all(waits)).await;
+            Reply::Text(reply)
+        }))
+    }
+
+    fn unsubscribe(&mut self, topics: &[&str], subscriptions: &mut Subscriptions<'_>) -> Reply {
+        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.topics)
+            .into_iter()
+            .partition(|s| topics.contains(&s.topic.as_str()));
+        self.topics = keep;
+        let mut removed = Vec::with_capacity(gone.len());
+        for sub in gone {
+            if subscriptions.unsubscribe(Separator::Colon, &sub.pattern, &sub.topic) {
+                self.dialect.source.release(sub.amqp);
+            }
+            removed.push(sub.topic);
+        }
+        let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
+        Reply::Text(frame("unsubscribed", None, &removed))
+    }
+}
+
+impl Drop for VoipbinSession {
+    /// The socket is gone: give back every AMQP reference it held.
+    fn drop(&mut self) {
+        for sub in self.topics.drain(..) {
+            self.dialect.source.release(sub.amqp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(customer: Option<&str>, agent: Option<&str>, bits: u32) -> Identity {
+        Identity {
+            account_id: customer.unwrap_or("x").to_string(),
+            superduper_admin: false,
+            publish: false,
+            customer_id: customer.map(str::to_string),
+            agent_id: agent.map(str::to_string),
+            permissions: Permissions(bits),
+            expires_at: None,
+        }
+    }
+
+    fn may(identity: &Identity, topic: &str) -> bool {
+        may_subscribe(identity, &Topic::parse(topic).expect("valid topic"))
+    }
+
+    #[test]
+    fn permissions_follow_voipbin() {
+        let agent = identity(Some("c1"), Some("a1"), Permissions::AGENT);
+        assert!(may(&agent, "agent_id:a1"));
+        assert!(may(&agent, "agent_id:a1:call"));
+        assert!(!may(&agent, "agent_id:a2"));
+        assert!(!may(&agent, "agent_id:*"));
+        assert!(
+            !may(&agent, "customer_id:c1"),
+            "an agent is not a customer admin"
+        );
+        for bits in [Permissions::ADMIN, Permissions::MANAGER] {
+            let manager = identity(Some("c1"), None, bits);
+            assert!(may(&manager, "customer_id:c1:call"));
+            assert!(!may(&manager, "customer_id:c2"));
+            assert!(!may(&manager, "customer_id:*"));
+            assert!(!may(&manager, "agent_id:a1"), "only the agent itself");
+        }
+        let root = identity(None, None, Permissions::SUPER_ADMIN);
+        assert!(may(&root, "customer_id:c2:call"));
+        assert!(may(&root, "customer_id:*"));
+        assert!(
+            !may(&root, "agent_id:a1"),
+            "agent topics are the agent's own"
+        );
+    }
+}
