@@ -246,11 +246,7 @@ fn main() {
     let (cpu_before, started) = (cpu_seconds(), Instant::now());
     runtime.block_on(async {
         for i in 0..events {
-            let event = Event {
-                key: format!("bench.e{i}"),
-                separator: Separator::Dot,
-                body: body.clone(),
-            };
+            let event = Event::new(format!("bench.e{i}"), Separator::Dot, body.clone());
             publisher.publish(Arc::new(event)).await.unwrap();
         }
     });

@@ -62,11 +62,7 @@ fn per_delivery(c: &mut Criterion) {
             let n = normalizer
                 .normalize("callevt", "call.CHANNEL_CREATE.x", black_box(&mut scratch))
                 .expect("routes");
-            let event = Arc::new(Event {
-                key: n.key,
-                separator: Separator::Dot,
-                body: n.tail,
-            });
+            let event = Arc::new(Event::new(n.key, n.separator, n.tail));
             matched.clear();
             shard.matches(&event.key, &mut matched);
             black_box((event, matched.len()))

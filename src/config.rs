@@ -31,8 +31,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// The broker; `None` runs the embedded event bus.
     pub amqp_url: Option<String>,
-    /// This node's name in its queue name (`horizon.<node>.<random>`); the host name by default.
-    pub node: String,
+    /// This node's id: in its queue name (`horizon.<node>.<random>`), in REST envelopes and as
+    /// the `destination` of its sockets. Default: the host name and a random suffix, so that
+    /// several nodes on one machine stay distinct.
+    pub node: Option<String>,
     /// Unacknowledged deliveries the broker may push ahead.
     pub amqp_prefetch: u16,
     /// The node queue outlives a vanished node by this long (`x-expires`).
@@ -64,7 +66,7 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             amqp_url: None,
-            node: crate::ids::node_name(),
+            node: None,
             amqp_prefetch: 1000,
             amqp_queue_expires: Duration::from_secs(60),
             auth_file: None,
@@ -174,6 +176,13 @@ fn read_file(path: &str) -> Result<Vec<(String, String)>, ConfigError> {
 }
 
 impl ServeConfig {
+    /// The node id: `node` if configured, else `<host name>-<6 random hex>`.
+    pub fn node_id(&self) -> String {
+        self.node
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", crate::ids::node_name(), crate::ids::random_hex(3)))
+    }
+
     /// Builds the configuration from command-line `args` (after `serve`) and an environment
     /// lookup (`std::env::var` in the binary, a map in tests).
     pub fn load(
@@ -260,7 +269,7 @@ impl ServeConfig {
                 if !crate::families::valid_account_id(value) {
                     return Err(invalid("expected [A-Za-z0-9_-]{1,64}"));
                 }
-                self.node = value.to_string()
+                self.node = Some(value.to_string())
             }
             "amqp_prefetch" => {
                 self.amqp_prefetch = value

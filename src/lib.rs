@@ -6,6 +6,7 @@
 //! [`dialect`]. Only the rooms that exist are declared here; each arrives with the issue that
 //! builds it.
 
+pub mod api;
 pub mod auth;
 pub mod binding;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod fanout;
 pub mod ids;
 pub mod ingest;
 pub mod json;
+pub mod latency;
 pub mod log;
 pub mod memory;
 pub mod shard;

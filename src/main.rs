@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use horizon::api::{Api, ApiConfig};
 use horizon::auth::{format_rfc3339, Auth, JwtKeys, Permissions, TokenClaims};
 use horizon::config::{parse_flags, ServeConfig, KEYS};
 use horizon::dialect::{BlackholeLimits, Dialects};
@@ -108,10 +109,11 @@ fn serve(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let node = config.node_id();
     let source = match &config.amqp_url {
         Some(url) => Source::Amqp(AmqpConfig {
             url: url.clone(),
-            node: config.node.clone(),
+            node: node.clone(),
             prefetch: config.amqp_prefetch,
             queue_expires: config.amqp_queue_expires,
         }),
@@ -139,7 +141,9 @@ fn serve(args: &[String]) -> ExitCode {
             horizon::ingest::redact_url(url),
             ingest.queue_name()
         ),
-        None => log!("event source: embedded bus (no amqp_url configured)"),
+        None => log!(
+            "event source: embedded bus (no amqp_url configured; publish with POST /v2/events)"
+        ),
     }
     let mut gateway = match Gateway::start(config.clone(), Arc::new(dialects)) {
         Ok(gateway) => gateway,
@@ -158,10 +162,44 @@ fn serve(args: &[String]) -> ExitCode {
         gateway.join();
         return ExitCode::FAILURE;
     }
+    let api = gateway.take_registry().map(|registry| {
+        Api::start(
+            ApiConfig {
+                listen: config.api_listen,
+                node: node.clone(),
+                amqp_url: config.amqp_url.clone(),
+                cluster_timeout: Duration::from_secs(2),
+            },
+            auth.clone(),
+            ingest.clone(),
+            registry,
+        )
+    });
+    let api = match api {
+        Some(Ok(api)) => api,
+        Some(Err(e)) => {
+            elog!(
+                "horizon serve: cannot start the REST API on {}: {e}",
+                config.api_listen
+            );
+            gateway.shutdown();
+            gateway.join();
+            ingest.shutdown(Duration::from_secs(3));
+            return ExitCode::FAILURE;
+        }
+        None => {
+            elog!("horizon serve: the shards' registry is already taken");
+            return ExitCode::FAILURE;
+        }
+    };
     log!(
         "websocket: listening on ws://{} with {shards} shard(s), driver {}",
         gateway.local_addr(),
         gateway.driver()
+    );
+    log!(
+        "api: listening on http://{} (node {node})",
+        api.local_addr()
     );
     log!(
         "dialects: VoIPBin on {}, Kazoo blackhole on every other path",
@@ -202,9 +240,12 @@ fn serve(args: &[String]) -> ExitCode {
             }
         }
     }
+    // readyz turns 503 first, so load balancers stop sending clients before sockets drain.
+    api.set_draining();
     gateway.shutdown();
     gateway.join();
     ingest.shutdown(Duration::from_secs(3));
+    api.shutdown();
     log!("stopped");
     ExitCode::SUCCESS
 }

@@ -72,8 +72,15 @@ async fn one_command(url: &str, command: &str) -> String {
 #[test]
 fn serve_runs_embedded_with_a_development_token_and_stops_cleanly_on_sigterm_and_sigint() {
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-        let (mut child, mut lines) =
-            spawn(&["serve", "--ws-listen", "127.0.0.1:0", "--shards", "2"]);
+        let (mut child, mut lines) = spawn(&[
+            "serve",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ]);
         let mut log = Vec::new();
         let source = wait_for_line(&mut lines, "event source: ", &mut log);
         assert!(source.starts_with("embedded bus"), "{source}");
@@ -313,7 +320,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
     // A port held by a listener without SO_REUSEPORT cannot be shared: a clear error, exit 1.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
-    let (code, err) = run_to_exit(&["serve", "--ws-listen", &addr]);
+    let (code, err) = run_to_exit(&["serve", "--ws-listen", &addr, "--api-listen", "127.0.0.1:0"]);
     assert_eq!(code, Some(1));
     assert!(
         err.starts_with("horizon serve: cannot start the WebSocket shards:"),
@@ -323,7 +330,13 @@ fn bad_configuration_is_refused_with_the_key_named() {
 
 #[test]
 fn a_closed_stdout_does_not_take_the_gateway_down() {
-    let (mut child, lines) = spawn(&["serve", "--ws-listen", "127.0.0.1:0"]);
+    let (mut child, lines) = spawn(&[
+        "serve",
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
     drop(lines); // nobody reads the log any more
     std::thread::sleep(Duration::from_millis(300));
     assert!(

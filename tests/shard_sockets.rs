@@ -478,11 +478,11 @@ fn shutdown_says_going_away_and_cuts_the_silent_after_the_grace() {
 // --- fan-out -----------------------------------------------------------------------------------
 
 fn event(key: &str, body: &str) -> Arc<Event> {
-    Arc::new(Event {
-        key: key.to_string(),
-        separator: Separator::Dot,
-        body: bytes::Bytes::from(body.to_string()),
-    })
+    Arc::new(Event::new(
+        key.to_string(),
+        Separator::Dot,
+        bytes::Bytes::from(body.to_string()),
+    ))
 }
 
 /// Publishes one event to every shard (the ring waits if a shard is busy).

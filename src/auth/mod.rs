@@ -88,6 +88,19 @@ pub enum AuthError {
     Expired,
 }
 
+impl AuthError {
+    pub const ALL: [AuthError; 3] = [AuthError::Format, AuthError::Failed, AuthError::Expired];
+
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Format => "format",
+            AuthError::Failed => "failed",
+            AuthError::Expired => "expired",
+        }
+    }
+}
+
 /// Tokens longer than this are refused before any work is done on them.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -105,6 +118,8 @@ pub struct Auth {
     file: Option<PathBuf>,
     directory: RwLock<Arc<Directory>>,
     keys: JwtKeys,
+    /// Refused tokens by reason, in [`AuthError::ALL`] order (for metrics).
+    failures: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl Auth {
@@ -118,6 +133,7 @@ impl Auth {
             file,
             directory: RwLock::new(Arc::new(directory)),
             keys,
+            failures: Default::default(),
         })
     }
 
@@ -147,6 +163,24 @@ impl Auth {
 
     /// The identity behind `token` (a static token of the auth file, or a JWT), valid at `now`.
     pub fn authenticate(&self, token: &str, now: SystemTime) -> Result<Identity, AuthError> {
+        let result = self.check(token, now);
+        if let Err(e) = &result {
+            let at = AuthError::ALL.iter().position(|k| k == e).unwrap_or(0);
+            self.failures[at].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Refused tokens so far, by reason label (`format`, `failed`, `expired`).
+    pub fn failures(&self) -> Vec<(&'static str, u64)> {
+        AuthError::ALL
+            .iter()
+            .zip(&self.failures)
+            .map(|(e, n)| (e.label(), n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn check(&self, token: &str, now: SystemTime) -> Result<Identity, AuthError> {
         if token.is_empty()
             || token.len() > MAX_TOKEN_BYTES
             || !token.bytes().all(|b| b.is_ascii_graphic())

@@ -279,6 +279,7 @@ impl BlackholeSession {
     /// identity may not see.
     fn adopt(&mut self, identity: Identity, subscriptions: &mut Subscriptions<'_>) {
         subscriptions.set_expiry(remaining(&identity));
+        subscriptions.add_account(&identity.account_id);
         let auth = &self.dialect.auth;
         let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.subscriptions)
             .into_iter()
@@ -353,6 +354,9 @@ impl BlackholeSession {
             return answer.error(&[errors::TOO_MANY]);
         }
 
+        if account != "*" {
+            subscriptions.add_account(&account);
+        }
         let mut waits = Vec::new();
         for (binding, r) in resolved {
             let encoder: Rc<dyn FrameEncoder> =

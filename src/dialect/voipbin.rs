@@ -230,6 +230,7 @@ impl VoipbinSession {
         if self.topics.len() + fresh > self.dialect.limits.max_bindings {
             return error(errors::TOO_MANY, &topics);
         }
+        subscriptions.add_account(&self.identity.account_id);
         let mut waits = Vec::new();
         for topic in &parsed {
             let pattern = topic.internal_pattern();

@@ -1,6 +1,7 @@
 //! What travels through the rings: one parsed event, shared by every shard.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -15,8 +16,23 @@ pub struct Event {
     pub key: String,
     /// Which dialect's automaton the key is for (`.` Kazoo, `:` VoIPBin).
     pub separator: Separator,
-    /// The normalized body that frame encoders put into their event frames.
+    /// The dialect's part of every frame for this event (Kazoo: `"name":..,"routing_key":..,
+    /// "data":..}`; VoIPBin: `"type":..,"data":..}`), shared by every binding's encoder.
     pub body: Bytes,
+    /// When the ingest side received it: shards measure delivery latency from here.
+    pub received_at: Instant,
+}
+
+impl Event {
+    /// An event received now.
+    pub fn new(key: String, separator: Separator, body: Bytes) -> Event {
+        Event {
+            key,
+            separator,
+            body,
+            received_at: Instant::now(),
+        }
+    }
 }
 
 /// Broadcasts events to every shard's ring. Owned by the ingest thread (single producer per ring).

@@ -105,6 +105,8 @@ pub struct IngestStatus {
     pub stray_releases: AtomicU64,
     /// Times the broker connection was (re)established.
     pub connects: AtomicU64,
+    /// From a delivery's arrival to its event being in every shard's ring.
+    pub ingest_latency: crate::latency::AtomicHistogram,
 }
 
 impl IngestStatus {
@@ -292,6 +294,7 @@ async fn route(
     routing_key: &str,
     body: &mut [u8],
 ) -> Result<(), PublishError> {
+    let received_at = Instant::now();
     status.received.fetch_add(1, Ordering::Relaxed);
     match normalizer.normalize(exchange, routing_key, body) {
         Ok(normalized) => {
@@ -299,11 +302,14 @@ async fn route(
                 key: normalized.key,
                 separator: normalized.separator,
                 body: normalized.tail,
+                received_at,
             });
             publisher
                 .publish(event)
                 .await
                 .map_err(|_| PublishError::ShuttingDown)?;
+            // Parse, normalize, and any wait for room in the rings (backpressure shows here).
+            status.ingest_latency.record(received_at.elapsed());
             status.routed.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }

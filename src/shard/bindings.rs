@@ -297,6 +297,16 @@ impl Subscriptions<'_> {
         self.conn.borrow().bindings.len()
     }
 
+    /// Files the socket under `account` for the control plane's per-account listing (once per
+    /// account; the list only grows for the life of the socket).
+    pub fn add_account(&mut self, account: &str) {
+        let mut conn = self.conn.borrow_mut();
+        let labels = conn.labels.get_or_insert_with(Default::default);
+        if !labels.accounts.iter().any(|a| a == account) {
+            labels.accounts.push(account.to_string());
+        }
+    }
+
     /// Closes the socket with 4001 `token expired` once `remaining` has passed (`None`: the
     /// credentials never expire). A later call replaces the deadline (a refreshed token).
     pub fn set_expiry(&mut self, remaining: Option<std::time::Duration>) {

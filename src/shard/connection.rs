@@ -66,6 +66,8 @@ pub struct Conn {
 pub(crate) struct Labels {
     pub name: Option<String>,
     pub metadata: Option<String>,
+    /// Accounts the socket is listed under (see `SocketInfo::accounts`).
+    pub accounts: Vec<String>,
 }
 
 impl Conn {

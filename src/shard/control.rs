@@ -22,6 +22,9 @@ pub struct SocketInfo {
     pub name: Option<String>,
     /// The client's metadata (a JSON text), if any.
     pub metadata: Option<String>,
+    /// The accounts the dialect filed the socket under (its identity's, and every account it
+    /// subscribed for): what the REST listing per account filters on.
+    pub accounts: Vec<String>,
 }
 
 /// Counters of one shard. Label cardinality is bounded: nothing per account or per socket.
@@ -45,6 +48,8 @@ pub struct ShardStats {
     pub handshakes_refused: u64,
     /// The shard's event ring.
     pub ring: RingStats,
+    /// From the ingest side receiving an event to this shard having queued its frames.
+    pub delivery_latency: crate::latency::Histogram,
 }
 
 /// A question to a shard; the answer goes back on the enclosed channel.
@@ -63,6 +68,7 @@ pub(crate) struct Counters {
     pub closed_slow: Cell<u64>,
     pub handshakes_invalid: Cell<u64>,
     pub handshakes_refused: Cell<u64>,
+    pub delivery_latency: std::cell::RefCell<crate::latency::Histogram>,
 }
 
 impl Counters {

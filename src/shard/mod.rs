@@ -20,5 +20,5 @@ pub use bindings::{Delivered, FrameEncoder, Subscriptions};
 pub use connection::Conn;
 pub use control::{ShardStats, SocketInfo};
 pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};
-pub use runtime::{Driver, Gateway};
+pub use runtime::{Driver, Gateway, Registry};
 pub use session::{HttpRefusal, Reply, Session, SessionFactory};

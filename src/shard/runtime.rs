@@ -64,6 +64,12 @@ pub struct Gateway {
     threads: Vec<JoinHandle<()>>,
     publisher: Option<Publisher>,
     /// One control ring per shard (see `control.rs`).
+    registry: Option<Registry>,
+}
+
+/// The control plane's handle on the shards: asks each one by message through its control ring.
+/// One owner at a time (the rings are single-producer); `Send`, so the API thread can hold it.
+pub struct Registry {
     control: Vec<Producer<Control>>,
 }
 
@@ -114,14 +120,18 @@ impl Gateway {
             stop,
             threads: Vec::new(),
             publisher: None,
-            control: Vec::new(),
+            registry: Some(Registry {
+                control: Vec::new(),
+            }),
         };
         let mut producers = Vec::with_capacity(shards);
         for index in 0..shards {
             let (producer, consumer) = fanout::ring::<Arc<Event>>(RING_CAPACITY);
             producers.push(producer);
             let (control_tx, control_rx) = fanout::ring::<Control>(CONTROL_CAPACITY);
-            gateway.control.push(control_tx);
+            if let Some(registry) = gateway.registry.as_mut() {
+                registry.control.push(control_tx);
+            }
             let (bound_tx, bound_rx) = mpsc::channel();
             let mut shard_config = config.clone();
             shard_config.ws_listen = gateway.local_addr;
@@ -165,41 +175,24 @@ impl Gateway {
         self.driver
     }
 
-    /// Every socket of every shard, asked by message. A shard that does not answer within
-    /// `timeout` is left out; the second value says whether the answer is complete.
+    /// Hands the registry to the control plane; [`Gateway::sockets`] and [`Gateway::stats`]
+    /// answer nothing afterwards.
+    pub fn take_registry(&mut self) -> Option<Registry> {
+        self.registry.take()
+    }
+
+    /// Every socket of every shard (see [`Registry::sockets`]); empty once the registry is taken.
     pub fn sockets(&self, timeout: Duration) -> (Vec<SocketInfo>, bool) {
-        let (answers, complete) = self.ask(timeout, Control::Sockets);
-        (answers.into_iter().flatten().collect(), complete)
+        self.registry
+            .as_ref()
+            .map_or((Vec::new(), false), |r| r.sockets(timeout))
     }
 
-    /// The counters of every shard, asked by message (see [`Gateway::sockets`] for `timeout`).
+    /// The counters of every shard (see [`Registry::stats`]); empty once the registry is taken.
     pub fn stats(&self, timeout: Duration) -> (Vec<ShardStats>, bool) {
-        self.ask(timeout, Control::Stats)
-    }
-
-    fn ask<T>(
-        &self,
-        timeout: Duration,
-        question: fn(mpsc::Sender<T>) -> Control,
-    ) -> (Vec<T>, bool) {
-        let (tx, rx) = mpsc::channel();
-        let mut asked = 0;
-        for ring in &self.control {
-            if ring.try_push(question(tx.clone())).is_ok() {
-                asked += 1;
-            }
-        }
-        drop(tx);
-        let deadline = Instant::now() + timeout;
-        let mut answers = Vec::with_capacity(asked);
-        while answers.len() < asked {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(answer) => answers.push(answer),
-                Err(_) => break,
-            }
-        }
-        let complete = answers.len() == self.control.len();
-        (answers, complete)
+        self.registry
+            .as_ref()
+            .map_or((Vec::new(), false), |r| r.stats(timeout))
     }
 
     /// Asks every shard to shut down gracefully; returns at once (see [`Gateway::join`]).
@@ -379,8 +372,10 @@ async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
         {
             let mut table = shard.bindings.borrow_mut();
             let counters = &shard.counters;
+            let mut latency = counters.delivery_latency.borrow_mut();
             for event in &batch {
                 let report = table.deliver(event, &mut dirty);
+                latency.record(event.received_at.elapsed());
                 Counters::add(&counters.frames_encoded, report.frames_encoded);
                 Counters::add(&counters.deliveries, report.queued);
                 Counters::add(&counters.dropped, report.dropped);
@@ -420,6 +415,7 @@ async fn answer_control(
                                 bindings: table.list(&conn),
                                 name: labels.and_then(|l| l.name.clone()),
                                 metadata: labels.and_then(|l| l.metadata.clone()),
+                                accounts: labels.map(|l| l.accounts.clone()).unwrap_or_default(),
                             }
                         })
                         .collect();
@@ -439,6 +435,7 @@ async fn answer_control(
                         handshakes_invalid: c.handshakes_invalid.get(),
                         handshakes_refused: c.handshakes_refused.get(),
                         ring: ring.stats(),
+                        delivery_latency: c.delivery_latency.borrow().clone(),
                     });
                 }
             }
@@ -464,5 +461,44 @@ async fn going_away(shard: &ShardContext) {
     let cut_deadline = Instant::now() + Duration::from_secs(1);
     while !shard.sockets.borrow().is_empty() && Instant::now() < cut_deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Registry {
+    /// Every socket of every shard, asked by message. A shard that does not answer within
+    /// `timeout` is left out; the second value says whether the answer is complete.
+    pub fn sockets(&self, timeout: Duration) -> (Vec<SocketInfo>, bool) {
+        let (answers, complete) = self.ask(timeout, Control::Sockets);
+        (answers.into_iter().flatten().collect(), complete)
+    }
+
+    /// The counters of every shard, asked by message (see [`Registry::sockets`] for `timeout`).
+    pub fn stats(&self, timeout: Duration) -> (Vec<ShardStats>, bool) {
+        self.ask(timeout, Control::Stats)
+    }
+
+    fn ask<T>(
+        &self,
+        timeout: Duration,
+        question: fn(mpsc::Sender<T>) -> Control,
+    ) -> (Vec<T>, bool) {
+        let (tx, rx) = mpsc::channel();
+        let mut asked = 0;
+        for ring in &self.control {
+            if ring.try_push(question(tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + timeout;
+        let mut answers = Vec::with_capacity(asked);
+        while answers.len() < asked {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(answer) => answers.push(answer),
+                Err(_) => break,
+            }
+        }
+        let complete = answers.len() == self.control.len();
+        (answers, complete)
     }
 }

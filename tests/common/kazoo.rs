@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use horizon::api::{Api, ApiConfig};
 use horizon::auth::{Auth, JwtKeys};
 use horizon::config::ServeConfig;
 use horizon::dialect::{BlackholeLimits, Dialects};
@@ -101,6 +102,9 @@ pub struct Node {
     pub gateway: Gateway,
     pub ingest: Ingest,
     pub auth: Arc<Auth>,
+    /// The REST API, on its own ephemeral port.
+    pub api: Api,
+    pub node: String,
     auth_file: PathBuf,
 }
 
@@ -126,10 +130,11 @@ impl Node {
         tweak(&mut config, &mut limits);
         let keys = JwtKeys::new(Some(JWT_SECRET.as_bytes().to_vec()), None).unwrap();
         let auth = Arc::new(Auth::new(Some(auth_file.clone()), keys).expect("valid auth file"));
+        let node = format!("test-{}", horizon::ids::random_hex(4));
         let source = if amqp {
             Source::Amqp(AmqpConfig {
                 url: super::amqp_url(),
-                node: "test".into(),
+                node: node.clone(),
                 prefetch: 500,
                 queue_expires: Duration::from_secs(30),
             })
@@ -145,10 +150,24 @@ impl Node {
         let mut gateway = Gateway::start(config, Arc::new(dialects)).expect("gateway starts");
         let publisher = gateway.take_publisher().expect("publisher");
         ingest.start(publisher).expect("ingest starts");
+        let api = Api::start(
+            ApiConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                node: node.clone(),
+                amqp_url: amqp.then(super::amqp_url),
+                cluster_timeout: Duration::from_secs(2),
+            },
+            auth.clone(),
+            ingest.clone(),
+            gateway.take_registry().expect("registry"),
+        )
+        .expect("api starts");
         Node {
             gateway,
             ingest,
             auth,
+            api,
+            node,
             auth_file,
         }
     }
@@ -158,9 +177,11 @@ impl Node {
     }
 
     pub fn stop(self) {
+        self.api.set_draining();
         self.gateway.shutdown();
         self.gateway.join();
         self.ingest.shutdown(Duration::from_secs(3));
+        self.api.shutdown();
         let _ = std::fs::remove_file(&self.auth_file);
     }
 

@@ -1,0 +1,251 @@
+//! `GET /metrics` in the Prometheus text format (0.0.4). Labels are bounded: per shard, per
+//! reason, never per account or socket.
+
+use std::fmt::Write as _;
+
+use crate::auth::Auth;
+use crate::families::Skip;
+use crate::ingest::IngestStatus;
+use crate::latency::{Histogram, BUCKETS_US};
+use crate::shard::ShardStats;
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn per_shard(
+    out: &mut String,
+    stats: &[ShardStats],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&ShardStats) -> u64,
+) {
+    family(out, name, kind, help);
+    for s in stats {
+        let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, value(s));
+    }
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    family(out, name, "histogram", help);
+    let mut cumulative = 0;
+    for (bound, count) in BUCKETS_US.iter().zip(h.counts) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", h.count());
+}
+
+/// Renders every metric.
+pub fn render(
+    stats: &[ShardStats],
+    ingest: &IngestStatus,
+    auth: &Auth,
+    live_nodes: usize,
+    ready: bool,
+) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::with_capacity(8192);
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_connections",
+        "gauge",
+        "Open WebSocket connections.",
+        |s| s.connections as u64,
+    );
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_subscriptions",
+        "gauge",
+        "Distinct bindings held by the shard's sockets.",
+        |s| s.bindings as u64,
+    );
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_shard_events_total",
+        "counter",
+        "Events the shard received from its ring.",
+        |s| s.events,
+    );
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_frames_encoded_total",
+        "counter",
+        "Event frames encoded (one per event per matching binding).",
+        |s| s.frames_encoded,
+    );
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_deliveries_total",
+        "counter",
+        "Event frames queued to sockets.",
+        |s| s.deliveries,
+    );
+    family(
+        &mut out,
+        "horizon_dropped_total",
+        "counter",
+        "Events not delivered to a socket, by reason.",
+    );
+    for s in stats {
+        let _ = writeln!(
+            out,
+            "horizon_dropped_total{{shard=\"{}\",reason=\"slow_consumer\"}} {}",
+            s.shard, s.dropped
+        );
+    }
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_slow_consumer_closed_total",
+        "counter",
+        "Sockets closed as slow consumers (close policy).",
+        |s| s.closed_slow,
+    );
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_ring_depth",
+        "gauge",
+        "Events waiting in the shard's ring.",
+        |s| s.ring.depth as u64,
+    );
+    per_shard(
+        &mut out,
+        stats,
+        "horizon_ring_producer_waits_total",
+        "counter",
+        "Times the ingest side found the shard's ring full.",
+        |s| s.ring.producer_waits,
+    );
+    family(
+        &mut out,
+        "horizon_handshakes_refused_total",
+        "counter",
+        "WebSocket upgrades refused, by reason.",
+    );
+    let invalid: u64 = stats.iter().map(|s| s.handshakes_invalid).sum();
+    let refused: u64 = stats.iter().map(|s| s.handshakes_refused).sum();
+    let _ = writeln!(
+        out,
+        "horizon_handshakes_refused_total{{reason=\"invalid_request\"}} {invalid}"
+    );
+    let _ = writeln!(
+        out,
+        "horizon_handshakes_refused_total{{reason=\"dialect\"}} {refused}"
+    );
+    family(
+        &mut out,
+        "horizon_auth_failures_total",
+        "counter",
+        "Tokens refused, by reason.",
+    );
+    for (reason, n) in auth.failures() {
+        let _ = writeln!(
+            out,
+            "horizon_auth_failures_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "horizon_events_received_total",
+        "counter",
+        "Deliveries (or embedded publishes) received by the ingest side.",
+    );
+    let _ = writeln!(
+        out,
+        "horizon_events_received_total {}",
+        ingest.received.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "horizon_events_routed_total",
+        "counter",
+        "Events handed to the shards.",
+    );
+    let _ = writeln!(
+        out,
+        "horizon_events_routed_total {}",
+        ingest.routed.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "horizon_events_skipped_total",
+        "counter",
+        "Deliveries skipped by the ingest side, by reason.",
+    );
+    for reason in Skip::ALL {
+        let _ = writeln!(
+            out,
+            "horizon_events_skipped_total{{reason=\"{}\"}} {}",
+            reason.label(),
+            ingest.skipped(reason)
+        );
+    }
+    family(
+        &mut out,
+        "horizon_amqp_bindings",
+        "gauge",
+        "Node-queue bindings with at least one subscriber.",
+    );
+    let _ = writeln!(
+        out,
+        "horizon_amqp_bindings {}",
+        ingest.bindings.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "horizon_amqp_connects_total",
+        "counter",
+        "Times the broker connection was established.",
+    );
+    let _ = writeln!(
+        out,
+        "horizon_amqp_connects_total {}",
+        ingest.connects.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "horizon_ready",
+        "gauge",
+        "1 when the node is ready (listeners up, source consuming, not draining).",
+    );
+    let _ = writeln!(out, "horizon_ready {}", u8::from(ready));
+    family(
+        &mut out,
+        "horizon_cluster_nodes",
+        "gauge",
+        "Live nodes this node knows of, itself included.",
+    );
+    let _ = writeln!(out, "horizon_cluster_nodes {live_nodes}");
+    histogram(
+        &mut out,
+        "horizon_ingest_latency_seconds",
+        "From a delivery's arrival to its event being in every shard's ring.",
+        &ingest.ingest_latency.snapshot(),
+    );
+    let mut delivery = Histogram::default();
+    for s in stats {
+        delivery.merge(&s.delivery_latency);
+    }
+    histogram(
+        &mut out,
+        "horizon_delivery_latency_seconds",
+        "From a delivery's arrival to a shard having queued its frames (per event per shard).",
+        &delivery,
+    );
+    out
+}

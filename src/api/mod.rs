@@ -1,0 +1,411 @@
+//! The control plane: the crossbar-compatible REST API (PROTOCOLS.md section 5), metrics, health,
+//! and cluster-wide socket listings, on a thread of its own with a tokio current-thread runtime.
+//!
+//! It reaches the shards only through their [`Registry`] (questions by message), the event
+//! source through [`Ingest::publish`], and other nodes through [`cluster`]. Answers use the
+//! crossbar envelope ([`http`]); `/metrics` is Prometheus text.
+
+pub mod cluster;
+mod http;
+mod metrics;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::Notify;
+
+use self::cluster::Cluster;
+use self::http::{respond, Body, Envelope};
+use crate::auth::{Auth, Identity};
+use crate::families::{catalog, valid_account_id};
+use crate::ingest::{Ingest, PublishError};
+use crate::json::{self, TapeValue};
+use crate::shard::Registry;
+
+/// Largest request body accepted (`POST /v2/events`).
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Where and as whom the API serves.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// This node's id in envelopes and listings (`destination`).
+    pub node: String,
+    /// The broker other nodes share; `None`: the cluster is this node alone.
+    pub amqp_url: Option<String>,
+    /// How long a cluster listing waits for every live node.
+    pub cluster_timeout: Duration,
+}
+
+struct State {
+    node: String,
+    auth: Arc<Auth>,
+    ingest: Ingest,
+    cluster: Arc<Cluster>,
+    draining: Arc<AtomicBool>,
+}
+
+/// The running API.
+pub struct Api {
+    local_addr: SocketAddr,
+    draining: Arc<AtomicBool>,
+    stop: Arc<Notify>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Api {
+    /// Binds `config.listen` (errors come back here) and serves on a new thread.
+    pub fn start(
+        config: ApiConfig,
+        auth: Arc<Auth>,
+        ingest: Ingest,
+        registry: Registry,
+    ) -> std::io::Result<Api> {
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Notify::new());
+        let cluster = Cluster::new(
+            config.node.clone(),
+            config.amqp_url.clone(),
+            registry,
+            config.cluster_timeout,
+        );
+        let state = Arc::new(State {
+            node: config.node,
+            auth,
+            ingest,
+            cluster,
+            draining: draining.clone(),
+        });
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("horizon-api".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        crate::elog!("api: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(serve(listener, state, stopped));
+            })?;
+        Ok(Api {
+            local_addr,
+            draining,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// From now on `readyz` answers 503 (called before the shards start draining).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops serving and waits for the thread.
+    pub fn shutdown(&self) {
+        self.stop.notify_one();
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Notify>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            crate::elog!("api: cannot listen: {e}");
+            return;
+        }
+    };
+    tokio::spawn(state.cluster.clone().run());
+    loop {
+        tokio::select! {
+            _ = stop.notified() => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(route(state, request).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// The token of a request: `X-Auth-Token`, else `Authorization: Bearer`.
+fn request_token(request: &Request<Incoming>) -> Option<String> {
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(token) = header("x-auth-token") {
+        return Some(token.trim().to_string());
+    }
+    let (scheme, token) = header("authorization")?.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| crate::ids::random_hex(16), str::to_string);
+    let env = Envelope {
+        node: &state.node,
+        request_id,
+    };
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = request.method().clone();
+    let allowed: &[Method] = match segments.as_slice() {
+        ["healthz"] | ["readyz"] | ["metrics"] | ["v2", "websockets"] => &[Method::GET],
+        ["v2", "accounts", _, "websockets"] | ["v2", "accounts", _, "websockets", _] => {
+            &[Method::GET]
+        }
+        ["v2", "events"] => &[Method::POST],
+        _ => {
+            return env.error(
+                StatusCode::NOT_FOUND,
+                &format!("no such endpoint: {}", shorten(&path)),
+            )
+        }
+    };
+    if !allowed.contains(&method) {
+        let mut response = env.error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method {method} not allowed here"),
+        );
+        let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+            response.headers_mut().insert(ALLOW, value);
+        }
+        return response;
+    }
+    match segments.as_slice() {
+        ["healthz"] => env.success(b"{\"healthy\":true}", ""),
+        ["readyz"] => readyz(&state, &env),
+        ["metrics"] => metrics_text(&state).await,
+        ["v2", "websockets"] => env.success(&catalog_json(), ""),
+        ["v2", "accounts", account, "websockets"] => {
+            let account = account.to_string();
+            listing(&state, &env, &request, &account, None).await
+        }
+        ["v2", "accounts", account, "websockets", socket] => {
+            let (account, socket) = (account.to_string(), socket.to_string());
+            listing(&state, &env, &request, &account, Some(&socket)).await
+        }
+        _ => publish(&state, &env, request).await,
+    }
+}
+
+fn shorten(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+fn ready(state: &State) -> Result<(), &'static str> {
+    if state.draining.load(Ordering::SeqCst) {
+        Err("shutting down")
+    } else if !state.ingest.status().ready() {
+        Err("event source not ready (connecting to the broker)")
+    } else {
+        Ok(())
+    }
+}
+
+fn readyz(state: &State, env: &Envelope<'_>) -> Response<Body> {
+    match ready(state) {
+        Ok(()) => env.success(b"{\"ready\":true}", ""),
+        Err(why) => env.error(StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn metrics_text(state: &State) -> Response<Body> {
+    let stats = state
+        .cluster
+        .with_registry(|registry| registry.stats(Duration::from_secs(1)).0)
+        .await
+        .unwrap_or_default();
+    let text = metrics::render(
+        &stats,
+        state.ingest.status(),
+        &state.auth,
+        state.cluster.live_nodes().len(),
+        ready(state).is_ok(),
+    );
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        text.into_bytes(),
+    )
+}
+
+/// `{"call":[{"binding":..},..],"object":[..],..}`: exactly the bindings subscribe accepts.
+fn catalog_json() -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'{');
+    for (i, entry) in catalog().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::write_str(&mut out, entry.family);
+        out.extend_from_slice(b":[");
+        for (j, binding) in entry.bindings.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"binding\":");
+            json::write_str(&mut out, binding);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    out
+}
+
+/// The caller's identity, or the 401 to send.
+fn authenticate(
+    state: &State,
+    env: &Envelope<'_>,
+    request: &Request<Incoming>,
+) -> Result<Identity, Box<Response<Body>>> {
+    let Some(token) = request_token(request) else {
+        return Err(Box::new(
+            env.error(StatusCode::UNAUTHORIZED, "authentication token required"),
+        ));
+    };
+    state
+        .auth
+        .authenticate(&token, SystemTime::now())
+        .map_err(|e| Box::new(env.error(StatusCode::UNAUTHORIZED, &e.to_string())))
+}
+
+async fn listing(
+    state: &State,
+    env: &Envelope<'_>,
+    request: &Request<Incoming>,
+    account: &str,
+    socket: Option<&str>,
+) -> Response<Body> {
+    let identity = match authenticate(state, env, request) {
+        Ok(identity) => identity,
+        Err(response) => return *response,
+    };
+    if !valid_account_id(account) {
+        return env.error(StatusCode::BAD_REQUEST, "invalid account id");
+    }
+    if !state.auth.may_see(&identity, account) {
+        return env.error(StatusCode::FORBIDDEN, "unauthorized account id");
+    }
+    let listing = state.cluster.list(account, socket).await;
+    let mut extra = String::new();
+    if !listing.missing.is_empty() {
+        let mut missing = Vec::new();
+        json::write_str_array(&mut missing, listing.missing.iter().map(String::as_str));
+        extra = format!(
+            ",\"partial\":true,\"missing_nodes\":{}",
+            String::from_utf8_lossy(&missing)
+        );
+    }
+    match socket {
+        Some(_) => match listing.sockets.first() {
+            Some(found) => env.success(found, &extra),
+            None => env.error(
+                StatusCode::NOT_FOUND,
+                "websocket not found for this account",
+            ),
+        },
+        None => {
+            let mut data =
+                Vec::with_capacity(listing.sockets.iter().map(Vec::len).sum::<usize>() + 2);
+            data.push(b'[');
+            for (i, s) in listing.sockets.iter().enumerate() {
+                if i > 0 {
+                    data.push(b',');
+                }
+                data.extend_from_slice(s);
+            }
+            data.push(b']');
+            env.success(&data, &extra)
+        }
+    }
+}
+
+async fn publish(state: &State, env: &Envelope<'_>, request: Request<Incoming>) -> Response<Body> {
+    let identity = match authenticate(state, env, &request) {
+        Ok(identity) => identity,
+        Err(response) => return *response,
+    };
+    if !identity.publish {
+        return env.error(StatusCode::FORBIDDEN, "this token may not publish");
+    }
+    let body: Bytes = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return env.error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body larger than 1 MiB",
+            )
+        }
+    };
+    let mut bytes = body.to_vec();
+    let Ok(tape) = simd_json::to_tape(&mut bytes) else {
+        return env.error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let Some(root) = TapeValue::root(&tape.0).filter(|r| r.is_object()) else {
+        return env.error(StatusCode::BAD_REQUEST, "body must be a JSON object");
+    };
+    let text = |name: &str| {
+        root.get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 255)
+    };
+    let (Some(exchange), Some(routing_key)) = (text("exchange"), text("routing_key")) else {
+        return env.error(
+            StatusCode::BAD_REQUEST,
+            "exchange and routing_key must be non-empty strings of at most 255 bytes",
+        );
+    };
+    let Some(payload) = root.get("payload").filter(|p| p.is_object()) else {
+        return env.error(StatusCode::BAD_REQUEST, "payload must be a JSON object");
+    };
+    let mut message = Vec::with_capacity(body.len());
+    json::write_value(&mut message, payload, &mut |o, k| json::write_str(o, k));
+    match state.ingest.publish(exchange, routing_key, message).await {
+        Ok(()) => env.success(b"{\"published\":true}", ""),
+        Err(PublishError::NotRoutable(why)) => env.error(
+            StatusCode::BAD_REQUEST,
+            &format!("event not routable: {why}"),
+        ),
+        Err(e) => env.error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
