@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Side by side, in one run, with the same client code: Horizon on io_uring, Horizon on its epoll
+# fallback, and RabbitMQ's Web-MQTT plugin. Rows: memory per idle subscriber and connect rate
+# (connect), deliveries per CPU-second and latency at a fixed rate (fanout).
+#
+#   loadtest/compare.sh                 # defaults below; results in target/loadtest/compare/
+#   CONNECTIONS=5000 RATE=1000 loadtest/compare.sh
+#
+# Needs the broker, and Web-MQTT enabled once with loadtest/mqtt-setup.sh (as root).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+IDLE=${IDLE:-10000}              # idle connections for the memory row
+CONNECTIONS=${CONNECTIONS:-1000} # subscribers for the fan-out rows
+ACCOUNTS=${ACCOUNTS:-50}
+RATE=${RATE:-500}
+DURATION=${DURATION:-10}
+AMQP=${HORIZON_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+OUT=${OUT:-target/loadtest/compare}
+SECRET=compare-$RANDOM
+
+cargo build --release -p horizon -p horizon-loadtest
+mkdir -p "$OUT"
+if ss -ltn 'sport = :5555' | grep -q LISTEN; then
+    echo "compare.sh: port 5555 is taken; stop the gateway that holds it" >&2
+    exit 2
+fi
+
+gateway=""
+start_horizon() {
+    env "$@" target/release/horizon serve --amqp-url "$AMQP" --jwt-hs256-secret "$SECRET" \
+        --api-listen 127.0.0.1:0 >"$OUT/gateway.log" 2>&1 &
+    gateway=$!
+    for _ in $(seq 1 100); do
+        grep -q "amqp: consuming" "$OUT/gateway.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "the gateway did not start: $(cat "$OUT/gateway.log")" >&2
+    exit 1
+}
+stop_horizon() { kill -TERM "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; }
+trap stop_horizon EXIT
+
+run() { # name, then horizon-loadtest arguments
+    local name=$1
+    shift
+    echo "== $name"
+    target/release/horizon-loadtest "$@" --out "$OUT/$name" | tee "$OUT/$name.txt" || true
+}
+
+for driver in io_uring epoll; do
+    if [ "$driver" = epoll ]; then start_horizon MONOIO_FORCE_LEGACY_DRIVER=1; else start_horizon HORIZON_LOADTEST=1; fi
+    run "horizon-$driver-connect" connect --jwt-secret "$SECRET" --connections "$IDLE" --ramp-rate 3000 --hold 5
+    run "horizon-$driver-fanout" fanout --jwt-secret "$SECRET" --connections "$CONNECTIONS" \
+        --accounts "$ACCOUNTS" --rate "$RATE" --duration "$DURATION" --warmup 3
+    stop_horizon
+done
+
+if (exec 3<>/dev/tcp/127.0.0.1/15675) 2>/dev/null; then
+    run mqtt-connect connect --target mqtt-ws --gateway-match beam.smp --connections "$IDLE" --ramp-rate 3000 --hold 5
+    run mqtt-fanout fanout --target mqtt-ws --gateway-match beam.smp --connections "$CONNECTIONS" \
+        --accounts "$ACCOUNTS" --rate "$RATE" --duration "$DURATION" --warmup 3
+else
+    echo "compare.sh: Web-MQTT is not listening on 127.0.0.1:15675; run loadtest/mqtt-setup.sh (as root) for its rows" >&2
+fi
+echo "reports in $OUT/"
