@@ -19,6 +19,10 @@ SUBSCRIBERS=${SUBSCRIBERS:-200000}
 NODES=${NODES:-12}
 PROCESSES=${PROCESSES:-12}
 ACCOUNTS=${ACCOUNTS:-1000}
+# Kazoo call events for ACCOUNTS accounts under RESELLERS resellers: every 10th connection is a
+# reseller console subscribed for each of its children's accounts.
+RESELLERS=${RESELLERS:-20}
+EVENTS=${EVENTS:-CHANNEL_CREATE,CHANNEL_DESTROY}
 RATE=${RATE:-100}
 DURATION=${DURATION:-30}
 RAMP=${RAMP:-2000}
@@ -41,6 +45,7 @@ fi
 
 cargo build --release -p horizon -p horizon-loadtest
 mkdir -p "$OUT"
+target/release/horizon-loadtest auth-file --accounts "$ACCOUNTS" --resellers "$RESELLERS" >"$OUT/tree.toml"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -51,7 +56,7 @@ trap cleanup EXIT
 echo "scale.sh: $NODES gateway nodes on 127.0.0.1:$PORT, $PROCESSES load processes, $SUBSCRIBERS subscribers"
 for i in $(seq 1 "$NODES"); do
     target/release/horizon serve --ws-listen "127.0.0.1:$PORT" --api-listen 127.0.0.1:0 --shards 1 \
-        --amqp-url "$AMQP" --jwt-hs256-secret "$SECRET" --node "scale-$i" \
+        --amqp-url "$AMQP" --jwt-hs256-secret "$SECRET" --auth-file "$OUT/tree.toml" --node "scale-$i" \
         --idle-timeout-secs 600 --ping-interval-secs 60 >"$OUT/node-$i.log" 2>&1 &
     pids+=($!)
 done
@@ -71,7 +76,7 @@ last=$((ips + 1))
 target/release/horizon-loadtest fanout \
     --url "ws://127.0.0.1:$PORT/" --amqp-url "$AMQP" --jwt-secret "$SECRET" \
     --connections "$SUBSCRIBERS" --processes "$PROCESSES" --threads 1 \
-    --source-ips "127.0.0.2-127.0.0.$last" --accounts "$ACCOUNTS" \
+    --source-ips "127.0.0.2-127.0.0.$last" --accounts "$ACCOUNTS" --resellers "$RESELLERS" --events "$EVENTS" \
     --rate "$RATE" --duration "$DURATION" --ramp-rate "$RAMP" --drain 30 \
     --gateway-match "horizon serve --ws-listen 127.0.0.1:$PORT" --out "$OUT" | tee "$OUT/summary.txt"
 exit "${PIPESTATUS[0]}"

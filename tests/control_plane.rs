@@ -296,6 +296,18 @@ fn listings_span_both_nodes_and_keep_accounts_apart() {
     one.stop();
 }
 
+/// A child process killed when dropped (a panicking test leaves nothing running).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A `horizon serve` process on the test broker; returns the child, its WebSocket and API
 /// addresses and its node id (read from its log).
 fn spawn_node(
@@ -307,7 +319,19 @@ fn spawn_node(
     String,
 ) {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_horizon"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horizon"));
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up: the
+        // gateway dies with the test thread even if the test panics.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
         .args([
             "serve",
             "--ws-listen",
@@ -355,8 +379,10 @@ fn a_killed_node_leaves_the_listing_once_its_heartbeat_lapses() {
         horizon::ids::random_hex(4)
     ));
     std::fs::write(&auth_file, t.auth_toml()).unwrap();
-    let (mut first, ws1, api1, node1) = spawn_node(&auth_file);
-    let (mut second, ws2, _api2, node2) = spawn_node(&auth_file);
+    let (first, ws1, api1, node1) = spawn_node(&auth_file);
+    let (second, ws2, _api2, node2) = spawn_node(&auth_file);
+    // A failing assertion must not leave gateways running behind the test.
+    let (mut first, mut second) = (Reaped(first), Reaped(second));
     runtime().block_on(async {
         let path = format!("/v2/accounts/{}/websockets", t.a);
         let list = || async {
@@ -397,8 +423,8 @@ fn a_killed_node_leaves_the_listing_once_its_heartbeat_lapses() {
         assert_eq!(seen, both, "both nodes' sockets are listed");
 
         // SAFETY: kill on the child's own pid.
-        unsafe { libc::kill(second.id() as i32, libc::SIGKILL) };
-        let _ = second.wait();
+        unsafe { libc::kill(second.0.id() as i32, libc::SIGKILL) };
+        let _ = second.0.wait();
         // Right away the node is still live by its last heartbeat: the listing waits for it,
         // then says who did not answer.
         let value = list().await;
@@ -428,7 +454,7 @@ fn a_killed_node_leaves_the_listing_once_its_heartbeat_lapses() {
         drop((c1, c2));
     });
     // SAFETY: as above.
-    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
-    let _ = first.wait();
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
+    let _ = first.0.wait();
     let _ = std::fs::remove_file(auth_file);
 }

@@ -50,6 +50,13 @@ pub struct Options {
     pub drain: Duration,
     /// Pause between "every subscriber is subscribed" and the first publish.
     pub warmup: Duration,
+    /// Call events published (round robin) and subscribed to, one binding each.
+    pub events: Vec<String>,
+    /// Reseller accounts: account `a` is a child of reseller `a % resellers` (0: no tree).
+    pub resellers: usize,
+    /// With resellers, every `reseller_every`-th connection is a reseller console that
+    /// subscribes for each of its children's accounts.
+    pub reseller_every: usize,
 }
 
 fn ip_range(text: &str) -> Result<Vec<IpAddr>, String> {
@@ -79,8 +86,42 @@ fn ip_range(text: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
+/// Reads a scenario file: `key = value` lines (`#` comments, quoted or bare values) as flags.
+fn scenario_file(path: &str) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--scenario {path}: {e}"))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("--scenario {path}:{}: expected key = value", n + 1))?;
+        let value = value.trim().trim_matches('"');
+        out.push(format!("--{}", key.trim().replace('_', "-")));
+        out.push(value.to_string());
+    }
+    Ok(out)
+}
+
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options, String> {
+        // `--scenario FILE`: the same options as `key = value` lines (flat TOML); flags given on
+        // the command line win.
+        let mut all: Vec<String> = Vec::new();
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            if arg == "--scenario" {
+                let path = rest.next().ok_or("--scenario needs a file")?;
+                all.splice(0..0, scenario_file(path)?);
+            } else if let Some(path) = arg.strip_prefix("--scenario=") {
+                all.splice(0..0, scenario_file(path)?);
+            } else {
+                all.push(arg.clone());
+            }
+        }
+        let args = &all;
         let mut map: HashMap<String, String> = HashMap::new();
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -166,7 +207,25 @@ impl Options {
             out,
             drain: Duration::from_secs(num("drain", take("drain", "10"))?.clamp(1, 600)),
             warmup: Duration::from_secs(num("warmup", take("warmup", "0"))?.min(600)),
+            events: take("events", "CHANNEL_CREATE")
+                .split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect(),
+            resellers: num("resellers", take("resellers", "0"))? as usize,
+            reseller_every: num("reseller-every", take("reseller-every", "10"))?.max(1) as usize,
         };
+        if options.events.is_empty()
+            || options
+                .events
+                .iter()
+                .any(|e| !e.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        {
+            return Err("--events: a comma-separated list of call events, e.g. CHANNEL_CREATE,CHANNEL_DESTROY".into());
+        }
+        if options.resellers > options.accounts {
+            return Err("--resellers cannot exceed --accounts".into());
+        }
         if let Some(unknown) = map.keys().next() {
             return Err(format!("unknown option --{unknown}"));
         }
@@ -201,6 +260,9 @@ impl Options {
             ("churn-rate", self.churn_rate.to_string()),
             ("drain", self.drain.as_secs().to_string()),
             ("warmup", self.warmup.as_secs().to_string()),
+            ("events", self.events.join(",")),
+            ("resellers", self.resellers.to_string()),
+            ("reseller-every", self.reseller_every.to_string()),
             (
                 "gateway-match",
                 self.gateway_match.clone().unwrap_or_default(),

@@ -5,6 +5,7 @@
 //! horizon-loadtest fanout  [--connections 10000 --accounts 100 --rate 1000 --duration 10 ...]
 //! horizon-loadtest connect [--connections 15000 --ramp-rate 5000 --hold 5 ...]
 //! horizon-loadtest churn   [--connections 1000 --churn-rate 2 --rate 500 ...]
+//! horizon-loadtest auth-file --accounts 1000 --resellers 20 > tree.toml   # for --resellers runs
 //! ```
 //! The parent spawns `--processes` worker processes (this binary, `worker` role), each holding a
 //! share of the connections on `--threads` monoio runtimes and binding its sockets to
@@ -33,7 +34,7 @@ use report::Report;
 use worker::Scenario;
 
 const USAGE: &str =
-    "usage: horizon-loadtest <fanout|connect|churn> [--option value ...]  (see loadtest/README.md)";
+    "usage: horizon-loadtest <fanout|connect|churn|auth-file> [--scenario FILE] [--option value ...]  (see loadtest/README.md)";
 
 #[derive(Default)]
 struct WorkerState {
@@ -63,6 +64,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("auth-file") => match Options::parse(&args[1..]) {
+            // The account tree a gateway needs for `--resellers` (JWTs carry only the account).
+            Ok(options) => {
+                print!("{}", events::auth_file(options.accounts, options.resellers));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("horizon-loadtest: {e}");
+                ExitCode::from(2)
+            }
+        },
         Some(name) if Scenario::parse(name).is_some() => {
             let scenario = Scenario::parse(name).unwrap_or(Scenario::Fanout);
             match Options::parse(&args[1..]) {

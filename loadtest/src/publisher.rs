@@ -49,6 +49,11 @@ pub fn run(options: &Options, progress: Arc<AtomicU64>) -> Published {
     })
 }
 
+/// The call event of event number `i`: each account cycles through `--events`.
+fn event_of(options: &Options, i: u64) -> &str {
+    &options.events[((i / options.accounts as u64) % options.events.len() as u64) as usize]
+}
+
 fn total(options: &Options) -> u64 {
     options.rate * options.duration.as_secs()
 }
@@ -118,11 +123,12 @@ async fn amqp(options: &Options, progress: &AtomicU64) -> Result<Published, Stri
     for i in 0..total(options) {
         pace(start, i, options.rate).await;
         let account = events::account(events::account_of(i, options.accounts));
+        let event = event_of(options, i);
         let key = match options.target {
-            Target::Horizon => format!("call.CHANNEL_CREATE.lt-{i}"),
-            Target::MqttWs => format!("call.{account}.CHANNEL_CREATE.lt-{i}"),
+            Target::Horizon => format!("call.{event}.lt-{i}"),
+            Target::MqttWs => format!("call.{account}.{event}.lt-{i}"),
         };
-        let body = events::payload(i, &account, options.payload_bytes);
+        let body = events::payload(i, &account, event, options.payload_bytes);
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -169,10 +175,12 @@ async fn rest(options: &Options, progress: &AtomicU64) -> Result<Published, Stri
     for i in 0..total(options) {
         pace(start, i, options.rate).await;
         let account = events::account(events::account_of(i, options.accounts));
-        let payload = String::from_utf8_lossy(&events::payload(i, &account, options.payload_bytes))
-            .into_owned();
+        let event = event_of(options, i);
+        let payload =
+            String::from_utf8_lossy(&events::payload(i, &account, event, options.payload_bytes))
+                .into_owned();
         let body = format!(
-            r#"{{"exchange":"callevt","routing_key":"call.CHANNEL_CREATE.lt-{i}","payload":{payload}}}"#
+            r#"{{"exchange":"callevt","routing_key":"call.{event}.lt-{i}","payload":{payload}}}"#
         );
         let request = format!(
             "POST /v2/events HTTP/1.1\r\nHost: horizon\r\nX-Auth-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -48,9 +48,11 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Per connection: which of its account's events arrived.
+/// Per connection: which of its accounts' events arrived.
 struct ConnStats {
+    /// Its own account (not a reseller), or its reseller number.
     account: usize,
+    reseller: Option<usize>,
     distinct: u64,
     last_seq: Option<u64>,
     seen: Vec<u64>,
@@ -103,6 +105,7 @@ impl ThreadStats {
 
 #[derive(Default)]
 struct Shared {
+    resellers: usize,
     attempted: AtomicU64,
     connected: AtomicU64,
     received: AtomicU64,
@@ -129,20 +132,41 @@ pub fn jwt(secret: &str, account: &str, publish: bool) -> String {
     )
 }
 
+/// The subscribe and unsubscribe commands for one account: every `--events` binding at once on
+/// Horizon (unsubscribe: the first), one MQTT topic filter for the first event.
 fn binding(options: &Options, account: &str, event: &str) -> (String, String) {
     match options.target {
-        Target::Horizon => (
-            format!(
-                r#"{{"action":"subscribe","request_id":"s","data":{{"binding":"call.{event}.*"}}}}"#
-            ),
-            format!(
-                r#"{{"action":"unsubscribe","request_id":"u","data":{{"binding":"call.{event}.*"}}}}"#
-            ),
-        ),
+        Target::Horizon => {
+            let bindings: Vec<String> = options
+                .events
+                .iter()
+                .map(|e| format!("\"call.{e}.*\""))
+                .collect();
+            (
+                format!(
+                    r#"{{"action":"subscribe","request_id":"s","data":{{"account_id":"{account}","bindings":[{}]}}}}"#,
+                    bindings.join(",")
+                ),
+                format!(
+                    r#"{{"action":"unsubscribe","request_id":"u","data":{{"account_id":"{account}","binding":"call.{event}.*"}}}}"#
+                ),
+            )
+        }
         Target::MqttWs => (
             format!("call/{account}/{event}/+"),
             format!("call/{account}/{event}/+"),
         ),
+    }
+}
+
+/// How many of the first `published` events connection `conn` must receive.
+fn expected_for(published: u64, options: &Options, conn: &ConnStats) -> u64 {
+    match conn.reseller {
+        Some(r) => (r..options.accounts)
+            .step_by(options.resellers.max(1))
+            .map(|a| events::expected(published, options.accounts, a))
+            .sum(),
+        None => events::expected(published, options.accounts, conn.account),
     }
 }
 
@@ -212,13 +236,24 @@ fn record(
     let mut stats = stats.borrow_mut();
     let stats = &mut *stats;
     let conn = &mut stats.conns[slot];
-    if account != events::account(conn.account).as_bytes()
-        || events::account_of(seq, accounts) != conn.account
-    {
+    let a = events::account_of(seq, accounts);
+    let (mine, index) = match conn.reseller {
+        // A reseller's children are the accounts `a` with `a % resellers == r`: one bit per
+        // (round of events, child).
+        Some(r) => {
+            let resellers = shared.resellers.max(1);
+            let children = accounts.div_ceil(resellers);
+            (
+                a % resellers == r,
+                (seq / accounts as u64) as usize * children + a / resellers,
+            )
+        }
+        None => (a == conn.account, (seq / accounts as u64) as usize),
+    };
+    if !mine || account != events::account(a).as_bytes() {
         stats.cross_tenant += 1;
         return;
     }
-    let index = (seq / accounts as u64) as usize;
     let (word, bit) = (index / 64, 1u64 << (index % 64));
     if conn.seen.len() <= word {
         conn.seen.resize(word + 1, 0);
@@ -250,8 +285,13 @@ async fn connection(
     shared: Arc<Shared>,
     token: String,
 ) {
-    let account = c % options.accounts;
-    let account_id = events::account(account);
+    let role = events::role(
+        c,
+        options.accounts,
+        options.resellers,
+        options.reseller_every,
+    );
+    let account_id = events::account(role.accounts[0]);
     // Every process spreads its connections over every source address (each address has its own
     // ephemeral ports towards the gateway, and the kernel hands connect() only part of the range).
     let source = options
@@ -287,32 +327,43 @@ async fn connection(
         .record((started.elapsed().as_micros() as u64).max(1));
     shared.connected.fetch_add(1, Relaxed);
     let accounts = options.accounts;
-    let (subscribe, unsubscribe) = binding(&options, &account_id, "CHANNEL_CREATE");
+    let first_event = options.events[0].clone();
+    let (subscribe, unsubscribe) = binding(&options, &account_id, &first_event);
     // MQTT packets are a stream inside binary frames: one buffer for the connection's life, so
     // packets that arrive with an answer are not lost.
     let mut mqtt_buf = Vec::new();
     let setup = async {
         match options.target {
             Target::Horizon if scenario != Scenario::Connect => {
-                let first = subscribe.replacen(
-                    "\"action\":\"subscribe\"",
-                    &format!("\"action\":\"subscribe\",\"auth_token\":\"{token}\""),
-                    1,
-                );
-                client
-                    .send(0x1, first.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                answer(
-                    &mut client,
-                    &options,
-                    &stats,
-                    slot,
-                    accounts,
-                    &shared,
-                    &mut mqtt_buf,
-                )
-                .await
+                // One subscribe per account (a reseller console: one per child); the token
+                // rides on the first.
+                for (i, a) in role.accounts.iter().enumerate() {
+                    let (command, _) = binding(&options, &events::account(*a), &first_event);
+                    let command = if i == 0 {
+                        command.replacen(
+                            "\"action\":\"subscribe\"",
+                            &format!("\"action\":\"subscribe\",\"auth_token\":\"{token}\""),
+                            1,
+                        )
+                    } else {
+                        command
+                    };
+                    client
+                        .send(0x1, command.as_bytes())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    answer(
+                        &mut client,
+                        &options,
+                        &stats,
+                        slot,
+                        accounts,
+                        &shared,
+                        &mut mqtt_buf,
+                    )
+                    .await?;
+                }
+                Ok::<(), String>(())
             }
             Target::MqttWs => {
                 let id = format!("lt-{}-{c}", std::process::id());
@@ -336,20 +387,28 @@ async fn connection(
                 if scenario == Scenario::Connect {
                     return Ok(());
                 }
-                client
-                    .send(0x2, &mqtt::subscribe(1, &subscribe))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                answer(
-                    &mut client,
-                    &options,
-                    &stats,
-                    slot,
-                    accounts,
-                    &shared,
-                    &mut mqtt_buf,
-                )
-                .await
+                let mut packet_id = 1u16;
+                for a in &role.accounts {
+                    for event in &options.events {
+                        let filter = format!("call/{}/{event}/+", events::account(*a));
+                        client
+                            .send(0x2, &mqtt::subscribe(packet_id, &filter))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        answer(
+                            &mut client,
+                            &options,
+                            &stats,
+                            slot,
+                            accounts,
+                            &shared,
+                            &mut mqtt_buf,
+                        )
+                        .await?;
+                        packet_id = packet_id.wrapping_add(1).max(1);
+                    }
+                }
+                Ok(())
             }
             Target::Horizon => Ok(()),
         }
@@ -364,7 +423,7 @@ async fn connection(
         .then(|| Duration::from_secs_f64(1.0 / options.churn_rate));
     let mut next_command = Instant::now() + churn_every.unwrap_or(Duration::from_secs(3600));
     let mut subscribed = true;
-    let mut packet_id: u16 = 1;
+    let mut packet_id: u16 = 0x8000;
     loop {
         // Complete MQTT packets (some may have come in with an answer).
         loop {
@@ -498,14 +557,23 @@ fn thread_main(
         let stats = Rc::new(RefCell::new(ThreadStats::new()));
         stats.borrow_mut().conns = conns
             .iter()
-            .map(|c| ConnStats {
-                account: c % options.accounts,
-                distinct: 0,
-                last_seq: None,
-                seen: Vec::new(),
+            .map(|c| {
+                let role = events::role(
+                    *c,
+                    options.accounts,
+                    options.resellers,
+                    options.reseller_every,
+                );
+                ConnStats {
+                    account: role.accounts[0],
+                    reseller: role.reseller,
+                    distinct: 0,
+                    last_seq: None,
+                    seen: Vec::new(),
+                }
             })
             .collect();
-        let mut tokens: HashMap<usize, String> = HashMap::new();
+        let mut tokens: HashMap<String, String> = HashMap::new();
         let start = Instant::now();
         for (slot, &c) in conns.iter().enumerate() {
             if rate_per_thread > 0.0 {
@@ -518,10 +586,15 @@ fn thread_main(
                 // Let the connections started so far make progress.
                 monoio::time::sleep(Duration::from_millis(1)).await;
             }
-            let account = c % options.accounts;
+            let role = events::role(
+                c,
+                options.accounts,
+                options.resellers,
+                options.reseller_every,
+            );
             let token = tokens
-                .entry(account)
-                .or_insert_with(|| jwt(&options.jwt_secret, &events::account(account), false))
+                .entry(role.token_account.clone())
+                .or_insert_with(|| jwt(&options.jwt_secret, &role.token_account, false))
                 .clone();
             monoio::spawn(connection(
                 options.clone(),
@@ -561,7 +634,10 @@ pub fn run(options: Options, scenario: Scenario, index: usize) -> i32 {
     let mine: Vec<usize> = (0..options.connections)
         .filter(|c| c % options.processes == index)
         .collect();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        resellers: options.resellers,
+        ..Shared::default()
+    });
     let published = Arc::new(AtomicU64::new(u64::MAX));
     {
         let (shared, published) = (shared.clone(), published.clone());
@@ -603,7 +679,18 @@ pub fn run(options: Options, scenario: Scenario, index: usize) -> i32 {
 
     let expected_of = |n: u64| -> u64 {
         mine.iter()
-            .map(|c| events::expected(n, options.accounts, c % options.accounts))
+            .map(|c| {
+                let role = events::role(
+                    *c,
+                    options.accounts,
+                    options.resellers,
+                    options.reseller_every,
+                );
+                role.accounts
+                    .iter()
+                    .map(|a| events::expected(n, options.accounts, *a))
+                    .sum::<u64>()
+            })
             .sum()
     };
     let mut ready_sent = false;
@@ -660,12 +747,12 @@ pub fn run(options: Options, scenario: Scenario, index: usize) -> i32 {
         let expected: u64 = total
             .conns
             .iter()
-            .map(|c| events::expected(n, options.accounts, c.account))
+            .map(|c| expected_for(n, &options, c))
             .sum();
         let lost: u64 = total
             .conns
             .iter()
-            .map(|c| events::expected(n, options.accounts, c.account).saturating_sub(c.distinct))
+            .map(|c| expected_for(n, &options, c).saturating_sub(c.distinct))
             .sum();
         // Connections that never got as far as subscribing count as losing everything.
         let missing: u64 = mine.len().saturating_sub(total.conns.len()) as u64;
@@ -679,7 +766,7 @@ pub fn run(options: Options, scenario: Scenario, index: usize) -> i32 {
         total
             .conns
             .iter()
-            .filter(|c| c.distinct == 0 && events::expected(n, options.accounts, c.account) > 0)
+            .filter(|c| c.distinct == 0 && expected_for(n, &options, c) > 0)
             .count()
     };
     let mut timeline: Vec<_> = total

@@ -360,6 +360,8 @@ impl Cluster {
                     })
                     .unwrap_or_default();
                 let mut state = self.state();
+                // A node that answers is alive, whether or not its heartbeat got here first.
+                state.peers.insert(node.clone(), Instant::now());
                 if let Some(pending) = state.pending.get_mut(&request) {
                     pending.replies.entry(node).or_insert(sockets);
                     pending.done.notify_one();
