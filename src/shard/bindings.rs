@@ -228,6 +228,11 @@ impl BindingTable {
                 if socket.is_closing() {
                     continue;
                 }
+                if !socket.outbound.fits(frame.len()) {
+                    // Full only in user space, perhaps: give the kernel what it takes before
+                    // calling the socket slow.
+                    socket.flush_or_wake();
+                }
                 let was_idle = socket.outbound.is_empty();
                 match socket.outbound.push_event(frame.clone()) {
                     super::Enqueued::Queued => {

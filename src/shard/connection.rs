@@ -1,21 +1,24 @@
 //! One WebSocket connection on its shard, from the first byte of the handshake to the close.
 //!
-//! Lifecycle: read the upgrade request (bounded, with a deadline) -> the dialect's
-//! [`SessionFactory`] accepts or refuses -> `101` -> the frame loop -> close. The loop waits for
-//! readiness, never with a read buffer of its own: bytes go into the shard's scratch buffer, and
-//! only a frame split across reads is copied into a per-socket buffer until it completes.
+//! A connection is a record in the shard's registry, driven by the shard's poller task (see
+//! `poller.rs`): no task, no future and no buffer of its own while it waits. Lifecycle: accepted
+//! and registered for readiness -> the upgrade request is read (bounded; the keepalive sweep cuts
+//! it after [`HANDSHAKE_SECS`]) -> the dialect's [`SessionFactory`] accepts or refuses -> `101` ->
+//! frames -> close. Bytes are read into the shard's scratch buffer; only a request or frame split
+//! across reads is copied into a per-socket buffer until it completes.
 //!
 //! A protocol violation ends this connection and nothing else: the close frame with the RFC's code
-//! is sent and the socket closed. Shutdown, keepalive and (later) fan-out reach the connection
-//! through its [`Conn`] in the shard registry, which holds its outbound queue.
+//! is sent and the socket closed. Shutdown, keepalive and fan-out reach the connection through its
+//! [`Conn`], which holds its outbound queue; whatever they queue is written by the poller task (or
+//! at once by the delivery loop), never by a task of the socket's own.
+//!
+//! [`SessionFactory`]: super::session::SessionFactory
 
 use std::cell::RefCell;
-use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::rc::Rc;
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
@@ -24,14 +27,18 @@ use super::bindings::Subscriptions;
 use super::control::Counters;
 use super::io::{self, Flushed};
 use super::outbound::Outbound;
+use super::poller::{self, Ready, Token};
 use super::runtime::ShardContext;
 use super::session::{Reply, Session};
+use super::sockets::{Input, Socket};
 use crate::ws::frame::{encode, Message, Reader};
 use crate::ws::{handshake, CloseCode};
 
-/// A client must finish its upgrade request within this time.
-const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-/// Reads per readiness event before other sockets get their turn.
+/// A client must finish its upgrade request within this many shard-clock seconds (the keepalive
+/// sweep cuts it between this and two seconds more).
+pub(crate) const HANDSHAKE_SECS: u32 = 10;
+/// Reads per readiness report before other sockets get their turn (level-triggered readiness
+/// reports the socket again).
 const READS_PER_WAKEUP: usize = 8;
 
 /// A live socket as the rest of its shard sees it (registry, shutdown, fan-out).
@@ -39,12 +46,14 @@ pub struct Conn {
     pub id: u64,
     pub peer: SocketAddr,
     pub connected_at: SystemTime,
+    /// The socket's descriptor; -1 once the connection has ended (a stale handle, such as a reply
+    /// resolved after the client left, then writes nowhere).
     fd: RawFd,
+    /// The socket's place in the registry and the readiness set.
+    token: Token,
     pub(crate) outbound: Outbound,
-    /// A close frame has been queued: nothing else will be.
-    closing: bool,
-    /// End the connection as soon as the queue is written (do not wait for the client's close).
-    end_after_flush: bool,
+    /// Shard clock second of the accept (the handshake deadline counts from it).
+    opened: u32,
     /// Shard clock second at which the client was last heard from (any bytes).
     pub(crate) last_heard: u32,
     /// Shard clock second of the last keepalive ping.
@@ -52,8 +61,16 @@ pub struct Conn {
     /// Shard clock second at which the session's credentials expire (0: never); the keepalive
     /// sweep closes the socket with 4001 then.
     pub(crate) expires_at: u32,
-    /// The connection task, waiting for output to send.
-    writer: Option<Waker>,
+    /// The upgrade was accepted: the socket speaks WebSocket.
+    upgraded: bool,
+    /// A close frame has been queued: nothing else will be.
+    closing: bool,
+    /// End the connection as soon as the queue is written (do not wait for the client's close).
+    end_after_flush: bool,
+    /// Write interest is registered (the send buffer was full).
+    write_armed: bool,
+    /// On the shard's service list.
+    scheduled: bool,
     /// Ids of the shard bindings this socket is in (see `bindings.rs`).
     pub(crate) bindings: Vec<u32>,
     /// The client's name and metadata for the socket, if it gave any (boxed: most sockets have
@@ -71,11 +88,11 @@ pub(crate) struct Labels {
 }
 
 impl Conn {
-    /// Queues a frame (not subject to the slow-consumer bound) and wakes the writer.
+    /// Queues a frame (not subject to the slow-consumer bound) for the poller to write.
     pub fn queue(&mut self, frame: Bytes) {
         if !self.closing {
             self.outbound.push_control(frame);
-            self.wake_writer();
+            self.schedule();
         }
     }
 
@@ -86,7 +103,7 @@ impl Conn {
             self.outbound
                 .push_control(Bytes::from(encode::close(code, reason)));
             self.closing = true;
-            self.wake_writer();
+            self.schedule();
         }
     }
 
@@ -94,297 +111,220 @@ impl Conn {
         self.closing
     }
 
+    /// Whether the socket has completed its upgrade (before that it is not listed, pinged or sent
+    /// close frames).
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded
+    }
+
     /// Closes without waiting for the client's answer (idle timeout, slow consumer).
     pub(crate) fn close_now(&mut self, code: CloseCode, reason: &str) {
         self.queue_close(code, reason);
         self.end_after_flush = true;
-        self.wake_writer();
+        self.schedule();
     }
 
-    /// Writes what is queued right away; if the socket cannot take it all, wakes the connection
-    /// task, which waits for writability. Called by the delivery loop after each batch.
+    /// Writes what is queued right away; if the socket cannot take it all, or something must
+    /// follow (a lag notice, the end), leaves the rest to the poller. Called by the delivery loop
+    /// after each batch.
     pub(crate) fn flush_or_wake(&mut self) {
         match io::flush(self.fd, &mut self.outbound) {
-            Ok(Flushed::All) if self.outbound.lagged() == 0 => {}
-            _ => self.wake_writer(),
+            Ok(Flushed::All) if self.outbound.lagged() == 0 && !self.end_after_flush => {}
+            _ => self.schedule(),
         }
     }
 
-    /// Forces the connection task out of its wait (end of stream): the last resort of shutdown.
+    /// Shuts both directions down: the poller then sees end of stream and ends the connection
+    /// (the handshake deadline, an unanswered close, the last resort of shutdown).
     pub(crate) fn cut(&self) {
-        io::shutdown(self.fd);
+        if self.fd >= 0 {
+            io::shutdown(self.fd);
+        }
     }
 
-    fn wake_writer(&mut self) {
-        if let Some(waker) = self.writer.take() {
-            waker.wake();
+    /// Puts the socket on the shard's service list (once).
+    fn schedule(&mut self) {
+        if !self.scheduled && self.fd >= 0 {
+            self.scheduled = true;
+            poller::schedule(self.token);
         }
     }
 }
 
-/// Why the frame loop woke up.
-enum Wake {
-    /// The socket is readable.
-    Input,
-    /// Output to send, or room to send it.
-    Output,
-    /// The socket failed.
-    Gone,
-}
-
-impl Wake {
-    fn from_readable(ready: std::io::Result<()>) -> Wake {
-        if ready.is_ok() {
-            Wake::Input
-        } else {
-            Wake::Gone
-        }
-    }
-
-    fn from_other(ready: std::io::Result<()>) -> Wake {
-        if ready.is_ok() {
-            Wake::Output
-        } else {
-            Wake::Gone
-        }
-    }
-}
-
-/// How the frame loop goes on after a batch of input.
+/// How a socket goes on after a batch of input.
 #[derive(PartialEq, Eq)]
 enum Next {
     Continue,
-    /// Send what is queued (a close frame) and end.
+    /// Send what is queued (a close frame, a refusal) and end.
     FlushAndEnd,
     /// End now: the peer is gone.
     End,
 }
 
-pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shard: Rc<ShardContext>) {
-    let fd = stream.as_raw_fd();
+/// Takes a freshly accepted socket into the shard: registry and readiness set. Nothing is read
+/// yet; the request is read when the socket reports readable.
+pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    // A stream just accepted has no operation in flight, so the runtime lets go of it (and, under
+    // the legacy driver, deregisters it from its own epoll set).
+    let fd = stream.into_raw_fd();
     if io::set_nonblocking(fd).is_err() {
+        io::close(fd);
         return;
     }
-    // Each phase is its own heap future, freed when it ends: inline, the handshake's state would
-    // stay part of every idle connection's task (an async fn is as large as its largest await
-    // point), which costs more than the socket's whole steady state.
-    let Some((mut session, leftover)) = Box::pin(upgrade(&stream, fd, peer, &shard)).await else {
+    let now = shard.clock();
+    let mut sockets = shard.sockets.borrow_mut();
+    let token = sockets.next_token();
+    if shard.poller.add(fd, token).is_err() {
+        io::close(fd);
         return;
-    };
-    let conn = Rc::new(RefCell::new(Conn {
+    }
+    let conn = Conn {
         id: shard.next_socket_id(),
         peer,
         connected_at: SystemTime::now(),
         fd,
+        token,
         outbound: Outbound::new(
             shard.config.outbound_queue_bytes,
             shard.config.slow_consumer,
         ),
+        opened: now,
+        last_heard: now,
+        last_ping: now,
+        expires_at: 0,
+        upgraded: false,
         closing: false,
         end_after_flush: false,
-        last_heard: shard.clock(),
-        last_ping: shard.clock(),
-        expires_at: 0,
-        writer: None,
+        write_armed: false,
+        scheduled: false,
         bindings: Vec::new(),
         labels: None,
-    }));
-    let id = conn.borrow().id;
-    if let Some(left) = session.expires_in() {
-        Subscriptions {
-            table: &shard.bindings,
-            conn: &conn,
-            now: shard.clock(),
-        }
-        .set_expiry(Some(left));
-    }
-    shard.sockets.borrow_mut().insert(id, conn.clone());
-    Box::pin(frames(
-        &stream,
-        fd,
-        &conn,
-        &shard,
-        session.as_mut(),
-        leftover,
-    ))
-    .await;
-    // Leave every binding and unregister before the stream (and its descriptor) is dropped, so
-    // that nothing on this shard can act on a descriptor number the kernel may hand out again.
-    shard.bindings.borrow_mut().unsubscribe_all(&conn);
-    shard.sockets.borrow_mut().remove(&id);
+    };
+    sockets.insert(Socket {
+        conn: Rc::new(RefCell::new(conn)),
+        input: Input {
+            session: None,
+            reader: Reader::new(shard.config.max_message_bytes),
+            partial: Vec::new(),
+        },
+    });
 }
 
-/// The handshake phase: the request, the dialect's decision, the `101`. Returns the session and
-/// any bytes that arrived behind the request.
-async fn upgrade(
-    stream: &TcpStream,
-    fd: RawFd,
-    peer: SocketAddr,
-    shard: &ShardContext,
-) -> Option<(Box<dyn Session>, Vec<u8>)> {
-    let (request, leftover) = read_request(stream, fd, shard).await?;
-    match shard.factory.open(&request, peer) {
-        Ok(session) => write_all(stream, fd, handshake::accept(&request))
-            .await
-            .then_some((session, leftover)),
-        Err(refusal) => {
-            Counters::add(&shard.counters.handshakes_refused, 1);
-            let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
-            write_all(stream, fd, answer).await;
-            None
-        }
+/// The keepalive sweep's part for a socket still in its handshake: cut it once its deadline has
+/// passed. Returns whether the socket is still in its handshake.
+pub(crate) fn handshake_overdue(conn: &Conn, now: u32) -> bool {
+    if conn.upgraded {
+        return false;
     }
+    if now.saturating_sub(conn.opened) > HANDSHAKE_SECS {
+        conn.cut();
+    }
+    true
 }
 
-/// Reads the upgrade request. `None` when the client left, was too slow, or was refused (the
-/// `400` has then been sent).
-async fn read_request(
-    stream: &TcpStream,
-    fd: RawFd,
-    shard: &ShardContext,
-) -> Option<(handshake::Request, Vec<u8>)> {
-    let deadline = Instant::now() + HANDSHAKE_DEADLINE;
-    // Read through the shard's scratch buffer: a buffer of our own here would be part of this
-    // task's state for the whole life of the connection (an async fn is as large as its largest
-    // await point).
-    let mut buf = Vec::new();
-    loop {
-        monoio::select! {
-            ready = stream.readable(false) => ready.ok()?,
-            _ = monoio::time::sleep_until(deadline.into()) => return None,
-        }
-        let read = {
-            let mut scratch = shard.scratch.borrow_mut();
-            let room = (handshake::MAX_REQUEST_BYTES + 1)
-                .saturating_sub(buf.len())
-                .max(1);
-            let limit = room.min(scratch.len());
-            io::read(fd, &mut scratch[..limit]).inspect(|n| buf.extend_from_slice(&scratch[..*n]))
+/// A readiness report for a socket: read and handle its input, then write what is queued.
+pub(crate) fn on_ready(shard: &ShardContext, ready: Ready) {
+    if ready.input {
+        let next = {
+            let mut sockets = shard.sockets.borrow_mut();
+            let Some(socket) = sockets.get_mut(ready.token) else {
+                return;
+            };
+            read_available(shard, socket)
         };
-        match read {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return None,
-        }
-        match handshake::parse(&buf) {
-            Ok(None) => continue,
-            Ok(Some((request, used))) => return Some((request, buf.split_off(used))),
-            Err(refusal) => {
-                Counters::add(&shard.counters.handshakes_invalid, 1);
-                write_all(stream, fd, handshake::refuse_bad_request(&refusal)).await;
-                return None;
+        match next {
+            Next::Continue => {}
+            Next::FlushAndEnd => {
+                if let Some(socket) = shard.sockets.borrow().get(ready.token) {
+                    socket.conn.borrow_mut().end_after_flush = true;
+                }
             }
+            Next::End => return end(shard, ready.token),
         }
+    }
+    service(shard, ready.token);
+}
+
+/// Writes what the socket has queued; arms write interest if the send buffer is full, sends the
+/// lag notice once a slow socket drains, and ends the connection once it is done.
+pub(crate) fn service(shard: &ShardContext, token: Token) {
+    let done = match shard.sockets.borrow().get(token) {
+        Some(socket) => flush(shard, socket),
+        None => return,
+    };
+    if done {
+        end(shard, token);
     }
 }
 
-/// Writes `bytes` completely (handshake answers), waiting for writability as needed.
-async fn write_all(stream: &TcpStream, fd: RawFd, bytes: Vec<u8>) -> bool {
-    let mut queue = Outbound::new(usize::MAX, Default::default());
-    queue.push_control(Bytes::from(bytes));
+/// [`service`] for one socket; returns whether the connection is over.
+fn flush(shard: &ShardContext, socket: &Socket) -> bool {
+    let mut conn = socket.conn.borrow_mut();
+    conn.scheduled = false;
     loop {
-        match io::flush(fd, &mut queue) {
-            Ok(Flushed::All) => return true,
+        let fd = conn.fd;
+        match io::flush(fd, &mut conn.outbound) {
+            Err(_) => return true,
             Ok(Flushed::WouldBlock) => {
-                if stream.writable(false).await.is_err() {
-                    return false;
+                if !conn.write_armed {
+                    if shard.poller.want_output(fd, conn.token, true).is_err() {
+                        return true;
+                    }
+                    conn.write_armed = true;
                 }
+                return false;
             }
-            Err(_) => return false,
-        }
-    }
-}
-
-/// Resolves once the connection has output queued (registering the task to be woken otherwise).
-async fn output_queued(conn: &RefCell<Conn>) {
-    poll_fn(|cx| {
-        let mut conn = conn.borrow_mut();
-        if conn.outbound.is_empty() {
-            conn.writer = Some(cx.waker().clone());
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await
-}
-
-async fn frames(
-    stream: &TcpStream,
-    fd: RawFd,
-    conn: &Rc<RefCell<Conn>>,
-    shard: &ShardContext,
-    session: &mut dyn Session,
-    mut partial: Vec<u8>,
-) {
-    let mut reader = Reader::new(shard.config.max_message_bytes);
-    let mut next = Next::Continue;
-
-    // Bytes that arrived right behind the upgrade request.
-    if !partial.is_empty() {
-        let mut bytes = std::mem::take(&mut partial);
-        let used = handle_input(&mut reader, &mut bytes, conn, shard, session, &mut next);
-        partial = bytes.split_off(used);
-    }
-
-    // Keepalive is not here: one sweep per shard pings and times out every socket (see
-    // `runtime::keepalive`), so that a connection carries no timer of its own.
-    loop {
-        let flushed = io::flush(fd, &mut conn.borrow_mut().outbound);
-        match flushed {
-            Err(_) => return,
-            Ok(Flushed::All) if next != Next::Continue || conn.borrow().end_after_flush => return,
             Ok(Flushed::All) => {
+                if conn.write_armed {
+                    if shard.poller.want_output(fd, conn.token, false).is_err() {
+                        return true;
+                    }
+                    conn.write_armed = false;
+                }
+                if conn.end_after_flush {
+                    return true;
+                }
                 // Drained after dropping events for this socket: tell the client how many.
-                let lag = conn.borrow_mut().outbound.take_lag();
-                if let Some(notice) = lag.and_then(|skipped| session.lag_notice(skipped)) {
-                    conn.borrow_mut()
-                        .queue(Bytes::from(encode::text(notice.as_bytes())));
-                    continue;
+                let session = socket.input.session.as_deref();
+                let notice = conn
+                    .outbound
+                    .take_lag()
+                    .and_then(|skipped| session?.lag_notice(skipped));
+                match notice {
+                    Some(notice) if !conn.closing => {
+                        conn.queue(Bytes::from(encode::text(notice.as_bytes())))
+                    }
+                    _ => return false,
                 }
             }
-            _ => {}
         }
-        if next == Next::End {
-            return;
-        }
-        // Two select sites rather than one with preconditions: each await point holds only its
-        // own futures, so the task is as large as the larger site, not the sum of both.
-        let woke = if matches!(flushed, Ok(Flushed::WouldBlock)) {
-            monoio::select! {
-                ready = stream.readable(false) => Wake::from_readable(ready),
-                ready = stream.writable(false) => Wake::from_other(ready),
-            }
-        } else {
-            monoio::select! {
-                ready = stream.readable(false) => Wake::from_readable(ready),
-                _ = output_queued(conn) => Wake::Output,
-            }
-        };
-        match woke {
-            Wake::Gone => return,
-            Wake::Output => {}
-            Wake::Input => {
-                next = read_available(fd, shard, &mut reader, &mut partial, conn, session);
-                conn.borrow_mut().last_heard = shard.clock();
-            }
-        }
-        // Closing on the server's initiative (shutdown): the loop goes on until the client's close
-        // answer arrives (handled as input) or the shard cuts the socket.
     }
 }
 
-/// Reads what the socket has and handles every complete frame in it.
-fn read_available(
-    fd: RawFd,
-    shard: &ShardContext,
-    reader: &mut Reader,
-    partial: &mut Vec<u8>,
-    conn: &Rc<RefCell<Conn>>,
-    session: &mut dyn Session,
-) -> Next {
+/// Ends a connection: out of every binding and the registry, descriptor closed. Whatever still
+/// holds its `Conn` (a reply being resolved) finds it closing, with no descriptor.
+fn end(shard: &ShardContext, token: Token) {
+    let Some(socket) = shard.sockets.borrow_mut().remove(token) else {
+        return;
+    };
+    // Leave every binding before the descriptor is closed, so that nothing on this shard can act
+    // on a descriptor number the kernel may hand out again.
+    shard.bindings.borrow_mut().unsubscribe_all(&socket.conn);
+    let mut conn = socket.conn.borrow_mut();
+    conn.closing = true;
+    conn.outbound.clear();
+    let fd = std::mem::replace(&mut conn.fd, -1);
+    // Closing the descriptor also takes it out of the readiness set.
+    io::close(fd);
+}
+
+/// Reads what the socket has and handles the upgrade request or every complete frame in it.
+fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
+    let Socket { conn, input } = socket;
+    let fd = conn.borrow().fd;
     let mut next = Next::Continue;
+    let mut heard = false;
     let mut scratch = shard.scratch.borrow_mut();
     for _ in 0..READS_PER_WAKEUP {
         let n = match io::read(fd, &mut scratch) {
@@ -393,22 +333,100 @@ fn read_available(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => return Next::End,
         };
-        if partial.is_empty() {
-            // The common case: whole frames straight out of the shard's scratch buffer.
-            let used = handle_input(reader, &mut scratch[..n], conn, shard, session, &mut next);
-            partial.extend_from_slice(&scratch[used..n]);
-        } else {
-            partial.extend_from_slice(&scratch[..n]);
-            let used = handle_input(reader, partial, conn, shard, session, &mut next);
-            partial.drain(..used);
+        heard = true;
+        if input.session.is_none() {
+            input.partial.extend_from_slice(&scratch[..n]);
+            next = upgrade(shard, conn, input);
+        } else if let Input {
+            session: Some(session),
+            reader,
+            partial,
+        } = input
+        {
             if partial.is_empty() {
-                *partial = Vec::new();
+                // The common case: whole frames straight out of the shard's scratch buffer.
+                let used = handle_input(
+                    reader,
+                    &mut scratch[..n],
+                    conn,
+                    shard,
+                    session.as_mut(),
+                    &mut next,
+                );
+                partial.extend_from_slice(&scratch[used..n]);
+            } else {
+                partial.extend_from_slice(&scratch[..n]);
+                let used = handle_input(reader, partial, conn, shard, session.as_mut(), &mut next);
+                partial.drain(..used);
+                if partial.is_empty() {
+                    *partial = Vec::new();
+                }
             }
         }
         if next != Next::Continue || n < scratch.len() {
             break;
         }
     }
+    if heard {
+        conn.borrow_mut().last_heard = shard.clock();
+    }
+    next
+}
+
+/// The upgrade request, once `input.partial` holds all of it: the dialect's decision, the `101`
+/// (or the refusal), and any frames that arrived behind the request.
+fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) -> Next {
+    let (request, used) = match handshake::parse(&input.partial) {
+        Ok(None) => return Next::Continue,
+        Ok(Some(parsed)) => parsed,
+        Err(refusal) => {
+            Counters::add(&shard.counters.handshakes_invalid, 1);
+            let answer = handshake::refuse_bad_request(&refusal);
+            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+            return Next::FlushAndEnd;
+        }
+    };
+    let peer = conn.borrow().peer;
+    let mut session = match shard.factory.open(&request, peer) {
+        Ok(session) => session,
+        Err(refusal) => {
+            Counters::add(&shard.counters.handshakes_refused, 1);
+            let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
+            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+            return Next::FlushAndEnd;
+        }
+    };
+    {
+        let mut conn = conn.borrow_mut();
+        conn.outbound
+            .push_control(Bytes::from(handshake::accept(&request)));
+        conn.upgraded = true;
+    }
+    if let Some(left) = session.expires_in() {
+        Subscriptions {
+            table: &shard.bindings,
+            conn,
+            now: shard.clock(),
+        }
+        .set_expiry(Some(left));
+    }
+    // Bytes that arrived right behind the upgrade request.
+    let mut rest = std::mem::take(&mut input.partial);
+    rest.drain(..used);
+    let mut next = Next::Continue;
+    if !rest.is_empty() {
+        let used = handle_input(
+            &mut input.reader,
+            &mut rest,
+            conn,
+            shard,
+            session.as_mut(),
+            &mut next,
+        );
+        rest.drain(..used);
+    }
+    input.partial = if rest.is_empty() { Vec::new() } else { rest };
+    input.session = Some(session);
     next
 }
 

@@ -1,6 +1,6 @@
 //! Non-blocking reads and vectored writes on a socket's file descriptor.
 //!
-//! The shard waits for readiness through the runtime (an io_uring poll, or epoll) and then does
+//! The shard waits for readiness (its epoll set, itself awaited through the runtime) and then does
 //! the I/O itself, so that a read goes into the shard's scratch buffer (an idle socket pins no
 //! buffer) and a write sends the shared `Bytes` of many queued frames in one `writev`.
 
@@ -76,6 +76,16 @@ pub(crate) fn flush(fd: RawFd, queue: &mut Outbound) -> io::Result<Flushed> {
         queue.advance(n as usize);
     }
     Ok(Flushed::All)
+}
+
+/// Closes a descriptor the caller owns (a negative one is ignored).
+pub(crate) fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: the caller owns `fd` and forgets it after this call.
+        unsafe {
+            libc::close(fd);
+        }
+    }
 }
 
 /// Shuts both directions down: wakes a task waiting for readability with end of stream.

@@ -3,7 +3,8 @@
 //!
 //! - [`runtime`]: the shard threads (monoio, io_uring with epoll fallback), `SO_REUSEPORT`
 //!   listeners, graceful shutdown ([`Gateway`]).
-//! - `connection`: one socket from handshake to close.
+//! - `connection`: one socket from handshake to close, as a record driven by readiness.
+//! - `poller`: the shard's epoll set and service list; `sockets`: the socket registry.
 //! - [`outbound`]: the per-socket, byte-bounded queue and the slow-consumer policy.
 //! - [`session`]: the seam the dialects plug into.
 //! - `bindings`: which sockets want which events; the delivery hot path.
@@ -13,8 +14,10 @@ mod connection;
 pub mod control;
 mod io;
 pub mod outbound;
+mod poller;
 pub mod runtime;
 pub mod session;
+mod sockets;
 
 pub use bindings::{Delivered, FrameEncoder, Subscriptions};
 pub use connection::Conn;

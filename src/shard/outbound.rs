@@ -65,7 +65,7 @@ impl Outbound {
     /// Offers an event frame. A frame is taken if it fits under the bound, or if the queue is
     /// empty (an event larger than the bound is still delivered to a socket that keeps up).
     pub fn push_event(&mut self, frame: Bytes) -> Enqueued {
-        if self.frames.is_empty() || self.queued + frame.len() <= self.limit {
+        if self.fits(frame.len()) {
             self.push(frame);
             return Enqueued::Queued;
         }
@@ -76,6 +76,11 @@ impl Outbound {
             }
             SlowConsumerPolicy::Close => Enqueued::MustClose,
         }
+    }
+
+    /// Whether an event frame of `len` bytes would be taken now.
+    pub fn fits(&self, len: usize) -> bool {
+        self.frames.is_empty() || self.queued + len <= self.limit
     }
 
     /// Queues a control frame or reply; these are never dropped.
@@ -93,6 +98,13 @@ impl Outbound {
 
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// Drops everything queued (the connection has ended).
+    pub fn clear(&mut self) {
+        self.frames = VecDeque::new();
+        self.queued = 0;
+        self.written_of_front = 0;
     }
 
     /// Unwritten bytes waiting.

@@ -8,10 +8,11 @@
 //! `shutdown_grace` to answer and drain, cut whatever is left, and exit; `join` waits for that.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -23,9 +24,11 @@ use atomic_waker::AtomicWaker;
 use monoio::net::{ListenerOpts, TcpListener};
 
 use super::bindings::BindingTable;
-use super::connection::{self, Conn};
+use super::connection;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
+use super::poller::{self, Poller, EVENTS_PER_WAIT};
 use super::session::SessionFactory;
+use super::sockets::SocketTable;
 use crate::config::ServeConfig;
 use crate::fanout::{self, Consumer, Event, Producer, Publisher, Recv};
 use crate::ws::CloseCode;
@@ -222,7 +225,9 @@ pub(crate) struct ShardContext {
     /// Where sockets read into; never borrowed across an await.
     pub scratch: RefCell<Vec<u8>>,
     /// The shard's socket registry.
-    pub sockets: RefCell<HashMap<u64, Rc<RefCell<Conn>>, ahash::RandomState>>,
+    pub(crate) sockets: RefCell<SocketTable>,
+    /// The readiness set of every socket in the registry.
+    pub(crate) poller: Poller,
     /// The shard's bindings and automata.
     pub(crate) bindings: RefCell<BindingTable>,
     pub(crate) counters: Counters,
@@ -258,8 +263,11 @@ async fn keepalive(shard: Rc<ShardContext>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         let now = shard.clock();
-        for conn in shard.sockets.borrow().values() {
-            let mut conn = conn.borrow_mut();
+        for socket in shard.sockets.borrow().iter() {
+            let mut conn = socket.conn.borrow_mut();
+            if connection::handshake_overdue(&conn, now) {
+                continue;
+            }
             if conn.is_closing() {
                 // Its close frame is queued behind output the client never reads: once it has
                 // been silent for the idle timeout too, give up on the close handshake.
@@ -321,13 +329,21 @@ fn shard_thread(
                 return;
             }
         };
+        let poller = match Poller::new() {
+            Ok(poller) => poller,
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
         let _ = bound.send(listener.local_addr());
         let shard = Rc::new(ShardContext {
             index,
             config,
             factory,
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-            sockets: RefCell::new(HashMap::default()),
+            sockets: RefCell::new(SocketTable::default()),
+            poller,
             bindings: RefCell::new(BindingTable::default()),
             counters: Counters::default(),
             next_id: Cell::new(0),
@@ -336,16 +352,14 @@ fn shard_thread(
         // The sweep, delivery and control tasks run until this `block_on` returns and the
         // runtime, with its tasks, is dropped.
         monoio::spawn(keepalive(shard.clone()));
+        monoio::spawn(poll_sockets(shard.clone()));
         let ring_stats = events.stats_handle();
         monoio::spawn(deliver(shard.clone(), events));
         monoio::spawn(answer_control(shard.clone(), control, ring_stats));
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        monoio::spawn(connection::run(stream, peer, shard.clone()));
-                    }
+                    Ok((stream, peer)) => connection::accept(&shard, stream, peer),
                     // Out of descriptors and the like: back off instead of spinning.
                     Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
                 },
@@ -355,6 +369,71 @@ fn shard_thread(
         drop(listener);
         going_away(&shard).await;
     });
+}
+
+/// The shard's poller task: services the sockets other tasks queued work for, handles every
+/// readiness report, and otherwise waits for the epoll descriptor (through the runtime: an
+/// io_uring poll or the legacy driver's epoll) or for a socket to be scheduled.
+async fn poll_sockets(shard: Rc<ShardContext>) {
+    // The runtime's handle on the epoll descriptor: a duplicate, owned by a monoio stream type
+    // only to be awaited for readability (an epoll descriptor is pollable like a socket; nothing
+    // else is done with it).
+    // SAFETY: dup of a descriptor the shard owns; the duplicate is owned by `waitable` alone.
+    let dup = unsafe { libc::fcntl(shard.poller.fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    let waitable = if dup >= 0 {
+        // SAFETY: `dup` is a fresh descriptor nothing else owns.
+        monoio::net::UnixStream::from_std(unsafe {
+            std::os::unix::net::UnixStream::from_raw_fd(dup)
+        })
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    let waitable = match waitable {
+        Ok(waitable) => waitable,
+        Err(e) => {
+            crate::elog!(
+                "shard {}: cannot wait for socket readiness: {e}",
+                shard.index
+            );
+            return;
+        }
+    };
+    let mut raw = Vec::with_capacity(EVENTS_PER_WAIT);
+    let mut ready = Vec::with_capacity(EVENTS_PER_WAIT);
+    let mut scheduled = Vec::new();
+    // Kept across turns until it completes, so that a turn woken by the service list does not
+    // leave an io_uring poll behind.
+    let mut readable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
+    loop {
+        poller::take_scheduled(&mut scheduled);
+        for token in scheduled.drain(..) {
+            connection::service(&shard, token);
+        }
+        let reports = shard.poller.ready_now(&mut raw, &mut ready);
+        for report in ready.drain(..) {
+            connection::on_ready(&shard, report);
+        }
+        if reports == EVENTS_PER_WAIT {
+            // More may be waiting: let deliveries, accepts and the sweep run, then go on.
+            poller::yield_now().await;
+            continue;
+        }
+        let wait = readable.get_or_insert_with(|| Box::pin(waitable.readable(false)));
+        let woke = poll_fn(|cx| {
+            if let Poll::Ready(result) = wait.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            poller::poll_scheduled(cx).map(|()| None)
+        })
+        .await;
+        if let Some(result) = woke {
+            readable = None;
+            if let Err(e) = result {
+                crate::elog!("shard {}: waiting for socket readiness: {e}", shard.index);
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// The shard's delivery loop: takes events from its ring in batches, hands each to the binding
@@ -403,9 +482,10 @@ async fn answer_control(
                     let table = shard.bindings.borrow();
                     let sockets = shard.sockets.borrow();
                     let list = sockets
-                        .values()
+                        .iter()
+                        .map(|socket| socket.conn.borrow())
+                        .filter(|conn| conn.is_upgraded())
                         .map(|conn| {
-                            let conn = conn.borrow();
                             let labels = conn.labels.as_deref();
                             SocketInfo {
                                 id: conn.id,
@@ -425,7 +505,12 @@ async fn answer_control(
                     let c = &shard.counters;
                     let _ = reply.send(ShardStats {
                         shard: shard.index,
-                        connections: shard.sockets.borrow().len(),
+                        connections: shard
+                            .sockets
+                            .borrow()
+                            .iter()
+                            .filter(|socket| socket.conn.borrow().is_upgraded())
+                            .count(),
                         bindings: shard.bindings.borrow().len(),
                         events: c.events.get(),
                         frames_encoded: c.frames_encoded.get(),
@@ -447,17 +532,21 @@ async fn answer_control(
 /// rest.
 async fn going_away(shard: &ShardContext) {
     let deadline = Instant::now() + shard.config.shutdown_grace;
-    for conn in shard.sockets.borrow().values() {
-        let mut conn = conn.borrow_mut();
-        conn.queue_close(CloseCode::GOING_AWAY, "going away");
+    for socket in shard.sockets.borrow().iter() {
+        let mut conn = socket.conn.borrow_mut();
+        if conn.is_upgraded() {
+            conn.queue_close(CloseCode::GOING_AWAY, "going away");
+        } else {
+            conn.cut();
+        }
     }
     while !shard.sockets.borrow().is_empty() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
-    for conn in shard.sockets.borrow().values() {
-        conn.borrow().cut();
+    for socket in shard.sockets.borrow().iter() {
+        socket.conn.borrow().cut();
     }
-    // The cut sockets' tasks see end of stream and unregister.
+    // The poller sees the cut sockets' end of stream and unregisters them.
     let cut_deadline = Instant::now() + Duration::from_secs(1);
     while !shard.sockets.borrow().is_empty() && Instant::now() < cut_deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
