@@ -68,7 +68,8 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn cpu_seconds() -> f64 {
+/// User and system CPU seconds of this process so far.
+fn cpu_seconds() -> (f64, f64) {
     // SAFETY: getrusage fills the zeroed struct it is given.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -76,7 +77,7 @@ fn cpu_seconds() -> f64 {
         usage
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    (secs(usage.ru_utime), secs(usage.ru_stime))
 }
 
 const CLIENT_ROLE: &str = "HORIZON_FANOUT_CLIENT_OF";
@@ -251,13 +252,17 @@ fn main() {
         }
     });
     let done = lines.next().unwrap().unwrap();
-    let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu_before);
+    let wall = started.elapsed().as_secs_f64();
+    let (user, system) = cpu_seconds();
+    let (user, system) = (user - cpu_before.0, system - cpu_before.1);
+    let cpu = user + system;
     let frames: usize = done.strip_prefix("done ").unwrap().parse().unwrap();
     let expected = connections * events;
     assert_eq!(frames, expected, "every delivery arrived");
     println!(
         "fanout/{connections}x{events} driver={} frame={frame_bytes}B: {expected} deliveries in \
-         {wall:.2} s ({:.0}/s wall), gateway CPU {cpu:.2} s -> {:.0} deliveries per CPU-second",
+         {wall:.2} s ({:.0}/s wall), gateway CPU {cpu:.2} s (user {user:.2}, system {system:.2}) \
+         -> {:.0} deliveries per CPU-second",
         gateway.driver(),
         expected as f64 / wall,
         expected as f64 / cpu,

@@ -295,7 +295,12 @@ fn flush(shard: &ShardContext, socket: &Socket) -> bool {
                     Some(notice) if !conn.closing => {
                         conn.queue(Bytes::from(encode::text(notice.as_bytes())))
                     }
-                    _ => return false,
+                    _ => {
+                        // Replies, pongs and pings go out through here, and most sockets are
+                        // idle between them: they keep no queue buffer.
+                        conn.outbound.release_if_empty();
+                        return false;
+                    }
                 }
             }
         }

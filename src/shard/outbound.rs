@@ -100,6 +100,14 @@ impl Outbound {
         self.frames.is_empty()
     }
 
+    /// Frees the queue's buffer if nothing waits: an idle socket then holds no heap memory here.
+    /// Not for the delivery path, where a busy socket would reallocate for every batch.
+    pub fn release_if_empty(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
+    }
+
     /// Drops everything queued (the connection has ended).
     pub fn clear(&mut self) {
         self.frames = VecDeque::new();

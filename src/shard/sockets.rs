@@ -104,3 +104,17 @@ impl SocketTable {
         self.entries.iter().filter_map(|e| e.socket.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle socket is its `Conn` (inside `Rc<RefCell<..>>`) and its registry entry, and the
+    /// idle-memory budget (1 KiB of RSS per socket, `benches/idle_connections.rs`) rests on these
+    /// staying small; a field added here should be a deliberate choice.
+    #[test]
+    fn an_idle_socket_stays_small() {
+        assert!(std::mem::size_of::<Conn>() <= 200);
+        assert!(std::mem::size_of::<Entry>() <= 104);
+    }
+}
