@@ -242,6 +242,46 @@ fn handshake_refusals() {
 }
 
 #[test]
+fn a_client_that_never_finishes_its_upgrade_is_cut_at_the_handshake_deadline() {
+    let gateway = start(|_| {});
+    let addr = gateway.local_addr();
+    runtime().block_on(async {
+        // Half a request, then one more byte a second (never the blank line that ends it).
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&UPGRADE.as_bytes()[..40]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let outcome = loop {
+            if stream.write_all(b"X").await.is_err() {
+                break 0;
+            }
+            match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+                Ok(Ok(n)) => break n,
+                Ok(Err(_)) => break 0,
+                Err(_) if started.elapsed() > Duration::from_secs(20) => {
+                    panic!("the dribbling client was never cut")
+                }
+                Err(_) => {}
+            }
+            // Not listed while it has not upgraded.
+            assert!(gateway.sockets(Duration::from_secs(2)).0.is_empty());
+        };
+        assert_eq!(outcome, 0, "cut without an answer");
+        let after = started.elapsed();
+        assert!(
+            after >= Duration::from_secs(10) && after < Duration::from_secs(14),
+            "cut after {after:?}: the deadline is 10 s from the accept (checked every second)"
+        );
+        // The gateway is still serving.
+        let mut client = Raw::connect(addr).await;
+        client.send(true, 0x1, b"alive?", true).await;
+        assert_eq!(client.recv().await, (0x1, b"echo:alive?".to_vec()));
+    });
+    gateway.shutdown();
+    gateway.join();
+}
+
+#[test]
 fn a_real_client_talks_through_a_session() {
     let gateway = start(|_| {});
     let url = format!("ws://{}/socket", gateway.local_addr());

@@ -151,6 +151,14 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    /// A connection still open when its shard stops (past the shutdown grace and the cut) closes
+    /// its descriptor with it; one that ended normally closed it already.
+    fn drop(&mut self) {
+        io::close(std::mem::replace(&mut self.fd, -1));
+    }
+}
+
 /// How a socket goes on after a batch of input.
 #[derive(PartialEq, Eq)]
 enum Next {
