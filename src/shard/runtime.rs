@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -365,6 +365,13 @@ fn shard_thread(
                 },
                 _ = stop.wait(index) => break,
             }
+        }
+        // Stop listening now, not when the descriptor's last reference goes: under io_uring the
+        // accept in flight holds the listener until the kernel tears the ring down, which it does
+        // asynchronously after the thread (or the process) is gone.
+        // SAFETY: shutdown on the listener's own descriptor; no memory is passed.
+        unsafe {
+            libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
         }
         drop(listener);
         going_away(&shard).await;
