@@ -49,7 +49,27 @@ pub struct ServeConfig {
     pub rate_limit_per_sec: f64,
     /// Client bindings one socket may hold.
     pub max_bindings_per_socket: usize,
+    /// WebSocket connections this node holds at once (0: no limit); past it an upgrade is
+    /// answered `503`.
+    pub max_connections: usize,
+    /// WebSocket connections one client address may hold at once (0: no limit; Kazoo's
+    /// `max_connections_per_ip`); past it an upgrade is answered `429`.
+    pub max_connections_per_ip: usize,
+    /// A socket whose client stops reading is no longer read either (its queued replies count
+    /// against `outbound_queue_bytes`); still blocked after this long, it is closed with 1008.
+    pub blocked_close: Duration,
+    /// Shared by the nodes of one cluster: signs and checks their control messages. Default:
+    /// derived from `jwt_hs256_secret` (every node of a cluster verifies the same tokens).
+    pub cluster_secret: Option<String>,
+    /// REST connections served at once; more are answered `503` and closed.
+    pub api_max_connections: usize,
+    /// A REST client must send its request headers within this long.
+    pub api_header_timeout: Duration,
 }
+
+/// The longest any `*_secs` value may be (30 days): longer is a typo, and would overflow the
+/// clocks it is added to.
+pub const MAX_SECS: u64 = 30 * 24 * 3600;
 
 impl Default for ServeConfig {
     fn default() -> ServeConfig {
@@ -76,6 +96,12 @@ impl Default for ServeConfig {
             rate_limit_burst: 100,
             rate_limit_per_sec: 10.0,
             max_bindings_per_socket: 1000,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            blocked_close: Duration::from_secs(30),
+            cluster_secret: None,
+            api_max_connections: 1024,
+            api_header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -119,6 +145,12 @@ pub const KEYS: &[&str] = &[
     "rate_limit_burst",
     "rate_limit_per_sec",
     "max_bindings_per_socket",
+    "max_connections",
+    "max_connections_per_ip",
+    "blocked_close_secs",
+    "cluster_secret",
+    "api_max_connections",
+    "api_header_timeout_secs",
 ];
 
 /// Splits `--key value` / `--key=value` flags into `(key, value)` pairs (key in file spelling).
@@ -226,6 +258,19 @@ impl ServeConfig {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| invalid(why))
         };
+        let seconds = || {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_SECS).contains(n))
+                .map(Duration::from_secs)
+                .ok_or_else(|| invalid("expected seconds from 1 to 2592000 (30 days)"))
+        };
+        let count = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| invalid("expected a whole number (0: no limit)"))
+        };
         let optional = |value: &str| (!value.is_empty()).then(|| value.to_string());
         match key {
             "ws_listen" => {
@@ -248,15 +293,9 @@ impl ServeConfig {
                     _ => return Err(invalid("expected `drop` or `close`")),
                 }
             }
-            "ping_interval_secs" => {
-                self.ping_interval = Duration::from_secs(positive("expected seconds > 0")?)
-            }
-            "idle_timeout_secs" => {
-                self.idle_timeout = Duration::from_secs(positive("expected seconds > 0")?)
-            }
-            "shutdown_grace_secs" => {
-                self.shutdown_grace = Duration::from_secs(positive("expected seconds > 0")?)
-            }
+            "ping_interval_secs" => self.ping_interval = seconds()?,
+            "idle_timeout_secs" => self.idle_timeout = seconds()?,
+            "shutdown_grace_secs" => self.shutdown_grace = seconds()?,
             "amqp_url" => {
                 if !value.is_empty() && !value.starts_with("amqp://") {
                     return Err(invalid(
@@ -278,9 +317,7 @@ impl ServeConfig {
                     .filter(|n| *n > 0)
                     .ok_or_else(|| invalid("expected 1..65535"))?
             }
-            "amqp_queue_expires_secs" => {
-                self.amqp_queue_expires = Duration::from_secs(positive("expected seconds > 0")?)
-            }
+            "amqp_queue_expires_secs" => self.amqp_queue_expires = seconds()?,
             "auth_file" => self.auth_file = optional(value).map(PathBuf::from),
             "jwt_hs256_secret" => self.jwt_hs256_secret = optional(value),
             "jwt_hs256_secret_file" => {
@@ -303,6 +340,14 @@ impl ServeConfig {
             "max_bindings_per_socket" => {
                 self.max_bindings_per_socket = positive("expected a positive number")? as usize
             }
+            "max_connections" => self.max_connections = count()?,
+            "max_connections_per_ip" => self.max_connections_per_ip = count()?,
+            "blocked_close_secs" => self.blocked_close = seconds()?,
+            "cluster_secret" => self.cluster_secret = optional(value),
+            "api_max_connections" => {
+                self.api_max_connections = positive("expected a positive number")? as usize
+            }
+            "api_header_timeout_secs" => self.api_header_timeout = seconds()?,
             _ => return Err(ConfigError::Unknown(key.into())),
         }
         Ok(())
@@ -349,6 +394,13 @@ mod tests {
         ));
         let env = |k: &str| (k == "HORIZON_SLOW_CONSUMER").then(|| "maybe".to_string());
         assert!(ServeConfig::load(&[], env).is_err());
+        // A huge grace would overflow the shutdown deadline (it used to panic a shard).
+        let err = ServeConfig::load(
+            &args(&["--shutdown-grace-secs", "18446744073709551615"]),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shutdown_grace_secs"), "{err}");
         let err = ServeConfig::load(&args(&["--amqp-url", "http://x"]), |_| None).unwrap_err();
         assert!(err.to_string().contains("amqp_url"), "{err}");
     }

@@ -56,19 +56,27 @@ fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
     signal
 }
 
-/// The JWT keys from the configuration (secret inline or in a file; RS256 public key file).
-fn jwt_keys(config: &ServeConfig) -> Result<JwtKeys, String> {
-    let secret = match (&config.jwt_hs256_secret, &config.jwt_hs256_secret_file) {
-        (Some(secret), _) => Some(secret.as_bytes().to_vec()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read jwt_hs256_secret_file {}: {e}", path.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .as_bytes()
-                .to_vec(),
-        ),
-        (None, None) => None,
-    };
+/// The HS256 secret from the configuration (inline or in a file).
+fn jwt_secret(config: &ServeConfig) -> Result<Option<Vec<u8>>, String> {
+    Ok(
+        match (&config.jwt_hs256_secret, &config.jwt_hs256_secret_file) {
+            (Some(secret), _) => Some(secret.as_bytes().to_vec()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!("cannot read jwt_hs256_secret_file {}: {e}", path.display())
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            (None, None) => None,
+        },
+    )
+}
+
+/// The JWT keys from the configuration (HS256 secret; RS256 public key file).
+fn jwt_keys(config: &ServeConfig, secret: Option<Vec<u8>>) -> Result<JwtKeys, String> {
     let pem = match &config.jwt_rs256_public_key_file {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
             format!(
@@ -81,7 +89,20 @@ fn jwt_keys(config: &ServeConfig) -> Result<JwtKeys, String> {
     JwtKeys::new(secret, pem.as_deref()).map_err(|e| e.to_string())
 }
 
+/// A panic anywhere ends the process with exit code 101 (after the panic is logged), so that a
+/// supervisor restarts the node: a shard thread that died quietly would leave its sockets
+/// unserved and, with its ring full, hold up event delivery for the whole node.
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        elog!("horizon serve: a thread panicked ({info}); exiting so that the node restarts");
+        std::process::exit(101);
+    }));
+}
+
 fn serve(args: &[String]) -> ExitCode {
+    exit_on_panic();
     let mut config = match ServeConfig::load(args, |key| std::env::var(key).ok()) {
         Ok(config) => config,
         Err(e) => {
@@ -91,11 +112,27 @@ fn serve(args: &[String]) -> ExitCode {
     };
     // Embedded with no auth file and no secret: a secret for this run only, so that the
     // development token below works and nothing else does.
-    let development = config.amqp_url.is_none() && config.auth_file.is_none();
-    if development && config.jwt_hs256_secret.is_none() && config.jwt_hs256_secret_file.is_none() {
+    // The development token is minted only with that generated secret: a token signed with an
+    // operator's own secret would be valid on every node that shares it.
+    let development = config.amqp_url.is_none()
+        && config.auth_file.is_none()
+        && config.jwt_hs256_secret.is_none()
+        && config.jwt_hs256_secret_file.is_none();
+    if development {
         config.jwt_hs256_secret = Some(horizon::ids::random_hex(32));
     }
-    let keys = match jwt_keys(&config) {
+    let secret = match jwt_secret(&config) {
+        Ok(secret) => secret,
+        Err(e) => {
+            elog!("horizon serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cluster_key = horizon::api::cluster::cluster_key(
+        config.cluster_secret.as_deref().map(str::as_bytes),
+        secret.as_deref(),
+    );
+    let keys = match jwt_keys(&config, secret) {
         Ok(keys) => keys,
         Err(e) => {
             elog!("horizon serve: {e}");
@@ -169,6 +206,9 @@ fn serve(args: &[String]) -> ExitCode {
                 node: node.clone(),
                 amqp_url: config.amqp_url.clone(),
                 cluster_timeout: Duration::from_secs(2),
+                cluster_key: cluster_key.clone(),
+                max_connections: config.api_max_connections,
+                header_timeout: config.api_header_timeout,
             },
             auth.clone(),
             ingest.clone(),
@@ -342,7 +382,7 @@ fn token(args: &[String]) -> ExitCode {
             "invalid --ttl `{ttl_text}`: expected e.g. 90s, 15m, 1h, 7d"
         ));
     };
-    let keys = match jwt_keys(&config) {
+    let keys = match jwt_secret(&config).and_then(|secret| jwt_keys(&config, secret)) {
         Ok(keys) => keys,
         Err(e) => return fail(e),
     };

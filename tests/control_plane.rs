@@ -346,6 +346,8 @@ fn spawn_node(
             &common::amqp_url(),
             "--auth-file",
             auth_file.to_str().unwrap(),
+            "--cluster-secret",
+            std::str::from_utf8(common::kazoo::CLUSTER_SECRET).unwrap(),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -7,6 +7,15 @@
 //! queue; each node answers from its own shards' registries through the default exchange. The
 //! asker waits for every live node or a deadline, and says which nodes did not answer
 //! (`partial`). Without a broker the cluster is this node alone.
+//!
+//! Anyone who may publish on the broker can reach `horizon.control`, so a control message counts
+//! only if it is signed with the cluster's key (`cluster_secret`, or one derived from
+//! `jwt_hs256_secret`, which every node of a cluster shares anyway): the body is
+//! `<64 hex of HMAC-SHA256(key, json)>:<json>`, and the JSON carries its sender and a timestamp
+//! (milliseconds) that must be within [`MAX_SKEW`] of ours, so that an old message cannot be
+//! replayed. Without a key the node does not join the cluster at all (and says so). Peers are
+//! forgotten once their heartbeat is older than [`DEAD_AFTER`], and at most [`MAX_PEERS`] are
+//! tracked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +30,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Notify;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::json::{self, TapeValue};
 use crate::shard::Registry;
 use crate::shard::SocketInfo;
@@ -29,6 +41,10 @@ const EXCHANGE: &str = "horizon.control";
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node whose heartbeat is older than this is no longer waited for.
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
+/// A signed control message older or newer than this (by the receiver's clock) is ignored.
+pub const MAX_SKEW: Duration = Duration::from_secs(30);
+/// The most peers a node keeps track of; heartbeats from more are ignored.
+pub const MAX_PEERS: usize = 1024;
 /// Seconds from year 0 (Gregorian) to 1970: Kazoo's timestamps count from year 0.
 const GREGORIAN_OFFSET: u64 = 62_167_219_200;
 
@@ -54,6 +70,8 @@ struct State {
 pub struct Cluster {
     node: String,
     url: Option<String>,
+    /// Signs and checks control messages; `None`: this node stays out of the cluster.
+    key: Option<Vec<u8>>,
     queue: String,
     registry: Arc<Mutex<Registry>>,
     state: Mutex<State>,
@@ -64,6 +82,7 @@ impl Cluster {
     pub fn new(
         node: String,
         url: Option<String>,
+        key: Option<Vec<u8>>,
         registry: Registry,
         timeout: Duration,
     ) -> Arc<Cluster> {
@@ -71,6 +90,7 @@ impl Cluster {
             queue: format!("{EXCHANGE}.{node}"),
             node,
             url,
+            key,
             registry: Arc::new(Mutex::new(registry)),
             state: Mutex::new(State::default()),
             timeout,
@@ -119,9 +139,11 @@ impl Cluster {
             let (sockets, _) = registry.sockets(Duration::from_secs(1));
             sockets
                 .iter()
-                .filter(|s| s.accounts.contains(&account))
                 .filter(|s| socket.as_ref().is_none_or(|id| *id == socket_id(s.id)))
-                .map(|s| socket_json(s, &node))
+                .filter_map(|s| {
+                    let filed = s.filed.iter().find(|f| f.account == account)?;
+                    Some(socket_json(s, &filed.bindings, &node))
+                })
                 .collect()
         })
         .await
@@ -156,8 +178,8 @@ impl Cluster {
                 done: done.clone(),
             },
         );
-        let mut body = Vec::new();
-        body.extend_from_slice(b"{\"type\":\"request\",\"request\":");
+        let mut body = self.open_message("request");
+        body.extend_from_slice(b",\"request\":");
         json::write_str(&mut body, &request);
         body.extend_from_slice(b",\"account\":");
         json::write_str(&mut body, account);
@@ -173,7 +195,7 @@ impl Cluster {
                 EXCHANGE.into(),
                 "".into(),
                 BasicPublishOptions::default(),
-                &body,
+                &self.sign(&body),
                 BasicProperties::default(),
             )
             .await
@@ -219,6 +241,13 @@ impl Cluster {
         let Some(url) = self.url.clone() else {
             return;
         };
+        if self.key.is_none() {
+            crate::elog!(
+                "cluster: no cluster_secret (nor a jwt_hs256_secret to derive one from): this node \
+                 does not join the cluster, and its listings show its own sockets only"
+            );
+            return;
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             if let Err(e) = self.session(&url).await {
@@ -273,14 +302,13 @@ impl Cluster {
             )
             .await?;
         self.state().channel = Some(channel.clone());
-        let mut heartbeat = Vec::new();
-        heartbeat.extend_from_slice(b"{\"type\":\"heartbeat\",\"node\":");
-        json::write_str(&mut heartbeat, &self.node);
-        heartbeat.push(b'}');
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let mut heartbeat = self.open_message("heartbeat");
+                    heartbeat.push(b'}');
+                    let heartbeat = self.sign(&heartbeat);
                     channel
                         .basic_publish(EXCHANGE.into(), "".into(), BasicPublishOptions::default(), &heartbeat, BasicProperties::default())
                         .await?;
@@ -294,21 +322,81 @@ impl Cluster {
         }
     }
 
-    /// One control message: a heartbeat, a request to answer, or a reply to collect.
-    fn handle(self: Arc<Self>, mut data: Vec<u8>, channel: &Channel) {
+    /// `{"type":<kind>,"node":<this node>,"ts":<now, ms>` (the caller adds the rest and `}`).
+    fn open_message(&self, kind: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"{\"type\":");
+        json::write_str(&mut out, kind);
+        out.extend_from_slice(b",\"node\":");
+        json::write_str(&mut out, &self.node);
+        out.extend_from_slice(format!(",\"ts\":{}", unix_millis(SystemTime::now())).as_bytes());
+        out
+    }
+
+    /// `<hex signature>:<json>`.
+    fn sign(&self, json: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SIGNATURE_HEX + 1 + json.len());
+        if let Some(key) = &self.key {
+            out.extend_from_slice(hex(&mac(key, json)).as_bytes());
+        }
+        out.push(b':');
+        out.extend_from_slice(json);
+        out
+    }
+
+    /// The JSON of a control message signed with the cluster's key, or `None` (unsigned,
+    /// forged, or not of this form).
+    fn verify(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let key = self.key.as_ref()?;
+        let signature = data.get(..SIGNATURE_HEX)?;
+        let json = data.get(SIGNATURE_HEX..)?.strip_prefix(b":")?;
+        let signature = unhex(signature)?;
+        let mut check = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+        check.update(json);
+        check.verify_slice(&signature).ok()?;
+        Some(json.to_vec())
+    }
+
+    /// Notes that `node` is alive, unless the peer table is full of other live nodes.
+    fn heard_from(&self, node: String) {
+        let mut state = self.state();
+        state.peers.retain(|_, seen| seen.elapsed() < DEAD_AFTER);
+        if state.peers.len() < MAX_PEERS || state.peers.contains_key(&node) {
+            state.peers.insert(node, Instant::now());
+        }
+    }
+
+    /// One control message: a heartbeat, a request to answer, or a reply to collect. Anything
+    /// not signed with the cluster's key, stale, or malformed is ignored.
+    fn handle(self: Arc<Self>, data: Vec<u8>, channel: &Channel) {
+        let Some(mut data) = self.verify(&data) else {
+            return;
+        };
         let Ok(tape) = simd_json::to_tape(&mut data) else {
             return;
         };
-        let Some(root) = TapeValue::root(&tape.0) else {
+        let Some(root) = TapeValue::root(&tape.0).filter(|r| r.is_object()) else {
             return;
         };
-        let text = |name: &str| root.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        let text = |name: &str| {
+            root.get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty() && s.len() <= 255)
+                .map(str::to_string)
+        };
+        let sent = match root.get("ts").and_then(|t| t.0.first().copied()) {
+            Some(simd_json::Node::Static(simd_json::StaticNode::U64(ms))) => ms,
+            Some(simd_json::Node::Static(simd_json::StaticNode::I64(ms))) if ms >= 0 => ms as u64,
+            _ => return,
+        };
+        if unix_millis(SystemTime::now()).abs_diff(sent) > MAX_SKEW.as_millis() as u64 {
+            return;
+        }
+        let Some(sender) = text("node") else {
+            return;
+        };
         match root.get("type").and_then(|t| t.as_str()) {
-            Some("heartbeat") => {
-                if let Some(node) = text("node") {
-                    self.state().peers.insert(node, Instant::now());
-                }
-            }
+            Some("heartbeat") => self.heard_from(sender),
             Some("request") => {
                 let (Some(request), Some(account), Some(reply_to)) =
                     (text("request"), text("account"), text("reply_to"))
@@ -319,11 +407,9 @@ impl Cluster {
                 let channel = channel.clone();
                 tokio::spawn(async move {
                     let sockets = self.local(account, socket).await;
-                    let mut body = Vec::new();
-                    body.extend_from_slice(b"{\"type\":\"reply\",\"request\":");
+                    let mut body = self.open_message("reply");
+                    body.extend_from_slice(b",\"request\":");
                     json::write_str(&mut body, &request);
-                    body.extend_from_slice(b",\"node\":");
-                    json::write_str(&mut body, &self.node);
                     body.extend_from_slice(b",\"sockets\":[");
                     for (i, socket) in sockets.iter().enumerate() {
                         if i > 0 {
@@ -337,14 +423,14 @@ impl Cluster {
                             "".into(),
                             reply_to.as_str().into(),
                             BasicPublishOptions::default(),
-                            &body,
+                            &self.sign(&body),
                             BasicProperties::default(),
                         )
                         .await;
                 });
             }
             Some("reply") => {
-                let (Some(request), Some(node)) = (text("request"), text("node")) else {
+                let (Some(request), node) = (text("request"), sender) else {
                     return;
                 };
                 let sockets: Vec<Vec<u8>> = root
@@ -359,9 +445,9 @@ impl Cluster {
                             .collect()
                     })
                     .unwrap_or_default();
-                let mut state = self.state();
                 // A node that answers is alive, whether or not its heartbeat got here first.
-                state.peers.insert(node.clone(), Instant::now());
+                self.heard_from(node.clone());
+                let mut state = self.state();
                 if let Some(pending) = state.pending.get_mut(&request) {
                     pending.replies.entry(node).or_insert(sockets);
                     pending.done.notify_one();
@@ -377,19 +463,14 @@ pub fn socket_id(id: u64) -> String {
     format!("{id:016x}")
 }
 
-/// One socket in crossbar's shape.
-fn socket_json(socket: &SocketInfo, node: &str) -> Vec<u8> {
+/// One socket in crossbar's shape, as listed under one account: `bindings` are the socket's
+/// client bindings for that account only, and nothing names another account.
+fn socket_json(socket: &SocketInfo, bindings: &[String], node: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"websocket_session_id\":");
     json::write_str(&mut out, &socket_id(socket.id));
     out.extend_from_slice(b",\"bindings\":");
-    let mut labels: Vec<&str> = Vec::new();
-    for (_, label) in &socket.bindings {
-        if !labels.contains(&label.as_str()) {
-            labels.push(label);
-        }
-    }
-    json::write_str_array(&mut out, labels);
+    json::write_str_array(&mut out, bindings.iter().map(String::as_str));
     let since_1970 = socket
         .connected_at
         .duration_since(UNIX_EPOCH)
@@ -408,8 +489,6 @@ fn socket_json(socket: &SocketInfo, node: &str) -> Vec<u8> {
     out.extend_from_slice(b",\"metadata\":");
     // The dialect stored metadata as JSON it wrote itself.
     out.extend_from_slice(socket.metadata.as_deref().unwrap_or("null").as_bytes());
-    out.extend_from_slice(b",\"accounts\":");
-    json::write_str_array(&mut out, socket.accounts.iter().map(String::as_str));
     out.push(b'}');
     out
 }
@@ -417,4 +496,89 @@ fn socket_json(socket: &SocketInfo, node: &str) -> Vec<u8> {
 /// Seconds since 1970 of a Kazoo (Gregorian) timestamp.
 pub fn from_gregorian(seconds: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(seconds.saturating_sub(GREGORIAN_OFFSET))
+}
+
+/// Hex digits of an HMAC-SHA256 signature.
+const SIGNATURE_HEX: usize = 64;
+
+fn mac(key: &[u8], message: &[u8]) -> Vec<u8> {
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(message);
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => unreachable!("HMAC accepts keys of every length"),
+    }
+}
+
+/// The cluster key: `cluster_secret` if configured, else one derived from the JWT secret (so
+/// that a cluster whose nodes share their token secret needs no second secret); `None` when
+/// there is neither.
+pub fn cluster_key(cluster_secret: Option<&[u8]>, jwt_secret: Option<&[u8]>) -> Option<Vec<u8>> {
+    match (cluster_secret, jwt_secret) {
+        (Some(secret), _) => Some(secret.to_vec()),
+        (None, Some(jwt)) => Some(mac(jwt, b"horizon cluster control key v1")),
+        (None, None) => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    text.chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(digit(*hi)? << 4 | digit(*lo)?),
+            _ => None,
+        })
+        .collect()
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_messages_signed_with_the_cluster_key_count() {
+        let registry = crate::shard::Registry::empty();
+        let cluster = Cluster::new(
+            "n1".into(),
+            None,
+            cluster_key(Some(b"k"), None),
+            registry,
+            Duration::from_secs(1),
+        );
+        let mut body = cluster.open_message("heartbeat");
+        body.push(b'}');
+        let signed = cluster.sign(&body);
+        assert_eq!(cluster.verify(&signed).as_deref(), Some(&body[..]));
+        let mut forged = signed.clone();
+        let last = forged.len() - 2;
+        forged[last] ^= 1;
+        assert_eq!(cluster.verify(&forged), None, "a changed body");
+        assert_eq!(cluster.verify(&body), None, "unsigned");
+        assert_eq!(cluster.verify(b""), None);
+        assert_eq!(cluster.verify("é".repeat(40).as_bytes()), None);
+        let other = Cluster::new(
+            "n2".into(),
+            None,
+            cluster_key(Some(b"other"), None),
+            crate::shard::Registry::empty(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(other.verify(&signed), None, "another cluster's key");
+        assert_ne!(
+            cluster_key(None, Some(b"jwt")),
+            Some(b"jwt".to_vec()),
+            "the derived key is not the token secret itself"
+        );
+    }
 }

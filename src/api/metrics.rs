@@ -147,6 +147,32 @@ pub fn render(
         out,
         "horizon_handshakes_refused_total{{reason=\"dialect\"}} {refused}"
     );
+    let by_address: u64 = stats.iter().map(|s| s.handshakes_limited_address).sum();
+    let by_node: u64 = stats.iter().map(|s| s.handshakes_limited_node).sum();
+    let _ = writeln!(
+        out,
+        "horizon_handshakes_refused_total{{reason=\"per_ip_limit\"}} {by_address}"
+    );
+    let _ = writeln!(
+        out,
+        "horizon_handshakes_refused_total{{reason=\"connection_limit\"}} {by_node}"
+    );
+    family(
+        &mut out,
+        "horizon_sockets_closed_blocked_total",
+        "counter",
+        "Sockets closed with 1008 because their client stopped reading its output.",
+    );
+    let blocked: u64 = stats.iter().map(|s| s.closed_blocked).sum();
+    let _ = writeln!(out, "horizon_sockets_closed_blocked_total {blocked}");
+    family(
+        &mut out,
+        "horizon_sockets_read_paused",
+        "gauge",
+        "Sockets not being read because their client does not read its output.",
+    );
+    let paused: usize = stats.iter().map(|s| s.read_paused).sum();
+    let _ = writeln!(out, "horizon_sockets_read_paused {paused}");
     family(
         &mut out,
         "horizon_auth_failures_total",

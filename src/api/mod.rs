@@ -24,8 +24,8 @@ use tokio::sync::Notify;
 
 use self::cluster::Cluster;
 use self::http::{respond, Body, Envelope};
-use crate::auth::{Auth, Identity};
-use crate::families::{catalog, valid_account_id};
+use crate::auth::{Auth, Identity, Permissions};
+use crate::families::{catalog, valid_account_id, Normalizer, EXCHANGES};
 use crate::ingest::{Ingest, PublishError};
 use crate::json::{self, TapeValue};
 use crate::shard::Registry;
@@ -43,10 +43,18 @@ pub struct ApiConfig {
     pub amqp_url: Option<String>,
     /// How long a cluster listing waits for every live node.
     pub cluster_timeout: Duration,
+    /// Signs and checks the cluster's control messages (see [`cluster::cluster_key`]).
+    pub cluster_key: Option<Vec<u8>>,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// A client must send its request headers within this long.
+    pub header_timeout: Duration,
 }
 
 struct State {
     node: String,
+    max_connections: usize,
+    header_timeout: Duration,
     auth: Arc<Auth>,
     ingest: Ingest,
     cluster: Arc<Cluster>,
@@ -77,11 +85,14 @@ impl Api {
         let cluster = Cluster::new(
             config.node.clone(),
             config.amqp_url.clone(),
+            config.cluster_key.clone(),
             registry,
             config.cluster_timeout,
         );
         let state = Arc::new(State {
             node: config.node,
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
             auth,
             ingest,
             cluster,
@@ -139,19 +150,34 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
         }
     };
     tokio::spawn(state.cluster.clone().run());
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.max_connections));
     loop {
         tokio::select! {
             _ = stop.notified() => return,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Over `api_max_connections`: say so in one write and close.
+                    let _ = stream.try_write(BUSY);
+                    continue;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
+                    let timeout = state.header_timeout;
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(route(state, request).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
+                    // A client that does not finish its headers in time is cut (slow-loris).
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(timeout)
                         .serve_connection(io, service)
                         .await;
                 });
@@ -159,6 +185,10 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
         }
     }
 }
+
+/// The answer to a connection over `api_max_connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections to the API\n";
 
 /// The token of a request: `X-Auth-Token`, else `Authorization: Bearer`.
 fn request_token(request: &Request<Incoming>) -> Option<String> {
@@ -368,12 +398,19 @@ async fn publish(state: &State, env: &Envelope<'_>, request: Request<Incoming>) 
     if !identity.publish {
         return env.error(StatusCode::FORBIDDEN, "this token may not publish");
     }
-    let body: Bytes = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    let body = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body: Bytes = match tokio::time::timeout(state.header_timeout, body).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
             return env.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body larger than 1 MiB",
+            )
+        }
+        Err(_) => {
+            return env.error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
             )
         }
     };
@@ -400,6 +437,9 @@ async fn publish(state: &State, env: &Envelope<'_>, request: Request<Incoming>) 
     };
     let mut message = Vec::with_capacity(body.len());
     json::write_value(&mut message, payload, &mut |o, k| json::write_str(o, k));
+    if let Err(why) = may_publish(&state.auth, &identity, exchange, routing_key, &message) {
+        return why.answer(env);
+    }
     match state.ingest.publish(exchange, routing_key, message).await {
         Ok(()) => env.success(b"{\"published\":true}", ""),
         Err(PublishError::NotRoutable(why)) => env.error(
@@ -407,5 +447,81 @@ async fn publish(state: &State, env: &Envelope<'_>, request: Request<Incoming>) 
             &format!("event not routable: {why}"),
         ),
         Err(e) => env.error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// Why a publish was refused before it reached the event source.
+enum Refused {
+    /// Not an event family's exchange: 403.
+    Exchange(String),
+    /// The event does not route (normalized as the ingest side would): 400.
+    NotRoutable(crate::families::Skip),
+    /// The event belongs to an account the token may not see: 403.
+    Account,
+}
+
+impl Refused {
+    fn answer(self, env: &Envelope<'_>) -> Response<Body> {
+        match self {
+            Refused::Exchange(exchange) => env.error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "exchange {} is not an event family's exchange (allowed: {})",
+                    shorten(&exchange),
+                    EXCHANGES
+                        .iter()
+                        .map(|e| e.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Refused::NotRoutable(why) => env.error(
+                StatusCode::BAD_REQUEST,
+                &format!("event not routable: {why}"),
+            ),
+            Refused::Account => env.error(
+                StatusCode::FORBIDDEN,
+                "the event belongs to an account this token may not publish for",
+            ),
+        }
+    }
+}
+
+/// Whether `identity` may publish this event: only onto an event family's exchange, and only an
+/// event whose account (read from the event itself, exactly as the ingest side will read it) the
+/// token may see. A superduper admin may publish for any account. VoIPBin events: a customer's
+/// events need that customer (or an ancestor account); an agent's events need that agent itself
+/// or a VoIPBin super admin.
+fn may_publish(
+    auth: &Auth,
+    identity: &Identity,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+) -> Result<(), Refused> {
+    if !EXCHANGES.iter().any(|e| e.name == exchange) {
+        return Err(Refused::Exchange(exchange.to_string()));
+    }
+    let mut body = payload.to_vec();
+    let event = Normalizer::default()
+        .normalize(exchange, routing_key, &mut body)
+        .map_err(Refused::NotRoutable)?;
+    if identity.superduper_admin {
+        return Ok(());
+    }
+    let allowed = if event.key.starts_with("agent_id:") {
+        identity.permissions.has(Permissions::SUPER_ADMIN)
+            || identity.agent_id.as_deref() == Some(event.account.as_str())
+    } else if event.key.starts_with("customer_id:") {
+        identity.permissions.has(Permissions::SUPER_ADMIN)
+            || identity.customer_id.as_deref() == Some(event.account.as_str())
+            || auth.may_see(identity, &event.account)
+    } else {
+        auth.may_see(identity, &event.account)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refused::Account)
     }
 }

@@ -169,6 +169,9 @@ fn hmac_sha256(secret: &[u8]) -> Hmac<Sha256> {
     }
 }
 
+/// The latest `exp` accepted: 9999-12-31T23:59:59Z.
+const MAX_EXP_SECS: f64 = 253_402_300_799.0;
+
 /// Reads Horizon's claims, or VoIPBin's own shape
 /// (`{"type":"agent","agent":{"id","customer_id","permission"}}`).
 fn identity_from_claims(root: TapeValue<'_, '_>) -> Result<Identity, JwtError> {
@@ -215,6 +218,12 @@ fn identity_from_claims(root: TapeValue<'_, '_>) -> Result<Identity, JwtError> {
             let secs = number(Some(v))
                 .filter(|s| *s >= 0.0)
                 .ok_or(JwtError::Claim("exp"))?;
+            // A signed token may still carry any number: past year 9999 it is refused rather
+            // than overflowing the clock (`as` saturates; the addition would panic). NaN never
+            // passes the filter above.
+            if secs > MAX_EXP_SECS {
+                return Err(JwtError::Claim("exp"));
+            }
             Some(UNIX_EPOCH + Duration::from_secs(secs as u64))
         }
     };
@@ -313,6 +322,20 @@ mod tests {
             hs256(b"s3cret"),
         );
         assert_eq!(keys.verify(&bad_exp), Err(JwtError::Claim("exp")));
+        // Validly signed, but past any clock: refused, never a panic (it used to kill a shard).
+        for exp in [
+            "1e300",
+            "9223372036854775808",
+            "18446744073709551615",
+            "253402300800",
+        ] {
+            let huge = forge(
+                r#"{"alg":"HS256","typ":"JWT"}"#,
+                &format!(r#"{{"account_id":"a","exp":{exp}}}"#),
+                hs256(b"s3cret"),
+            );
+            assert_eq!(keys.verify(&huge), Err(JwtError::Claim("exp")), "{exp}");
+        }
     }
 
     #[test]

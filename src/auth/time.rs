@@ -47,16 +47,26 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let hours: i64 = rest[1..3].parse().ok()?;
-            let minutes: i64 = rest[4..6].parse().ok()?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
+        _ => {
+            // `±HH:MM`, all ASCII: checked byte by byte, never sliced at an offset that could
+            // fall inside a multi-byte character.
+            let o = rest.as_bytes();
+            let digit = |i: usize| -> Option<i64> {
+                o.get(i)
+                    .filter(|c| c.is_ascii_digit())
+                    .map(|c| i64::from(c - b'0'))
+            };
+            if o.len() != 6 || !matches!(o[0], b'+' | b'-') || o[3] != b':' {
+                return None;
+            }
+            let hours = digit(1)? * 10 + digit(2)?;
+            let minutes = digit(4)? * 10 + digit(5)?;
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let sign = if o[0] == b'-' { -1 } else { 1 };
             sign * (hours * 3600 + minutes * 60)
         }
-        _ => return None,
     };
     let secs =
         days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
@@ -116,6 +126,11 @@ mod tests {
             "2030-01-01T00:00:00",
             "1969-12-31T23:59:59Z",
             "2030-01-01T00:00:00.Z",
+            // A multi-byte character where the offset's colon would be (it used to panic).
+            "2030-01-01T00:00:00+0é0",
+            "2030-01-01T00:00:00+é:00",
+            "2030-01-01T00:00:00+1é:0",
+            "9999-99-99T00:00:00Z",
         ] {
             assert_eq!(secs(bad), None, "{bad}");
         }

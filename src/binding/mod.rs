@@ -59,6 +59,12 @@ pub use pattern::{
     split_key, BindingError, KeySegments, Separator, MAX_PATTERN_BYTES, MAX_SEGMENTS,
 };
 
+/// Checks `pattern` as [`BindingAutomaton::insert`] will, without inserting it: a subscription
+/// validates every pattern of a command first, so that a command is applied whole or not at all.
+pub fn validate_pattern(pattern: &str, separator: Separator) -> Result<(), BindingError> {
+    pattern::parse_pattern(pattern, separator).map(|_| ())
+}
+
 /// Identifies one subscriber of a pattern; the owner of the automaton decides what it stands for
 /// (in a shard: one binding shared by the sockets that asked for the same internal pattern).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

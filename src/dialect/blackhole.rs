@@ -20,12 +20,12 @@ use bytes::Bytes;
 
 use super::{handshake_token, remaining, Sequencer, TokenBucket};
 use crate::auth::{Auth, AuthError, Identity};
-use crate::binding::Separator;
+use crate::binding::{validate_pattern, Separator};
 use crate::families::{self, AmqpBinding};
 use crate::fanout::Event;
 use crate::ingest::EventSource;
 use crate::json::{self, TapeValue};
-use crate::shard::{FrameEncoder, HttpRefusal, Reply, Session, Subscriptions};
+use crate::shard::{Filed, FrameEncoder, HttpRefusal, Reply, Session, Subscriptions};
 use crate::ws::frame::encode;
 use crate::ws::handshake::Request;
 
@@ -279,16 +279,54 @@ impl BlackholeSession {
     /// identity may not see.
     fn adopt(&mut self, identity: Identity, subscriptions: &mut Subscriptions<'_>) {
         subscriptions.set_expiry(remaining(&identity));
-        subscriptions.add_account(&identity.account_id);
         let auth = &self.dialect.auth;
         let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.subscriptions)
             .into_iter()
-            .partition(|s| auth.may_see(&identity, &s.account));
+            .partition(|s| {
+                if s.account == "*" {
+                    identity.superduper_admin
+                } else {
+                    auth.may_see(&identity, &s.account)
+                }
+            });
         self.subscriptions = keep;
         for sub in drop {
             self.leave(sub, subscriptions);
         }
         self.identity = Some(identity);
+        self.file(subscriptions);
+    }
+
+    /// Files the socket for the REST listing as it is now: under its identity's account (with
+    /// any `*` bindings of a superduper admin) and under every account it holds bindings for.
+    fn file(&self, subscriptions: &mut Subscriptions<'_>) {
+        let mut filed: Vec<Filed> = Vec::new();
+        if let Some(identity) = &self.identity {
+            filed.push(Filed {
+                account: identity.account_id.clone(),
+                bindings: Vec::new(),
+            });
+        }
+        for sub in &self.subscriptions {
+            let account = match (&self.identity, sub.account.as_str()) {
+                (Some(identity), "*") => identity.account_id.as_str(),
+                _ => sub.account.as_str(),
+            };
+            let at = match filed.iter().position(|f| f.account == account) {
+                Some(at) => at,
+                None => {
+                    filed.push(Filed {
+                        account: account.to_string(),
+                        bindings: Vec::new(),
+                    });
+                    filed.len() - 1
+                }
+            };
+            if !filed[at].bindings.contains(&sub.binding) {
+                filed[at].bindings.push(sub.binding.clone());
+            }
+        }
+        subscriptions.set_filed(filed);
     }
 
     fn leave(&self, sub: Subscription, subscriptions: &mut Subscriptions<'_>) {
@@ -329,10 +367,17 @@ impl BlackholeSession {
             return answer.error(&[errors::ACCOUNT]);
         }
 
+        // Every binding is resolved and checked before anything changes: a command is applied
+        // whole or not at all.
         let mut resolved = Vec::with_capacity(bindings.len());
         let mut problems: Vec<String> = Vec::new();
         for binding in &bindings {
-            match families::resolve(binding, &account) {
+            let checked = families::resolve(binding, &account).and_then(|r| {
+                validate_pattern(&r.internal_pattern, Separator::Dot)
+                    .map(|()| r)
+                    .map_err(|_| families::ResolveError::NoSubscription)
+            });
+            match checked {
                 Ok(r) => resolved.push((binding.clone(), r)),
                 Err(e) => {
                     let e = e.to_string();
@@ -354,30 +399,35 @@ impl BlackholeSession {
             return answer.error(&[errors::TOO_MANY]);
         }
 
-        if account != "*" {
-            subscriptions.add_account(&account);
-        }
-        let mut waits = Vec::new();
+        let mut added: Vec<Subscription> = Vec::new();
         for (binding, r) in resolved {
             let encoder: Rc<dyn FrameEncoder> =
                 Rc::new(KazooFrame::new(&binding, &r.internal_pattern));
             match subscriptions.subscribe(Separator::Dot, &r.internal_pattern, &binding, encoder) {
-                Ok(true) => {
-                    waits.push(self.dialect.source.acquire(r.amqp.clone()));
-                    self.subscriptions.push(Subscription {
-                        binding,
-                        account: account.clone(),
-                        pattern: r.internal_pattern,
-                        amqp: r.amqp,
-                    });
-                }
+                Ok(true) => added.push(Subscription {
+                    binding,
+                    account: account.clone(),
+                    pattern: r.internal_pattern,
+                    amqp: r.amqp,
+                }),
                 // Already subscribed: a duplicate changes nothing (and takes no reference).
                 Ok(false) => {}
                 Err(_) => {
-                    return answer.error(&["no available subscriptions to requested binding"])
+                    // Validated above, so not expected; should it happen, undo this command's
+                    // part so that the error the client gets is the whole truth.
+                    for sub in added {
+                        subscriptions.unsubscribe(Separator::Dot, &sub.pattern, &sub.binding);
+                    }
+                    return answer.error(&["no available subscriptions to requested binding"]);
                 }
             }
         }
+        let mut waits = Vec::with_capacity(added.len());
+        for sub in added {
+            waits.push(self.dialect.source.acquire(sub.amqp.clone()));
+            self.subscriptions.push(sub);
+        }
+        self.file(subscriptions);
         if let Some(data) = data {
             let name = data
                 .get("name")
@@ -441,6 +491,7 @@ impl BlackholeSession {
             }
             self.leave(sub, subscriptions);
         }
+        self.file(subscriptions);
         Reply::Text(answer.success(|out| {
             out.extend_from_slice(b"{\"unsubscribed\":");
             json::write_str_array(out, unsubscribed.iter().map(String::as_str));

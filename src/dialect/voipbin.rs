@@ -18,13 +18,13 @@ use bytes::Bytes;
 
 use super::{handshake_token, remaining, BlackholeLimits, Sequencer, TokenBucket};
 use crate::auth::{Auth, AuthError, Identity, Permissions};
-use crate::binding::Separator;
+use crate::binding::{validate_pattern, Separator};
 use crate::families::voipbin::{Scope, Topic};
 use crate::families::AmqpBinding;
 use crate::fanout::Event;
 use crate::ingest::EventSource;
 use crate::json::{self, TapeValue};
-use crate::shard::{FrameEncoder, HttpRefusal, Reply, Session, Subscriptions};
+use crate::shard::{Filed, FrameEncoder, HttpRefusal, Reply, Session, Subscriptions};
 use crate::ws::frame::encode;
 use crate::ws::handshake::Request;
 
@@ -223,6 +223,16 @@ impl VoipbinSession {
         if !unauthorized.is_empty() {
             return error(errors::UNAUTHORIZED_TOPIC, &unauthorized);
         }
+        // Every topic is checked as the shard will insert it before anything changes: a
+        // command is applied whole or not at all.
+        let unfit: Vec<&str> = parsed
+            .iter()
+            .filter(|t| validate_pattern(&t.internal_pattern(), Separator::Colon).is_err())
+            .map(|t| t.text)
+            .collect();
+        if !unfit.is_empty() {
+            return error(errors::INVALID_TOPIC, &unfit);
+        }
         let fresh = parsed
             .iter()
             .filter(|t| !self.topics.iter().any(|s| s.topic == t.text))
@@ -230,8 +240,7 @@ impl VoipbinSession {
         if self.topics.len() + fresh > self.dialect.limits.max_bindings {
             return error(errors::TOO_MANY, &topics);
         }
-        subscriptions.add_account(&self.identity.account_id);
-        let mut waits = Vec::new();
+        let mut added: Vec<Subscribed> = Vec::new();
         for topic in &parsed {
             let pattern = topic.internal_pattern();
             let mut head = Vec::with_capacity(16 + topic.text.len());
@@ -240,19 +249,28 @@ impl VoipbinSession {
             head.push(b',');
             let encoder: Rc<dyn FrameEncoder> = Rc::new(VoipbinFrame { head });
             match subscriptions.subscribe(Separator::Colon, &pattern, topic.text, encoder) {
-                Ok(true) => {
-                    let amqp = topic.amqp();
-                    waits.push(self.dialect.source.acquire(amqp.clone()));
-                    self.topics.push(Subscribed {
-                        topic: topic.text.to_string(),
-                        pattern,
-                        amqp,
-                    });
-                }
+                Ok(true) => added.push(Subscribed {
+                    topic: topic.text.to_string(),
+                    pattern,
+                    amqp: topic.amqp(),
+                }),
                 Ok(false) => {}
-                Err(_) => return error(errors::INVALID_TOPIC, &[topic.text]),
+                Err(_) => {
+                    // Validated above, so not expected; should it happen, undo this command's
+                    // part so that the error is the whole truth.
+                    for sub in added {
+                        subscriptions.unsubscribe(Separator::Colon, &sub.pattern, &sub.topic);
+                    }
+                    return error(errors::INVALID_TOPIC, &[topic.text]);
+                }
             }
         }
+        let mut waits = Vec::with_capacity(added.len());
+        for sub in added {
+            waits.push(self.dialect.source.acquire(sub.amqp.clone()));
+            self.topics.push(sub);
+        }
+        self.file(subscriptions);
         let reply = frame("subscribed", None, &topics);
         if waits.is_empty() {
             return Reply::Text(reply);
@@ -276,8 +294,17 @@ impl VoipbinSession {
             }
             removed.push(sub.topic);
         }
+        self.file(subscriptions);
         let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
         Reply::Text(frame("unsubscribed", None, &removed))
+    }
+
+    /// Files the socket for the REST listing under its identity's account, with its topics.
+    fn file(&self, subscriptions: &mut Subscriptions<'_>) {
+        subscriptions.set_filed(vec![Filed {
+            account: self.identity.account_id.clone(),
+            bindings: self.topics.iter().map(|t| t.topic.clone()).collect(),
+        }]);
     }
 }
 

@@ -302,14 +302,15 @@ impl Subscriptions<'_> {
         self.conn.borrow().bindings.len()
     }
 
-    /// Files the socket under `account` for the control plane's per-account listing (once per
-    /// account; the list only grows for the life of the socket).
-    pub fn add_account(&mut self, account: &str) {
+    /// Files the socket for the control plane's per-account listing: exactly these accounts,
+    /// each with the client bindings shown under it. The dialect calls it after every command
+    /// that changes its identity or subscriptions, so the listing follows what the socket is now.
+    pub fn set_filed(&mut self, filed: Vec<super::control::Filed>) {
         let mut conn = self.conn.borrow_mut();
-        let labels = conn.labels.get_or_insert_with(Default::default);
-        if !labels.accounts.iter().any(|a| a == account) {
-            labels.accounts.push(account.to_string());
+        if filed.is_empty() && conn.labels.is_none() {
+            return;
         }
+        conn.labels.get_or_insert_with(Default::default).filed = filed;
     }
 
     /// Closes the socket with 4001 `token expired` once `remaining` has passed (`None`: the

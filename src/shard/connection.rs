@@ -8,7 +8,12 @@
 //! across reads is copied into a per-socket buffer until it completes.
 //!
 //! A protocol violation ends this connection and nothing else: the close frame with the RFC's code
-//! is sent and the socket closed. Shutdown, keepalive and fan-out reach the connection through its
+//! is sent and the socket closed; from then on (and from a client's own close) its input is read
+//! only to be discarded, never parsed. Everything a client can make the shard hold is bounded:
+//! the request or frame being assembled (handshake cap, `max_message_bytes`), and its outbound
+//! queue, replies and control frames included: while that queue is over `outbound_queue_bytes`
+//! (a client that sends but does not read) the socket is not read at all, so it cannot ask for
+//! more, and if it stays so for `blocked_close` it is closed with 1008. Shutdown, keepalive and fan-out reach the connection through its
 //! [`Conn`], which holds its outbound queue; whatever they queue is written by the poller task (or
 //! at once by the delivery loop), never by a task of the socket's own.
 //!
@@ -63,12 +68,14 @@ pub struct Conn {
     pub(crate) expires_at: u32,
     /// The upgrade was accepted: the socket speaks WebSocket.
     upgraded: bool,
-    /// A close frame has been queued: nothing else will be.
-    closing: bool,
-    /// End the connection as soon as the queue is written (do not wait for the client's close).
-    end_after_flush: bool,
+    phase: Phase,
+    /// Read interest is withdrawn: the queue is over its bound because the client does not read.
+    read_paused: bool,
     /// Write interest is registered (the send buffer was full).
     write_armed: bool,
+    /// Non-zero: the upgrade is to be refused with this HTTP status (a connection limit), and
+    /// the connection was not counted against the limits.
+    refusal: u16,
     /// On the shard's service list.
     scheduled: bool,
     /// Ids of the shard bindings this socket is in (see `bindings.rs`).
@@ -78,19 +85,35 @@ pub struct Conn {
     pub(crate) labels: Option<Box<Labels>>,
 }
 
+/// Where a connection is in its close: the one piece of state every path out of it consults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Handshake or open: input is parsed and handed to the session.
+    Open,
+    /// Our close frame is queued and we wait for the client's (graceful shutdown, an expired
+    /// token): input is parsed only for that close frame.
+    Closing,
+    /// Write what is queued, then end: input is read only to be discarded (after a violation,
+    /// the client's close, a refusal, or a close that does not wait for the client).
+    Ending,
+}
+
 /// What a client may call its socket (Kazoo's `name` and `metadata`).
 #[derive(Debug, Default)]
 pub(crate) struct Labels {
     pub name: Option<String>,
     pub metadata: Option<String>,
-    /// Accounts the socket is listed under (see `SocketInfo::accounts`).
-    pub accounts: Vec<String>,
+    /// Accounts the socket is listed under now, with its bindings for each (see
+    /// `SocketInfo::filed`).
+    pub filed: Vec<super::control::Filed>,
 }
 
 impl Conn {
-    /// Queues a frame (not subject to the slow-consumer bound) for the poller to write.
+    /// Queues a reply or control frame for the poller to write. It is never dropped, but it
+    /// counts against the queue's bound: past the bound the socket is no longer read, so a client
+    /// that does not read cannot make the shard hold more than one bound's worth.
     pub fn queue(&mut self, frame: Bytes) {
-        if !self.closing {
+        if self.phase == Phase::Open {
             self.outbound.push_control(frame);
             self.schedule();
         }
@@ -99,16 +122,26 @@ impl Conn {
     /// Queues the close frame; the connection ends once it is sent (and, when the server
     /// initiated it politely, once the client answers or the shard's deadline passes).
     pub fn queue_close(&mut self, code: CloseCode, reason: &str) {
-        if !self.closing {
+        if self.phase == Phase::Open {
             self.outbound
                 .push_control(Bytes::from(encode::close(code, reason)));
-            self.closing = true;
+            self.phase = Phase::Closing;
             self.schedule();
         }
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing
+        self.phase != Phase::Open
+    }
+
+    /// Whether reading is paused because the client does not read its output.
+    pub(crate) fn is_read_paused(&self) -> bool {
+        self.read_paused
+    }
+
+    /// Whether the queue holds a bound's worth: the socket is not read until it drains.
+    fn over_bound(&self) -> bool {
+        self.outbound.queued_bytes() >= self.outbound.limit()
     }
 
     /// Whether the socket has completed its upgrade (before that it is not listed, pinged or sent
@@ -120,16 +153,32 @@ impl Conn {
     /// Closes without waiting for the client's answer (idle timeout, slow consumer).
     pub(crate) fn close_now(&mut self, code: CloseCode, reason: &str) {
         self.queue_close(code, reason);
-        self.end_after_flush = true;
+        self.phase = Phase::Ending;
         self.schedule();
     }
 
+    /// Closes a socket whose client has not read its output for too long: the close frame
+    /// replaces what is queued (the client would never get to it) and the socket is cut.
+    pub(crate) fn close_blocked(&mut self) {
+        self.outbound.clear();
+        self.outbound.push_control(Bytes::from(encode::close(
+            CloseCode::POLICY,
+            "output blocked",
+        )));
+        let _ = io::flush(self.fd, &mut self.outbound);
+        self.phase = Phase::Ending;
+        self.cut();
+    }
+
     /// Writes what is queued right away; if the socket cannot take it all, or something must
-    /// follow (a lag notice, the end), leaves the rest to the poller. Called by the delivery loop
-    /// after each batch.
+    /// follow (a lag notice, the end, reading to resume), leaves the rest to the poller. Called by
+    /// the delivery loop after each batch.
     pub(crate) fn flush_or_wake(&mut self) {
         match io::flush(self.fd, &mut self.outbound) {
-            Ok(Flushed::All) if self.outbound.lagged() == 0 && !self.end_after_flush => {}
+            Ok(Flushed::All)
+                if self.outbound.lagged() == 0
+                    && self.phase != Phase::Ending
+                    && !self.read_paused => {}
             _ => self.schedule(),
         }
     }
@@ -170,7 +219,8 @@ enum Next {
 }
 
 /// Takes a freshly accepted socket into the shard: registry and readiness set. Nothing is read
-/// yet; the request is read when the socket reports readable.
+/// yet; the request is read when the socket reports readable. A connection over a limit is
+/// taken too, to be answered `429`/`503` once its request is in.
 pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     // A stream just accepted has no operation in flight, so the runtime lets go of it (and, under
@@ -187,6 +237,7 @@ pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) 
         io::close(fd);
         return;
     }
+    let refusal = shard.limits.admit(peer.ip()).status();
     let conn = Conn {
         id: shard.next_socket_id(),
         peer,
@@ -202,9 +253,10 @@ pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) 
         last_ping: now,
         expires_at: 0,
         upgraded: false,
-        closing: false,
-        end_after_flush: false,
+        phase: Phase::Open,
+        read_paused: false,
         write_armed: false,
+        refusal,
         scheduled: false,
         bindings: Vec::new(),
         labels: None,
@@ -233,65 +285,102 @@ pub(crate) fn handshake_overdue(conn: &Conn, now: u32) -> bool {
 
 /// A readiness report for a socket: read and handle its input, then write what is queued.
 pub(crate) fn on_ready(shard: &ShardContext, ready: Ready) {
-    if ready.input {
-        let next = {
-            let mut sockets = shard.sockets.borrow_mut();
-            let Some(socket) = sockets.get_mut(ready.token) else {
-                return;
-            };
-            read_available(shard, socket)
-        };
-        match next {
-            Next::Continue => {}
-            Next::FlushAndEnd => {
-                if let Some(socket) = shard.sockets.borrow().get(ready.token) {
-                    socket.conn.borrow_mut().end_after_flush = true;
-                }
-            }
-            Next::End => return end(shard, ready.token),
-        }
+    if ready.input && !handle_readable(shard, ready.token) {
+        return;
     }
     service(shard, ready.token);
 }
 
-/// Writes what the socket has queued; arms write interest if the send buffer is full, sends the
-/// lag notice once a slow socket drains, and ends the connection once it is done.
+/// Reads and handles what the socket has; false once the connection has ended.
+fn handle_readable(shard: &ShardContext, token: Token) -> bool {
+    let next = {
+        let mut sockets = shard.sockets.borrow_mut();
+        let Some(socket) = sockets.get_mut(token) else {
+            return false;
+        };
+        read_available(shard, socket)
+    };
+    match next {
+        Next::Continue => {}
+        Next::FlushAndEnd => {
+            if let Some(socket) = shard.sockets.borrow().get(token) {
+                socket.conn.borrow_mut().phase = Phase::Ending;
+            }
+        }
+        Next::End => {
+            end(shard, token);
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes what the socket has queued; arms write interest if the send buffer is full, resumes
+/// reading once a blocked queue has drained (and handles the input it had left unread), sends
+/// the lag notice once a slow socket drains, and ends the connection once it is done.
 pub(crate) fn service(shard: &ShardContext, token: Token) {
-    let done = match shard.sockets.borrow().get(token) {
+    let outcome = match shard.sockets.borrow().get(token) {
         Some(socket) => flush(shard, socket),
         None => return,
     };
-    if done {
-        end(shard, token);
+    match outcome {
+        Serviced::Done => end(shard, token),
+        Serviced::Resumed => {
+            // Frames that arrived before the pause may be waiting, with nothing more to come
+            // from the client to report the socket readable again.
+            if handle_readable(shard, token) {
+                service(shard, token);
+            }
+        }
+        Serviced::Waiting => {}
     }
 }
 
-/// [`service`] for one socket; returns whether the connection is over.
-fn flush(shard: &ShardContext, socket: &Socket) -> bool {
+/// What [`flush`] left the socket in.
+#[derive(PartialEq, Eq)]
+enum Serviced {
+    Waiting,
+    /// Reading had been paused and the queue has drained below half its bound.
+    Resumed,
+    /// The connection is over.
+    Done,
+}
+
+/// [`service`] for one socket.
+fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
     let mut conn = socket.conn.borrow_mut();
     conn.scheduled = false;
     loop {
         let fd = conn.fd;
-        match io::flush(fd, &mut conn.outbound) {
-            Err(_) => return true,
-            Ok(Flushed::WouldBlock) => {
-                if !conn.write_armed {
-                    if shard.poller.want_output(fd, conn.token, true).is_err() {
-                        return true;
-                    }
-                    conn.write_armed = true;
-                }
-                return false;
+        let flushed = match io::flush(fd, &mut conn.outbound) {
+            Err(_) => return Serviced::Done,
+            Ok(flushed) => flushed,
+        };
+        let resume = conn.read_paused
+            && conn.phase != Phase::Ending
+            && conn.outbound.queued_bytes() <= conn.outbound.limit() / 2;
+        let output = flushed == Flushed::WouldBlock;
+        if output != conn.write_armed || resume {
+            let input = !conn.read_paused || resume;
+            if shard
+                .poller
+                .interest(fd, conn.token, input, output)
+                .is_err()
+            {
+                return Serviced::Done;
             }
-            Ok(Flushed::All) => {
-                if conn.write_armed {
-                    if shard.poller.want_output(fd, conn.token, false).is_err() {
-                        return true;
-                    }
-                    conn.write_armed = false;
+            conn.write_armed = output;
+            conn.read_paused = !input;
+        }
+        match flushed {
+            Flushed::WouldBlock if resume => return Serviced::Resumed,
+            Flushed::WouldBlock => return Serviced::Waiting,
+            Flushed::All => {
+                if conn.phase == Phase::Ending {
+                    return Serviced::Done;
                 }
-                if conn.end_after_flush {
-                    return true;
+                if resume {
+                    return Serviced::Resumed;
                 }
                 // Drained after dropping events for this socket: tell the client how many.
                 let session = socket.input.session.as_deref();
@@ -300,14 +389,14 @@ fn flush(shard: &ShardContext, socket: &Socket) -> bool {
                     .take_lag()
                     .and_then(|skipped| session?.lag_notice(skipped));
                 match notice {
-                    Some(notice) if !conn.closing => {
+                    Some(notice) if conn.phase == Phase::Open => {
                         conn.queue(Bytes::from(encode::text(notice.as_bytes())))
                     }
                     _ => {
                         // Replies, pongs and pings go out through here, and most sockets are
                         // idle between them: they keep no queue buffer.
                         conn.outbound.release_if_empty();
-                        return false;
+                        return Serviced::Waiting;
                     }
                 }
             }
@@ -325,8 +414,11 @@ fn end(shard: &ShardContext, token: Token) {
     // on a descriptor number the kernel may hand out again.
     shard.bindings.borrow_mut().unsubscribe_all(&socket.conn);
     let mut conn = socket.conn.borrow_mut();
-    conn.closing = true;
+    conn.phase = Phase::Ending;
     conn.outbound.clear();
+    if conn.refusal == 0 {
+        shard.limits.release(conn.peer.ip());
+    }
     let fd = std::mem::replace(&mut conn.fd, -1);
     // Closing the descriptor also takes it out of the readiness set.
     io::close(fd);
@@ -339,7 +431,35 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
     let mut next = Next::Continue;
     let mut heard = false;
     let mut scratch = shard.scratch.borrow_mut();
+    if input.session.is_some() && !input.partial.is_empty() && !conn.borrow().is_closing() {
+        // Complete frames may be waiting from before a pause.
+        let used = handle_buffered(shard, conn, input, &mut next);
+        input.partial.drain(..used);
+        if input.partial.is_empty() {
+            input.partial = Vec::new();
+        }
+    }
     for _ in 0..READS_PER_WAKEUP {
+        {
+            let mut conn = conn.borrow_mut();
+            if conn.read_paused {
+                break;
+            }
+            if conn.phase == Phase::Open && conn.over_bound() {
+                // The client sends but does not read: stop reading it until it drains (the
+                // keepalive sweep closes it if it stays so).
+                let output = conn.write_armed;
+                if shard
+                    .poller
+                    .interest(fd, conn.token, false, output)
+                    .is_err()
+                {
+                    return Next::End;
+                }
+                conn.read_paused = true;
+                break;
+            }
+        }
         let n = match io::read(fd, &mut scratch) {
             Ok(0) => return Next::End,
             Ok(n) => n,
@@ -347,6 +467,16 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
             Err(_) => return Next::End,
         };
         heard = true;
+        if conn.borrow().phase == Phase::Ending || next != Next::Continue {
+            // After a violation, the client's close or a refusal: read only to see the end of
+            // the stream; nothing is parsed and nothing kept.
+            input.partial = Vec::new();
+            next = Next::FlushAndEnd;
+            if n < scratch.len() {
+                break;
+            }
+            continue;
+        }
         if input.session.is_none() {
             input.partial.extend_from_slice(&scratch[..n]);
             next = upgrade(shard, conn, input);
@@ -376,7 +506,12 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
                 }
             }
         }
-        if next != Next::Continue || n < scratch.len() {
+        if next != Next::Continue {
+            // Nothing after the violation or close is parsed or kept.
+            input.partial = Vec::new();
+            break;
+        }
+        if n < scratch.len() {
             break;
         }
     }
@@ -384,6 +519,25 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
         conn.borrow_mut().last_heard = shard.clock();
     }
     next
+}
+
+/// Handles the complete frames in `input.partial` (left from before a pause); returns how many
+/// bytes they took.
+fn handle_buffered(
+    shard: &ShardContext,
+    conn: &Rc<RefCell<Conn>>,
+    input: &mut Input,
+    next: &mut Next,
+) -> usize {
+    let Input {
+        session: Some(session),
+        reader,
+        partial,
+    } = input
+    else {
+        return 0;
+    };
+    handle_input(reader, partial, conn, shard, session.as_mut(), next)
 }
 
 /// The upgrade request, once `input.partial` holds all of it: the dialect's decision, the `101`
@@ -399,6 +553,24 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
             return Next::FlushAndEnd;
         }
     };
+    let refusal = conn.borrow().refusal;
+    if refusal != 0 {
+        let (counter, body) = if refusal == 429 {
+            (
+                &shard.counters.handshakes_limited_address,
+                "too many connections from this address\n",
+            )
+        } else {
+            (
+                &shard.counters.handshakes_limited_node,
+                "too many connections on this node\n",
+            )
+        };
+        Counters::add(counter, 1);
+        let answer = handshake::refuse(refusal, "text/plain; charset=utf-8", body);
+        conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+        return Next::FlushAndEnd;
+    }
     let peer = conn.borrow().peer;
     let mut session = match shard.factory.open(&request, peer) {
         Ok(session) => session,
@@ -454,6 +626,11 @@ fn handle_input(
 ) -> usize {
     let mut at = 0;
     while *next == Next::Continue {
+        if conn.borrow().over_bound() {
+            // The client has not read its earlier replies: the rest waits (bounded by one read)
+            // until it does.
+            break;
+        }
         let (used, message) = match reader.next(&mut buf[at..]) {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
@@ -467,6 +644,8 @@ fn handle_input(
         at += used;
         match message {
             None => {}
+            // Waiting for the client's answer to our close: only that answer matters.
+            Some(Message::Text(_) | Message::Ping(_)) if conn.borrow().is_closing() => {}
             Some(Message::Text(text)) => {
                 // The session may subscribe or unsubscribe: no borrow of the socket is held here.
                 let mut subscriptions = Subscriptions {

@@ -22,9 +22,16 @@ pub struct SocketInfo {
     pub name: Option<String>,
     /// The client's metadata (a JSON text), if any.
     pub metadata: Option<String>,
-    /// The accounts the dialect filed the socket under (its identity's, and every account it
-    /// subscribed for): what the REST listing per account filters on.
-    pub accounts: Vec<String>,
+    /// The accounts the dialect files the socket under now, each with the client bindings the
+    /// socket holds for it: what the REST listing per account filters on and shows.
+    pub filed: Vec<Filed>,
+}
+
+/// One account a socket is listed under, and its client bindings for that account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filed {
+    pub account: String,
+    pub bindings: Vec<String>,
 }
 
 /// Counters of one shard. Label cardinality is bounded: nothing per account or per socket.
@@ -46,6 +53,14 @@ pub struct ShardStats {
     pub handshakes_invalid: u64,
     /// Upgrades refused by the dialect (401 and the like).
     pub handshakes_refused: u64,
+    /// Upgrades refused with 429: `max_connections_per_ip`.
+    pub handshakes_limited_address: u64,
+    /// Upgrades refused with 503: `max_connections`.
+    pub handshakes_limited_node: u64,
+    /// Sockets closed with 1008 because their client did not read for `blocked_close`.
+    pub closed_blocked: u64,
+    /// Sockets not being read now, because their client does not read its output.
+    pub read_paused: usize,
     /// The shard's event ring.
     pub ring: RingStats,
     /// From the ingest side receiving an event to this shard having queued its frames.
@@ -68,6 +83,9 @@ pub(crate) struct Counters {
     pub closed_slow: Cell<u64>,
     pub handshakes_invalid: Cell<u64>,
     pub handshakes_refused: Cell<u64>,
+    pub handshakes_limited_address: Cell<u64>,
+    pub handshakes_limited_node: Cell<u64>,
+    pub closed_blocked: Cell<u64>,
     pub delivery_latency: std::cell::RefCell<crate::latency::Histogram>,
 }
 

@@ -7,12 +7,14 @@
 //! - `poller`: the shard's epoll set and service list; `sockets`: the socket registry.
 //! - [`outbound`]: the per-socket, byte-bounded queue and the slow-consumer policy.
 //! - [`session`]: the seam the dialects plug into.
+//! - [`limits`]: connection admission (per node, per client address).
 //! - `bindings`: which sockets want which events; the delivery hot path.
 
 mod bindings;
 mod connection;
 pub mod control;
 mod io;
+pub mod limits;
 pub mod outbound;
 mod poller;
 pub mod runtime;
@@ -21,7 +23,8 @@ mod sockets;
 
 pub use bindings::{Delivered, FrameEncoder, Subscriptions};
 pub use connection::Conn;
-pub use control::{ShardStats, SocketInfo};
+pub use control::{Filed, ShardStats, SocketInfo};
+pub use limits::{Admission, ConnectionLimits};
 pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};
 pub use runtime::{Driver, Gateway, Registry};
 pub use session::{HttpRefusal, Reply, Session, SessionFactory};

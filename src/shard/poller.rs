@@ -11,8 +11,9 @@
 //! the epoll descriptor itself through the runtime: an io_uring poll on it under the io_uring
 //! driver, an epoll registration under the legacy driver.
 //!
-//! Interest is level-triggered: `EPOLLIN | EPOLLRDHUP` always, plus `EPOLLOUT` only while a
-//! socket's queue is blocked on a full send buffer. A socket that is not read to exhaustion in one
+//! Interest is level-triggered: `EPOLLIN | EPOLLRDHUP` unless the socket's reading is paused (its
+//! client does not read what it is sent), plus `EPOLLOUT` only while a socket's queue is blocked
+//! on a full send buffer. A socket that is not read to exhaustion in one
 //! turn (the fairness cap) is simply reported again.
 //!
 //! Work that other parts of the shard create for a socket (a reply resolved later, a ping, a
@@ -28,7 +29,7 @@ use std::task::{Poll, Waker};
 pub(crate) const EVENTS_PER_WAIT: usize = 256;
 
 const READ_INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-const WRITE_INTEREST: u32 = READ_INTEREST | libc::EPOLLOUT as u32;
+const WRITE_INTEREST: u32 = libc::EPOLLOUT as u32;
 
 /// A socket's identity in the readiness set and on the service list: its registry slot and the
 /// slot's generation, so that a report for a socket that has since left is recognised as stale.
@@ -88,10 +89,17 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_ADD, fd, READ_INTEREST, token)
     }
 
-    /// Adds or removes write interest (read interest stays).
-    pub fn want_output(&self, fd: RawFd, token: Token, on: bool) -> io::Result<()> {
-        let interest = if on { WRITE_INTEREST } else { READ_INTEREST };
-        self.ctl(libc::EPOLL_CTL_MOD, fd, interest, token)
+    /// Sets the socket's interest: input (readable or peer closed) and/or output (writable).
+    /// Errors and hang-ups are reported whatever the interest.
+    pub fn interest(&self, fd: RawFd, token: Token, input: bool, output: bool) -> io::Result<()> {
+        let mut events = 0;
+        if input {
+            events |= READ_INTEREST;
+        }
+        if output {
+            events |= WRITE_INTEREST;
+        }
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: Token) -> io::Result<()> {

@@ -26,6 +26,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use super::bindings::BindingTable;
 use super::connection;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
+use super::limits::ConnectionLimits;
 use super::poller::{self, Poller, EVENTS_PER_WAIT};
 use super::session::SessionFactory;
 use super::sockets::SocketTable;
@@ -127,6 +128,10 @@ impl Gateway {
                 control: Vec::new(),
             }),
         };
+        let limits = Arc::new(ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
         let mut producers = Vec::with_capacity(shards);
         for index in 0..shards {
             let (producer, consumer) = fanout::ring::<Arc<Event>>(RING_CAPACITY);
@@ -138,13 +143,16 @@ impl Gateway {
             let (bound_tx, bound_rx) = mpsc::channel();
             let mut shard_config = config.clone();
             shard_config.ws_listen = gateway.local_addr;
-            let factory = factory.clone();
-            let stop = gateway.stop.clone();
+            let shared = Shared {
+                factory: factory.clone(),
+                limits: limits.clone(),
+                stop: gateway.stop.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("horizon-shard-{index}"))
                 .spawn(move || {
                     let rings = (consumer, control_rx);
-                    shard_thread(index, shard_config, factory, stop, rings, bound_tx)
+                    shard_thread(index, shard_config, shared, rings, bound_tx)
                 })?;
             gateway.threads.push(thread);
             match bound_rx.recv() {
@@ -222,6 +230,8 @@ pub(crate) struct ShardContext {
     pub index: usize,
     pub config: ServeConfig,
     pub factory: Arc<dyn SessionFactory>,
+    /// Connection admission, shared by every shard of the node.
+    pub limits: Arc<ConnectionLimits>,
     /// Where sockets read into; never borrowed across an await.
     pub scratch: RefCell<Vec<u8>>,
     /// The shard's socket registry.
@@ -250,7 +260,8 @@ impl ShardContext {
 }
 
 /// The shard's keepalive sweep: every second, pings each socket whose last ping is
-/// `ping_interval` old, closes (1001 `idle timeout`) each one not heard from for `idle_timeout`,
+/// `ping_interval` old, closes (1008 `output blocked`) each one whose reading has been paused for
+/// `blocked_close`, closes (1001 `idle timeout`) each one not heard from for `idle_timeout`,
 /// and cuts a closing socket that stays silent that long (its close frame may sit behind output
 /// the client never reads). One timer per shard instead of one per socket (a monoio timer future is
 /// 640 bytes, more than an idle socket's whole budget); the walk costs ~10 ns per socket.
@@ -259,6 +270,7 @@ impl ShardContext {
 async fn keepalive(shard: Rc<ShardContext>) {
     let ping_every = shard.config.ping_interval.as_secs().max(1) as u32;
     let idle_after = shard.config.idle_timeout.as_secs().max(1) as u32;
+    let blocked_after = shard.config.blocked_close.as_secs().max(1) as u32;
     let ping = bytes::Bytes::from(crate::ws::frame::encode::ping(b""));
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
@@ -276,7 +288,12 @@ async fn keepalive(shard: Rc<ShardContext>) {
                 }
                 continue;
             }
-            if conn.expires_at != 0 && now >= conn.expires_at {
+            if conn.is_read_paused() && now.saturating_sub(conn.last_heard) > blocked_after {
+                // It sends but has not read its output for `blocked_close`: it was not read
+                // since (so `last_heard` is when it stopped reading, near enough).
+                conn.close_blocked();
+                Counters::add(&shard.counters.closed_blocked, 1);
+            } else if conn.expires_at != 0 && now >= conn.expires_at {
                 conn.close_now(CloseCode::TOKEN_EXPIRED, "token expired");
             } else if now.saturating_sub(conn.last_heard) > idle_after {
                 conn.close_now(CloseCode::GOING_AWAY, "idle timeout");
@@ -301,11 +318,21 @@ fn pin_to_core(index: usize) {
     }
 }
 
+/// What every shard of a node shares.
+struct Shared {
+    factory: Arc<dyn SessionFactory>,
+    limits: Arc<ConnectionLimits>,
+    stop: Arc<Stop>,
+}
+
 fn shard_thread(
     index: usize,
     config: ServeConfig,
-    factory: Arc<dyn SessionFactory>,
-    stop: Arc<Stop>,
+    Shared {
+        factory,
+        limits,
+        stop,
+    }: Shared,
     (events, control): (Consumer<Arc<Event>>, Consumer<Control>),
     bound: mpsc::Sender<io::Result<SocketAddr>>,
 ) {
@@ -341,6 +368,7 @@ fn shard_thread(
             index,
             config,
             factory,
+            limits,
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             sockets: RefCell::new(SocketTable::default()),
             poller,
@@ -502,7 +530,7 @@ async fn answer_control(
                                 bindings: table.list(&conn),
                                 name: labels.and_then(|l| l.name.clone()),
                                 metadata: labels.and_then(|l| l.metadata.clone()),
-                                accounts: labels.map(|l| l.accounts.clone()).unwrap_or_default(),
+                                filed: labels.map(|l| l.filed.clone()).unwrap_or_default(),
                             }
                         })
                         .collect();
@@ -526,6 +554,15 @@ async fn answer_control(
                         closed_slow: c.closed_slow.get(),
                         handshakes_invalid: c.handshakes_invalid.get(),
                         handshakes_refused: c.handshakes_refused.get(),
+                        handshakes_limited_address: c.handshakes_limited_address.get(),
+                        handshakes_limited_node: c.handshakes_limited_node.get(),
+                        closed_blocked: c.closed_blocked.get(),
+                        read_paused: shard
+                            .sockets
+                            .borrow()
+                            .iter()
+                            .filter(|socket| socket.conn.borrow().is_read_paused())
+                            .count(),
                         ring: ring.stats(),
                         delivery_latency: c.delivery_latency.borrow().clone(),
                     });
@@ -561,6 +598,13 @@ async fn going_away(shard: &ShardContext) {
 }
 
 impl Registry {
+    /// A registry of no shards (it answers every question with nothing).
+    pub fn empty() -> Registry {
+        Registry {
+            control: Vec::new(),
+        }
+    }
+
     /// Every socket of every shard, asked by message. A shard that does not answer within
     /// `timeout` is left out; the second value says whether the answer is complete.
     pub fn sockets(&self, timeout: Duration) -> (Vec<SocketInfo>, bool) {

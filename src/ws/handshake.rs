@@ -160,6 +160,7 @@ pub fn refuse(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         403 => "Forbidden",
         404 => "Not Found",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -172,9 +173,15 @@ pub fn refuse(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The `400` for a request that is not a valid upgrade.
+/// The answer to a request that is not a valid upgrade: `431` when its headers are over the
+/// cap, `400` otherwise.
 pub fn refuse_bad_request(refusal: &Refusal) -> Vec<u8> {
-    refuse(400, "text/plain; charset=utf-8", &format!("{refusal}\n"))
+    let status = if *refusal == Refusal::TooLarge {
+        431
+    } else {
+        400
+    };
+    refuse(status, "text/plain; charset=utf-8", &format!("{refusal}\n"))
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ pub fn token(account: &str) -> String {
 }
 
 /// A Horizon node in this process: shards, dialect, ingest - everything `serve` wires.
+/// The cluster secret every test node shares.
+pub const CLUSTER_SECRET: &[u8] = b"horizon-test-cluster";
+
 pub struct Node {
     pub gateway: Gateway,
     pub ingest: Ingest,
@@ -147,6 +150,7 @@ impl Node {
             Arc::new(ingest.clone()) as Arc<dyn EventSource>,
             limits,
         );
+        let api_limits = (config.api_max_connections, config.api_header_timeout);
         let mut gateway = Gateway::start(config, Arc::new(dialects)).expect("gateway starts");
         let publisher = gateway.take_publisher().expect("publisher");
         ingest.start(publisher).expect("ingest starts");
@@ -156,6 +160,9 @@ impl Node {
                 node: node.clone(),
                 amqp_url: amqp.then(super::amqp_url),
                 cluster_timeout: Duration::from_secs(2),
+                cluster_key: Some(CLUSTER_SECRET.to_vec()),
+                max_connections: api_limits.0,
+                header_timeout: api_limits.1,
             },
             auth.clone(),
             ingest.clone(),
