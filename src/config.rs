@@ -189,22 +189,37 @@ fn read_file(path: &str) -> Result<Vec<(String, String)>, ConfigError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    parse_file_text(&text).map_err(fail)
+}
+
+/// The `(key, value)` pairs of a config file's text; the error names the key at fault.
+pub fn parse_file_text(text: &str) -> Result<Vec<(String, String)>, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut pairs = Vec::new();
     for (key, value) in table {
         if !KEYS.contains(&key.as_str()) {
-            return Err(fail(format!("unknown key `{key}`")));
+            return Err(format!("unknown key `{key}`"));
         }
         let value = match value {
             toml::Value::String(s) => s,
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::Float(n) => n.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            _ => return Err(fail(format!("`{key}` must be a string or a number"))),
+            _ => return Err(format!("`{key}` must be a string or a number")),
         };
         pairs.push((key, value));
     }
     Ok(pairs)
+}
+
+impl ServeConfig {
+    /// Applies `pairs` (file spelling) over this configuration, as `load` does with each source.
+    pub fn apply(&mut self, pairs: &[(String, String)]) -> Result<(), ConfigError> {
+        for (key, value) in pairs {
+            self.set(key, value)?;
+        }
+        Ok(())
+    }
 }
 
 impl ServeConfig {

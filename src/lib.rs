@@ -13,6 +13,8 @@ pub mod config;
 pub mod dialect;
 pub mod families;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
 pub mod json;

@@ -64,7 +64,7 @@ pub(super) fn load(path: &Path) -> Result<Directory, AuthFileError> {
     })
 }
 
-fn parse(text: &str) -> Result<Directory, String> {
+pub(super) fn parse(text: &str) -> Result<Directory, String> {
     let file: AuthFile = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut parents = HashMap::new();
     for account in &file.accounts {

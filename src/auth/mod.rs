@@ -203,6 +203,12 @@ impl Auth {
         }
     }
 
+    /// Checks an auth file's text as a (re)load would, without using it (`check-config`,
+    /// fuzzing): the error names the entry at fault.
+    pub fn check_file_text(text: &str) -> Result<(), String> {
+        file::parse(text).map(|_| ())
+    }
+
     /// Whether `identity` may see the events of `account` (`*`: every account).
     pub fn may_see(&self, identity: &Identity, account: &str) -> bool {
         if identity.superduper_admin {

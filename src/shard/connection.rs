@@ -200,6 +200,36 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// A connection with no socket behind it (what it queues is never written): for driving a
+    /// session without I/O, as the fuzzing harness does.
+    pub(crate) fn detached(outbound_limit: usize) -> Conn {
+        Conn {
+            id: 1,
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            connected_at: SystemTime::now(),
+            fd: -1,
+            token: Token {
+                slot: 0,
+                generation: 0,
+            },
+            outbound: Outbound::new(outbound_limit, Default::default()),
+            opened: 0,
+            last_heard: 0,
+            last_ping: 0,
+            expires_at: 0,
+            upgraded: true,
+            phase: Phase::Open,
+            read_paused: false,
+            write_armed: false,
+            refusal: 0,
+            scheduled: false,
+            bindings: Vec::new(),
+            labels: None,
+        }
+    }
+}
+
 impl Drop for Conn {
     /// A connection still open when its shard stops (past the shutdown grace and the cut) closes
     /// its descriptor with it; one that ended normally closed it already.

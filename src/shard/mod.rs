@@ -13,6 +13,8 @@
 mod bindings;
 mod connection;
 pub mod control;
+#[doc(hidden)]
+pub mod harness;
 mod io;
 pub mod limits;
 pub mod outbound;
