@@ -17,8 +17,11 @@ use crate::shard::harness::Harness;
 use crate::ws::frame::Reader;
 use crate::ws::handshake;
 
+/// A fuzz target's body: any bytes in, no panic.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("ws_frames", ws_frames),
     ("upgrade_request", upgrade_request),
     ("blackhole_commands", blackhole_commands),

@@ -359,7 +359,7 @@ fn a_bad_auth_file_on_sighup_is_refused_and_the_node_lives_on() {
     std::fs::write(&auth_file, t.auth_toml()).unwrap();
     let node = serve(&["--shards", "1", "--auth-file", auth_file.to_str().unwrap()]);
     let bad = format!(
-        "{}\n[[tokens]]\ntoken = \"tok-odd\"\naccount_id = \"{}\"\nexpires_at = \"2030-01-01T00:00:00+0é0\"\n",
+        "{}\n[[tokens]]\ntoken = \"tok-odd\"\naccount_id = \"{}\"\nexpires_at = \"2030-01-01T00:00:00+1é:0\"\n",
         t.auth_toml(),
         t.a
     );
@@ -387,7 +387,8 @@ fn a_bad_auth_file_on_sighup_is_refused_and_the_node_lives_on() {
 
 #[test]
 fn configuration_that_would_overflow_a_clock_is_refused_at_start() {
-    let output = Command::new(env!("CARGO_BIN_EXE_horizon"))
+    // Before: accepted, and the shutdown deadline overflowed (a panic) on the first SIGTERM.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_horizon"))
         .args([
             "serve",
             "--ws-listen",
@@ -396,10 +397,25 @@ fn configuration_that_would_overflow_a_clock_is_refused_at_start() {
             "127.0.0.1:0",
         ])
         .args(["--shutdown-grace-secs", "18446744073709551615"])
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run horizon");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started with a shutdown grace of 584 billion years");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("shutdown_grace_secs"), "{stderr}");
 }
 

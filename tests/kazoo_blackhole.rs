@@ -9,8 +9,6 @@ use common::kazoo::*;
 use simd_json::prelude::*;
 use tokio_tungstenite::tungstenite::Message;
 
-const QUIET: Duration = Duration::from_millis(400);
-
 fn call_ids(events: &[simd_json::OwnedValue]) -> Vec<String> {
     let mut ids: Vec<String> = events
         .iter()
@@ -67,8 +65,12 @@ fn each_socket_receives_exactly_the_events_of_the_accounts_it_may_see() {
         publish_call(&channel, "CHANNEL_DESTROY", "a-1@pbx.example", &t.a).await;
         publish_call(&channel, "CHANNEL_CREATE", "b-1", &t.b).await;
         publish_call(&channel, "CHANNEL_CREATE", "ac-1", &t.a_child).await;
+        // Sentinels: each socket must get one, after everything it must (not) get.
+        publish_call(&channel, "CHANNEL_CREATE", "end-a", &t.a).await;
+        publish_call(&channel, "CHANNEL_CREATE", "end-b", &t.b).await;
+        publish_call(&channel, "CHANNEL_CREATE", "end-ac", &t.a_child).await;
 
-        let got = reseller.drain_events(QUIET).await;
+        let got = reseller.events_until("end-a").await;
         assert_eq!(call_ids(&got), ["a-1@pbx.example"], "reseller: only a's CHANNEL_CREATE");
         let event = &got[0];
         assert_eq!(event.get_str("action"), Some("event"));
@@ -86,14 +88,14 @@ fn each_socket_receives_exactly_the_events_of_the_accounts_it_may_see() {
             assert!(data.get(dropped).is_none(), "{dropped} must be dropped: {data}");
         }
 
-        let got = a.drain_events(QUIET).await;
+        let got = a.events_until("end-a").await;
         let names: Vec<_> = got.iter().filter_map(|e| e.get_str("name")).collect();
         assert_eq!(names, ["CHANNEL_CREATE", "CHANNEL_DESTROY"], "a: its two bindings, in order");
 
-        let got = b.drain_events(QUIET).await;
+        let got = b.events_until("end-b").await;
         assert_eq!(call_ids(&got), ["b-1"], "b sees its own call and none of its sibling's");
 
-        let got = grand.drain_events(QUIET).await;
+        let got = grand.events_until("end-ac").await;
         assert_eq!(call_ids(&got), ["ac-1"]);
 
         // A sibling asking for a's events is refused, and gets nothing.
@@ -115,8 +117,10 @@ fn each_socket_receives_exactly_the_events_of_the_accounts_it_may_see() {
             .await;
         assert_eq!(errors(&reply), ["unauthorized account id"]);
         publish_call(&channel, "CHANNEL_CREATE", "a-2", &t.a).await;
-        assert_eq!(call_ids(&b.drain_events(QUIET).await), Vec::<String>::new());
-        assert_eq!(call_ids(&a.drain_events(QUIET).await), ["a-2"]);
+        publish_call(&channel, "CHANNEL_CREATE", "end2-a", &t.a).await;
+        publish_call(&channel, "CHANNEL_CREATE", "end2-b", &t.b).await;
+        assert_eq!(call_ids(&b.events_until("end2-b").await), Vec::<String>::new());
+        assert_eq!(call_ids(&a.events_until("end2-a").await), ["a-2"]);
 
         // Unsubscribe stops delivery.
         let reply = a.command("unsubscribe", None, r#"{"binding":"call.CHANNEL_CREATE.*"}"#).await;
@@ -125,7 +129,8 @@ fn each_socket_receives_exactly_the_events_of_the_accounts_it_may_see() {
         assert_eq!(string_list(data.get("subscribed")), ["call.CHANNEL_DESTROY.*"]);
         publish_call(&channel, "CHANNEL_CREATE", "a-3", &t.a).await;
         publish_call(&channel, "CHANNEL_DESTROY", "a-3", &t.a).await;
-        let got = a.drain_events(QUIET).await;
+        publish_call(&channel, "CHANNEL_DESTROY", "end3-a", &t.a).await;
+        let got = a.events_until("end3-a").await;
         let names: Vec<_> = got.iter().filter_map(|e| e.get_str("name")).collect();
         assert_eq!(names, ["CHANNEL_DESTROY"]);
         amqp.close(200, "done".into()).await.unwrap();
@@ -162,8 +167,10 @@ fn object_events_reach_the_account_and_its_ancestors() {
         publish_doc(&channel, "doc_edited", &t.a, "user", "u1").await;
         publish_doc(&channel, "doc_created", &t.a, "device", "d1").await;
         publish_doc(&channel, "doc_edited", &t.b, "user", "u2").await;
+        publish_doc(&channel, "doc_edited", &t.a, "user", "end-a").await;
+        publish_doc(&channel, "doc_edited", &t.b, "user", "end-b").await;
 
-        let got = a.drain_events(QUIET).await;
+        let got = a.events_until("end-a").await;
         assert_eq!(got.len(), 1, "{got:?}");
         let event = &got[0];
         let db = horizon::families::account_db(&t.a);
@@ -176,13 +183,13 @@ fn object_events_reach_the_account_and_its_ancestors() {
             Some(format!("doc_edited.{db}.user.*").as_str())
         );
         assert_eq!(event.get("data").and_then(|d| d.get_str("id")), Some("u1"));
-        let got = reseller.drain_events(QUIET).await;
+        let got = reseller.events_until("end-a").await;
         let ids: Vec<_> = got
             .iter()
             .filter_map(|e| e.get("data").and_then(|d| d.get_str("id")))
             .collect();
         assert_eq!(ids, ["u1", "d1"]);
-        let got = b.drain_events(QUIET).await;
+        let got = b.events_until("end-b").await;
         let ids: Vec<_> = got
             .iter()
             .filter_map(|e| e.get("data").and_then(|d| d.get_str("id")))
@@ -285,7 +292,8 @@ fn the_node_queue_is_bound_to_exactly_what_live_sockets_need() {
         let amqp = common::amqp_connect().await;
         let channel = amqp.create_channel().await.unwrap();
         publish_call(&channel, "CHANNEL_CREATE", "again", &t.a).await;
-        assert_eq!(call_ids(&a.drain_events(QUIET).await), ["again"]);
+        publish_call(&channel, "CHANNEL_CREATE", "end-again", &t.a).await;
+        assert_eq!(call_ids(&a.events_until("end-again").await), ["again"]);
         // unsubscribe with no binding removes everything.
         a.subscribe(None, r#"{"binding":"object.*.*"}"#).await;
         let reply = a.command("unsubscribe", None, "{}").await;
@@ -485,7 +493,15 @@ fn garbage_leaves_the_socket_and_the_server_alive() {
             )
             .await
             .expect("routable");
-        assert_eq!(call_ids(&c.drain_events(QUIET).await), ["still"]);
+        node.ingest
+            .publish(
+                "callevt",
+                "call.CHANNEL_CREATE.y",
+                format!(r#"{{"Event-Name":"CHANNEL_CREATE","Call-ID":"end-still","Custom-Channel-Vars":{{"Account-ID":"{}"}}}}"#, t.a).into_bytes(),
+            )
+            .await
+            .expect("routable");
+        assert_eq!(call_ids(&c.events_until("end-still").await), ["still"]);
         // A binary frame is a protocol error for this dialect: that socket closes (1003), others live.
         let mut other = Client::connect(node.addr()).await;
         other.send_raw(Message::Binary(vec![1, 2, 3].into())).await;

@@ -18,8 +18,6 @@ use simd_json::OwnedValue;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message;
 
-const QUIET: Duration = Duration::from_millis(400);
-
 /// Customers, agents and their tokens, unique to one test.
 struct World {
     c1: String,
@@ -143,12 +141,20 @@ impl Client {
         .await
     }
 
-    async fn events(&mut self) -> Vec<OwnedValue> {
+    /// The event frames before the one whose `data.id` is `sentinel` (consumed): publish what
+    /// must not arrive, then a sentinel that must; a socket receives events in publish order.
+    async fn events_until(&mut self, sentinel: &str) -> Vec<OwnedValue> {
         let mut out = Vec::new();
-        while let Some(frame) = self.next(QUIET).await {
+        loop {
+            let frame = self
+                .next(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("sentinel {sentinel} not received; before it: {out:?}"));
+            if frame.get("data").and_then(|d| d.get_str("id")) == Some(sentinel) {
+                return out;
+            }
             out.push(frame);
         }
-        out
     }
 }
 
@@ -331,8 +337,15 @@ fn topics_match_whole_segments_and_each_event_arrives_once() {
             r#"{"id":"call-2"}"#,
         )
         .await;
+        publish_event(
+            &channel,
+            &format!("customer_id.{c1}.call.call_hangup.end-1"),
+            "call_hangup",
+            r#"{"id":"end-1"}"#,
+        )
+        .await;
 
-        let got = calls.events().await;
+        let got = calls.events_until("end-1").await;
         assert_eq!(
             got.len(),
             1,
@@ -349,7 +362,7 @@ fn topics_match_whole_segments_and_each_event_arrives_once() {
             Some("hangup")
         );
 
-        let got = both.events().await;
+        let got = both.events_until("end-1").await;
         let ids: Vec<_> = got
             .iter()
             .filter_map(|e| e.get("data").and_then(|d| d.get_str("id")))
@@ -373,7 +386,14 @@ fn topics_match_whole_segments_and_each_event_arrives_once() {
             r#"{"id":"call-3"}"#,
         )
         .await;
-        let got = agent.events().await;
+        publish_event(
+            &channel,
+            &format!("agent_id.{}.call.call_hangup.end-2", w.agent1),
+            "call_hangup",
+            r#"{"id":"end-2"}"#,
+        )
+        .await;
+        let got = agent.events_until("end-2").await;
         assert_eq!(got.len(), 1);
         assert_eq!(
             got[0].get_str("topic"),
@@ -390,6 +410,10 @@ fn topics_match_whole_segments_and_each_event_arrives_once() {
         assert_eq!(topics(&answer), [format!("customer_id:{c1}:call")]);
         drop(agent);
         expect_bindings(&queue, &[(EXCHANGE, &format!("customer_id.{c1}.#"))]).await;
+        // The sentinel comes through a topic of its own, which `calls` keeps.
+        calls
+            .subscribe(&[&format!("customer_id:{c1}:sentinel")])
+            .await;
         publish_event(
             &channel,
             &format!("customer_id.{c1}.call.call_hangup.call-4"),
@@ -397,8 +421,15 @@ fn topics_match_whole_segments_and_each_event_arrives_once() {
             r#"{"id":"call-4"}"#,
         )
         .await;
-        assert!(calls.events().await.is_empty());
-        assert_eq!(both.events().await.len(), 1);
+        publish_event(
+            &channel,
+            &format!("customer_id.{c1}.sentinel.sentinel_reached.end-3"),
+            "sentinel_reached",
+            r#"{"id":"end-3"}"#,
+        )
+        .await;
+        assert!(calls.events_until("end-3").await.is_empty());
+        assert_eq!(both.events_until("end-3").await.len(), 1);
         amqp.close(200, "done".into()).await.unwrap();
     });
     node.stop();

@@ -303,14 +303,34 @@ impl Client {
         reply
     }
 
-    /// Collects event frames until `quiet` passes without one.
-    pub async fn drain_events(&mut self, quiet: Duration) -> Vec<OwnedValue> {
-        let mut out: Vec<OwnedValue> = self.events.drain(..).collect();
-        while let Some(frame) = self.next_json(quiet).await {
-            assert_eq!(frame.get_str("action"), Some("event"), "{frame}");
+    /// The event frames that arrive before the one whose `data.call_id` or `data.id` is
+    /// `sentinel` (which is consumed). Publish what must not arrive, then a sentinel that must:
+    /// a socket receives events in publish order, so everything delivered before the sentinel is
+    /// in the list, with no wait for silence.
+    pub async fn events_until(&mut self, sentinel: &str) -> Vec<OwnedValue> {
+        let is_sentinel = |frame: &OwnedValue| {
+            frame
+                .get("data")
+                .and_then(|d| d.get_str("call_id").or_else(|| d.get_str("id")))
+                == Some(sentinel)
+        };
+        let mut out = Vec::new();
+        while let Some(frame) = self.events.pop_front() {
+            if is_sentinel(&frame) {
+                return out;
+            }
             out.push(frame);
         }
-        out
+        loop {
+            let frame = self
+                .next_json(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("sentinel {sentinel} not received; before it: {out:?}"));
+            if is_sentinel(&frame) {
+                return out;
+            }
+            out.push(frame);
+        }
     }
 
     /// Waits for the server's close frame; returns (code, reason).

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (or those named) for up to SECONDS (default 600) or 10 million executions,
+# whichever comes first, then minimizes its corpus; prints one summary line per target:
+#   <target> <executions> <seconds> <corpus files> <crashes>
+# Usage: fuzz/run.sh [-t SECONDS] [target ...]   (needs cargo-fuzz: cargo install cargo-fuzz)
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+seconds=600
+if [ "${1:-}" = "-t" ]; then seconds=$2; shift 2; fi
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=($(ls fuzz_targets | sed 's/\.rs$//'))
+export RUSTC_BOOTSTRAP=1   # lets the stable toolchain take cargo-fuzz's sanitizer flags
+cargo fuzz build -O >/dev/null 2>&1 || { echo "fuzz/run.sh: cargo fuzz build failed" >&2; exit 1; }
+mkdir -p logs
+for t in "${targets[@]}"; do
+    start=$SECONDS
+    cargo fuzz run -O "$t" -- -max_total_time="$seconds" -runs=10000000 -rss_limit_mb=2048 \
+        -timeout=10 -print_final_stats=1 >"logs/$t.log" 2>&1
+    status=$?
+    took=$((SECONDS - start))
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "logs/$t.log" | grep -o '[0-9]*$' | tail -1)
+    crashes=$(ls "artifacts/$t" 2>/dev/null | wc -l)
+    cargo fuzz cmin -O "$t" >/dev/null 2>&1
+    files=$(ls "corpus/$t" | wc -l)
+    echo "$t ${runs:-?} ${took} ${files} ${crashes} (exit ${status})"
+done
