@@ -54,6 +54,10 @@ impl World {
             token("manager", &self.c1, Some(&self.agent3), "\"manager\", \"agent\""),
             token("admin", &self.c1, None, "\"admin\""),
             token("accesskey", &self.c1, None, "\"admin\""),
+            format!(
+                "[[tokens]]\ntoken = \"ak-{c}\"\naccount_id = \"{c}\"\naccess_key = true\n",
+                c = self.c1
+            ),
             token("super", &self.c2, None, "\"super_admin\""),
             token("other-admin", &self.c2, None, "\"admin\""),
             format!(
@@ -62,6 +66,16 @@ impl World {
             ),
         ]
         .concat()
+    }
+
+    /// A token in VoIPBin's own shape with its string `expire` claim, as its api-manager signs
+    /// them, for `agent2` of `c1`.
+    fn voipbin_jwt_expiring(&self, expire: &str) -> String {
+        let claims = format!(
+            r#"{{"type":"agent","agent":{{"id":"{}","customer_id":"{}","permission":16}},"expire":"{expire}"}}"#,
+            self.agent2, self.c1
+        );
+        sign::<hmac::Hmac<sha2::Sha256>>("HS256", &claims)
     }
 
     fn token(&self, name: &str) -> String {
@@ -94,6 +108,18 @@ struct Client {
 fn parse(text: &str) -> OwnedValue {
     let mut bytes = text.as_bytes().to_vec();
     simd_json::to_owned_value(&mut bytes).unwrap_or_else(|e| panic!("not JSON: {text}: {e}"))
+}
+
+/// A JWT of `claims` signed with the test secret under `alg`.
+fn sign<M: hmac::Mac + hmac::digest::KeyInit>(alg: &str, claims: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+    let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
+    let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(JWT_SECRET.as_bytes()).unwrap();
+    mac.update(signed.as_bytes());
+    format!(
+        "{signed}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 fn topics(frame: &OwnedValue) -> Vec<String> {
@@ -442,12 +468,25 @@ fn the_upgrade_needs_a_valid_token() {
     runtime().block_on(async {
         node.ready().await;
         let base = format!("ws://{}/v1.0/ws", node.addr());
-        for (url, why) in [
-            (base.clone(), "no token given"),
-            (format!("{base}?token=nope"), "invalid token"),
+        for (url, reason) in [
+            (base.clone(), "AUTHENTICATION_REQUIRED"),
+            (format!("{base}?token=nope"), "INVALID_CREDENTIALS"),
             (
                 format!("{base}?token={}", w.token("expired")),
-                "token expired",
+                "INVALID_CREDENTIALS",
+            ),
+            (
+                format!(
+                    "{base}?token={}",
+                    w.voipbin_jwt_expiring("2020-01-01T15:04:05.000000Z")
+                ),
+                "INVALID_CREDENTIALS",
+            ),
+            (format!("{base}?accesskey=nope"), "INVALID_CREDENTIALS"),
+            // A token is not an access key.
+            (
+                format!("{base}?accesskey={}", w.token("admin")),
+                "INVALID_CREDENTIALS",
             ),
         ] {
             match tokio_tungstenite::connect_async(&url).await {
@@ -459,8 +498,18 @@ fn the_upgrade_needs_a_valid_token() {
                     let body = parse(&body);
                     let error = body.get("error").expect("error object");
                     assert_eq!(error.get_str("status"), Some("UNAUTHENTICATED"));
-                    assert_eq!(error.get_str("reason"), Some("INVALID_CREDENTIALS"));
-                    assert_eq!(error.get_str("message"), Some(why));
+                    assert_eq!(error.get_str("reason"), Some(reason), "{url}");
+                    assert_eq!(error.get_str("domain"), Some("api-manager"));
+                    let message = if reason == "AUTHENTICATION_REQUIRED" {
+                        "Authentication is required."
+                    } else {
+                        "The provided credentials are invalid."
+                    };
+                    assert_eq!(error.get_str("message"), Some(message));
+                    assert!(
+                        error.get_str("request_id").is_some_and(|id| id.len() >= 16),
+                        "{body}"
+                    );
                 }
                 other => panic!("{url}: expected a 401, got {other:?}"),
             }
@@ -548,6 +597,95 @@ fn malformed_messages_get_error_frames_and_the_socket_stays() {
             .expect("routable");
         let event = c.next(Duration::from_secs(3)).await.expect("an event");
         assert_eq!(event.get_str("type"), Some("queue_updated"));
+    });
+    node.stop();
+}
+
+/// Opens `/v1.0/ws` with `headers`; the HTTP status of the answer.
+async fn upgrade_status(node: &Node, query: &str, headers: &[(&'static str, String)]) -> u16 {
+    let mut request = format!("ws://{}/v1.0/ws{query}", node.addr())
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn credentials_are_taken_in_voipbins_order_and_access_keys_work() {
+    let w = World::new();
+    let node = Node::start(false, &w.auth_toml(), |_, _| {});
+    runtime().block_on(async {
+        node.ready().await;
+        let good = w.token("admin");
+        let cookie = |v: &str| ("Cookie", format!("theme=dark; token={v}"));
+        let bearer = |v: &str| ("Authorization", format!("Bearer {v}"));
+        // The cookie comes first, then the query, then the header: the first one given is the
+        // one checked (VoIPBin does not fall through to the next on a bad one).
+        assert_eq!(upgrade_status(&node, "?token=nope", &[cookie(&good)]).await, 101);
+        assert_eq!(upgrade_status(&node, &format!("?token={good}"), &[cookie("nope")]).await, 401);
+        assert_eq!(upgrade_status(&node, &format!("?token={good}"), &[bearer("nope")]).await, 101);
+        assert_eq!(upgrade_status(&node, "?token=nope", &[bearer(&good)]).await, 401);
+        // Access keys, by query or cookie, act as their customer's admin.
+        let key = format!("ak-{}", w.c1);
+        assert_eq!(upgrade_status(&node, &format!("?accesskey={key}"), &[]).await, 101);
+        let ak_cookie = ("Cookie", format!("accesskey={key}"));
+        assert_eq!(upgrade_status(&node, "", &[ak_cookie]).await, 101);
+        let url = format!("ws://{}/v1.0/ws?accesskey={key}", node.addr());
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+        let mut client = Client { ws };
+        let answer = client.subscribe(&[&format!("customer_id:{}:call", w.c1)]).await;
+        assert_eq!(answer.get_str("type"), Some("subscribed"), "{answer}");
+        // A token wins over an access key given with it.
+        assert_eq!(upgrade_status(&node, &format!("?token=nope&accesskey={key}"), &[]).await, 401);
+        // Every HMAC VoIPBin accepts.
+        let claims = format!(
+            r#"{{"type":"agent","agent":{{"id":"{}","customer_id":"{}","permission":32}},"expire":"2099-01-01T00:00:00.000000Z"}}"#,
+            w.agent2, w.c1
+        );
+        for token in [
+            sign::<hmac::Hmac<sha2::Sha256>>("HS256", &claims),
+            sign::<hmac::Hmac<sha2::Sha384>>("HS384", &claims),
+            sign::<hmac::Hmac<sha2::Sha512>>("HS512", &claims),
+        ] {
+            assert_eq!(upgrade_status(&node, &format!("?token={token}"), &[]).await, 101);
+        }
+    });
+    node.stop();
+}
+
+#[test]
+fn a_voipbin_token_is_closed_when_its_expire_passes() {
+    let w = World::new();
+    let node = Node::start(false, &w.auth_toml(), |_, _| {});
+    runtime().block_on(async {
+        node.ready().await;
+        let soon = std::time::SystemTime::now() + Duration::from_secs(2);
+        let expire = horizon::auth::format_rfc3339(soon).replace('Z', ".000000Z");
+        let url = format!(
+            "ws://{}/v1.0/ws?token={}",
+            node.addr(),
+            w.voipbin_jwt_expiring(&expire)
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("live until then");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let close = loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    break (u16::from(frame.code), frame.reason.to_string())
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no close frame at expiry: {other:?}"),
+            }
+        };
+        assert_eq!(close, (4001, "token expired".to_string()));
     });
     node.stop();
 }

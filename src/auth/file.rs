@@ -51,6 +51,10 @@ struct TokenEntry {
     permissions: Vec<String>,
     /// An RFC 3339 string or a TOML datetime.
     expires_at: Option<toml::Value>,
+    /// A VoIPBin access key: accepted only as one (`?accesskey=`, cookie `accesskey`), and it
+    /// acts as its customer's admin (VoIPBin's access keys belong to a customer).
+    #[serde(default)]
+    access_key: bool,
 }
 
 pub(super) fn load(path: &Path) -> Result<Directory, AuthFileError> {
@@ -99,6 +103,7 @@ pub(super) fn parse(text: &str) -> Result<Directory, String> {
         }
     }
     let mut tokens = HashMap::new();
+    let mut access_keys = HashMap::new();
     for (i, entry) in file.tokens.into_iter().enumerate() {
         let at = || format!("tokens[{i}] (account `{}`)", entry.account_id);
         if entry.token.is_empty() || !entry.token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -122,7 +127,7 @@ pub(super) fn parse(text: &str) -> Result<Directory, String> {
             parse_rfc3339(&s).ok_or_else(|| format!("{}: expires_at `{s}` is not RFC 3339", at()))
         })
         .transpose()?;
-        let identity = Identity {
+        let mut identity = Identity {
             account_id: entry.account_id.clone(),
             superduper_admin: entry.superduper_admin,
             publish: entry.publish,
@@ -131,11 +136,26 @@ pub(super) fn parse(text: &str) -> Result<Directory, String> {
             permissions,
             expires_at,
         };
-        if tokens.insert(entry.token, identity).is_some() {
+        let listed = if entry.access_key {
+            identity.permissions.0 |= Permissions::ADMIN;
+            identity
+                .customer_id
+                .get_or_insert_with(|| entry.account_id.clone());
+            access_keys.insert(entry.token.clone(), identity).is_some()
+                || tokens.contains_key(&entry.token)
+        } else {
+            tokens.insert(entry.token.clone(), identity).is_some()
+                || access_keys.contains_key(&entry.token)
+        };
+        if listed {
             return Err(format!("{}: the same token is listed twice", at()));
         }
     }
-    Ok(Directory { parents, tokens })
+    Ok(Directory {
+        parents,
+        tokens,
+        access_keys,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
-//! JSON Web Tokens (RFC 7519) as Horizon uses them: HS256 with a shared secret, RS256 with an RSA
-//! public key, and HS256 signing for `horizon token`. The algorithm a token names must be one
-//! a key is configured for; `none` and everything else are refused.
+//! JSON Web Tokens (RFC 7519) as Horizon uses them: HMAC (HS256, HS384, HS512, as VoIPBin accepts
+//! any HMAC) with a shared secret, RS256 with an RSA public key, and HS256 signing for
+//! `horizon token`. The algorithm a token names must be one a key is configured for; `none` and
+//! everything else are refused.
+//!
+//! Expiry: the standard `exp` (seconds), and VoIPBin's own string claim `expire`
+//! (`2026-01-01T15:04:05.000000Z`); with both, the earlier counts.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,9 +13,9 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::signature::Verifier as _;
-use sha2::Sha256;
+use sha2::{Sha256, Sha384, Sha512};
 
-use super::{Identity, Permissions};
+use super::{parse_rfc3339, Identity, Permissions};
 use crate::families::valid_account_id;
 use crate::json::{self, TapeValue};
 
@@ -20,7 +24,7 @@ use crate::json::{self, TapeValue};
 pub enum JwtError {
     #[error("not a JWT (three base64url parts with a JSON header)")]
     Format,
-    #[error("algorithm not accepted (HS256 and RS256 only, with a configured key)")]
+    #[error("algorithm not accepted (HS256, HS384, HS512 and RS256 only, with a configured key)")]
     Algorithm,
     #[error("signature does not verify")]
     Signature,
@@ -98,10 +102,13 @@ impl JwtKeys {
         };
         match (alg.as_deref(), &self.hs256, &self.rs256) {
             (Some("HS256"), Some(secret), _) => {
-                let mut mac = hmac_sha256(secret);
-                mac.update(signed);
-                mac.verify_slice(&signature)
-                    .map_err(|_| JwtError::Signature)?;
+                verify_hmac::<Hmac<Sha256>>(secret, signed, &signature)?
+            }
+            (Some("HS384"), Some(secret), _) => {
+                verify_hmac::<Hmac<Sha384>>(secret, signed, &signature)?
+            }
+            (Some("HS512"), Some(secret), _) => {
+                verify_hmac::<Hmac<Sha512>>(secret, signed, &signature)?
             }
             (Some("RS256"), _, Some(key)) => {
                 let signature =
@@ -159,6 +166,18 @@ impl JwtKeys {
         token.push_str(&URL_SAFE_NO_PAD.encode(signature));
         Ok(token)
     }
+}
+
+/// Checks an HMAC signature in constant time.
+fn verify_hmac<M: Mac + hmac::digest::KeyInit>(
+    secret: &[u8],
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<(), JwtError> {
+    let mut mac =
+        <M as hmac::digest::KeyInit>::new_from_slice(secret).map_err(|_| JwtError::Signature)?;
+    mac.update(signed);
+    mac.verify_slice(signature).map_err(|_| JwtError::Signature)
 }
 
 fn hmac_sha256(secret: &[u8]) -> Hmac<Sha256> {
@@ -227,6 +246,20 @@ fn identity_from_claims(root: TapeValue<'_, '_>) -> Result<Identity, JwtError> {
             Some(UNIX_EPOCH + Duration::from_secs(secs as u64))
         }
     };
+    // VoIPBin's tokens carry their expiry as a string; a token whose `expire` cannot be read is
+    // refused rather than taken as never expiring.
+    let expire = match root.get("expire") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(parse_rfc3339)
+                .ok_or(JwtError::Claim("expire"))?,
+        ),
+    };
+    let expires_at = match (expires_at, expire) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Ok(Identity {
         account_id,
         superduper_admin: flag("superduper_admin"),
@@ -261,6 +294,79 @@ mod tests {
             let mut mac = hmac_sha256(secret);
             mac.update(msg);
             mac.finalize().into_bytes().to_vec()
+        }
+    }
+
+    fn hmac_with<M: Mac + hmac::digest::KeyInit>(
+        secret: &'static [u8],
+    ) -> impl Fn(&[u8]) -> Vec<u8> {
+        move |msg| {
+            let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(secret).unwrap();
+            mac.update(msg);
+            mac.finalize().into_bytes().to_vec()
+        }
+    }
+
+    #[test]
+    fn every_hmac_that_voipbin_accepts_verifies() {
+        let keys = keys();
+        let claims = r#"{"account_id":"a"}"#;
+        let hs384 = forge(
+            r#"{"alg":"HS384"}"#,
+            claims,
+            hmac_with::<Hmac<Sha384>>(b"s3cret"),
+        );
+        let hs512 = forge(
+            r#"{"alg":"HS512"}"#,
+            claims,
+            hmac_with::<Hmac<Sha512>>(b"s3cret"),
+        );
+        assert_eq!(keys.verify(&hs384).map(|i| i.account_id), Ok("a".into()));
+        assert_eq!(keys.verify(&hs512).map(|i| i.account_id), Ok("a".into()));
+        // The algorithm named is the one checked: a 512 signature under a 384 header fails.
+        let mixed = forge(
+            r#"{"alg":"HS384"}"#,
+            claims,
+            hmac_with::<Hmac<Sha512>>(b"s3cret"),
+        );
+        assert_eq!(keys.verify(&mixed), Err(JwtError::Signature));
+        let wrong = forge(
+            r#"{"alg":"HS512"}"#,
+            claims,
+            hmac_with::<Hmac<Sha512>>(b"other"),
+        );
+        assert_eq!(keys.verify(&wrong), Err(JwtError::Signature));
+    }
+
+    #[test]
+    fn voipbins_string_expire_claim_is_the_expiry() {
+        let keys = keys();
+        let token = |payload: &str| forge(r#"{"alg":"HS256"}"#, payload, hs256(b"s3cret"));
+        // VoIPBin's own shape, as its api-manager signs it.
+        let voipbin = token(
+            r#"{"type":"agent","agent":{"id":"g1","customer_id":"c1","permission":32},"expire":"2020-01-01T15:04:05.000000Z"}"#,
+        );
+        let identity = keys.verify(&voipbin).expect("valid signature");
+        assert_eq!(
+            identity.expires_at,
+            parse_rfc3339("2020-01-01T15:04:05Z"),
+            "expired in 2020: the caller refuses it"
+        );
+        let both =
+            token(r#"{"account_id":"a","exp":4000000000,"expire":"2030-01-01T00:00:00.000000Z"}"#);
+        assert_eq!(
+            keys.verify(&both).unwrap().expires_at,
+            parse_rfc3339("2030-01-01T00:00:00Z"),
+            "the earlier of exp and expire"
+        );
+        for bad in [
+            r#""tomorrow""#,
+            "1700000000",
+            "null",
+            r#""2030-13-01T00:00:00Z""#,
+        ] {
+            let t = token(&format!(r#"{{"account_id":"a","expire":{bad}}}"#));
+            assert_eq!(keys.verify(&t), Err(JwtError::Claim("expire")), "{bad}");
         }
     }
 

@@ -111,6 +111,8 @@ pub(crate) struct Directory {
     pub parents: HashMap<String, Option<String>>,
     /// Static token -> identity.
     pub tokens: HashMap<String, Identity>,
+    /// VoIPBin access key -> identity (its customer's admin).
+    pub access_keys: HashMap<String, Identity>,
 }
 
 /// Authentication and authorization, shared by every thread.
@@ -164,6 +166,35 @@ impl Auth {
     /// The identity behind `token` (a static token of the auth file, or a JWT), valid at `now`.
     pub fn authenticate(&self, token: &str, now: SystemTime) -> Result<Identity, AuthError> {
         let result = self.check(token, now);
+        if let Err(e) = &result {
+            let at = AuthError::ALL.iter().position(|k| k == e).unwrap_or(0);
+            self.failures[at].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// The identity behind a VoIPBin access key of the auth file (`access_key = true`), valid
+    /// at `now`. Access keys are accepted only this way, never as tokens, and tokens never as
+    /// access keys.
+    pub fn authenticate_access_key(
+        &self,
+        key: &str,
+        now: SystemTime,
+    ) -> Result<Identity, AuthError> {
+        let result = if key.is_empty()
+            || key.len() > MAX_TOKEN_BYTES
+            || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            Err(AuthError::Format)
+        } else {
+            match self.snapshot().access_keys.get(key) {
+                None => Err(AuthError::Failed),
+                Some(identity) if identity.expires_at.is_some_and(|at| at <= now) => {
+                    Err(AuthError::Expired)
+                }
+                Some(identity) => Ok(identity.clone()),
+            }
+        };
         if let Err(e) = &result {
             let at = AuthError::ALL.iter().position(|k| k == e).unwrap_or(0);
             self.failures[at].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -249,6 +280,51 @@ mod tests {
         let auth = Auth::new(Some(dir.clone()), JwtKeys::default()).expect("valid file");
         let _ = std::fs::remove_file(dir);
         auth
+    }
+
+    #[test]
+    fn access_keys_are_only_access_keys_and_act_as_their_customers_admin() {
+        let auth = auth_with(
+            r#"
+[[tokens]]
+token = "ak-live"
+account_id = "cust-1"
+access_key = true
+[[tokens]]
+token = "ak-old"
+account_id = "cust-1"
+customer_id = "cust-1"
+access_key = true
+expires_at = "2001-01-01T00:00:00Z"
+[[tokens]]
+token = "tok-plain"
+account_id = "cust-1"
+"#,
+        );
+        let now = SystemTime::now();
+        let key = auth
+            .authenticate_access_key("ak-live", now)
+            .expect("a live key");
+        assert_eq!(key.customer_id.as_deref(), Some("cust-1"));
+        assert!(key.permissions.has(Permissions::ADMIN));
+        assert_eq!(
+            auth.authenticate("ak-live", now).err(),
+            Some(AuthError::Failed),
+            "not a token"
+        );
+        assert_eq!(
+            auth.authenticate_access_key("tok-plain", now).err(),
+            Some(AuthError::Failed),
+            "a token is not an access key"
+        );
+        assert_eq!(
+            auth.authenticate_access_key("ak-old", now).err(),
+            Some(AuthError::Expired)
+        );
+        assert_eq!(
+            auth.authenticate_access_key("", now).err(),
+            Some(AuthError::Format)
+        );
     }
 
     const TREE: &str = r#"

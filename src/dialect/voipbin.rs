@@ -1,7 +1,9 @@
 //! VoIPBin's `/v1.0/ws` dialect (PROTOCOLS.md section 4), one [`VoipbinSession`] per socket.
 //!
-//! The token comes with the upgrade (`?token=`, the `token` cookie, or `Authorization: Bearer`);
-//! without a valid one the upgrade is refused with VoIPBin's 401 body. Commands are
+//! The credential comes with the upgrade, in VoIPBin's order: cookie `token`, `?token=`,
+//! `Authorization: Bearer`, then an access key (cookie `accesskey`, `?accesskey=`); without a
+//! valid one the upgrade is refused with VoIPBin's 401 envelope (`AUTHENTICATION_REQUIRED` when
+//! none was given, `INVALID_CREDENTIALS` otherwise, with a `request_id`). Commands are
 //! `{"type":"subscribe"|"unsubscribe","topics":[...]}`. Unlike VoIPBin, every command is
 //! answered (`subscribed`, `unsubscribed`, or `error` naming the topics at fault), topics match by
 //! whole `:` segments, and an event reaches a socket once however many of its topics match.
@@ -16,8 +18,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{handshake_token, remaining, BlackholeLimits, Sequencer, TokenBucket};
-use crate::auth::{Auth, AuthError, Identity, Permissions};
+use super::{remaining, BlackholeLimits, Sequencer, TokenBucket};
+use crate::auth::{Auth, Identity, Permissions};
 use crate::binding::{validate_pattern, Separator};
 use crate::families::voipbin::{Scope, Topic};
 use crate::families::AmqpBinding;
@@ -55,22 +57,33 @@ impl Voipbin {
         }
     }
 
-    /// Opens a session for a valid token; VoIPBin's 401 otherwise.
+    /// Opens a session for a valid credential; VoIPBin's 401 otherwise.
     pub fn open(
         self: &Arc<Self>,
         request: &Request,
         _peer: SocketAddr,
     ) -> Result<Box<dyn Session>, HttpRefusal> {
-        let token = handshake_token(request).ok_or_else(|| unauthenticated("no token given"))?;
-        let identity = self
-            .auth
-            .authenticate(&token, SystemTime::now())
-            .map_err(|e| {
-                unauthenticated(match e {
-                    AuthError::Expired => "token expired",
-                    AuthError::Format | AuthError::Failed => "invalid token",
-                })
-            })?;
+        let request_id = request_id(request);
+        let now = SystemTime::now();
+        let identity = match credential(request) {
+            None => {
+                return Err(unauthenticated(
+                    "AUTHENTICATION_REQUIRED",
+                    "Authentication is required.",
+                    &request_id,
+                ))
+            }
+            Some(Credential::Token(token)) => self.auth.authenticate(&token, now),
+            Some(Credential::AccessKey(key)) => self.auth.authenticate_access_key(&key, now),
+        };
+        // VoIPBin says no more than this, whatever failed (an expired token included).
+        let identity = identity.map_err(|_| {
+            unauthenticated(
+                "INVALID_CREDENTIALS",
+                "The provided credentials are invalid.",
+                &request_id,
+            )
+        })?;
         Ok(Box::new(VoipbinSession {
             dialect: self.clone(),
             identity,
@@ -81,12 +94,84 @@ impl Voipbin {
     }
 }
 
-fn unauthenticated(message: &str) -> HttpRefusal {
+/// What a client authenticates with, in VoIPBin's order: a token (cookie `token`, then
+/// `?token=`, then `Authorization: Bearer`), else an access key (cookie `accesskey`, then
+/// `?accesskey=`).
+#[derive(Debug, PartialEq, Eq)]
+enum Credential {
+    Token(String),
+    AccessKey(String),
+}
+
+fn credential(request: &Request) -> Option<Credential> {
+    let cookie = |name: &str| {
+        request
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "cookie")
+            .flat_map(|(_, v)| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name && !v.is_empty()).then(|| v.to_string())
+            })
+    };
+    let query = |name: &str| {
+        request
+            .query_param(name)
+            .filter(|v| !v.is_empty())
+            .map(crate::families::decode_segment)
+    };
+    let bearer = || {
+        let value = request.header("authorization")?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+            .then(|| token.trim().to_string())
+    };
+    cookie("token")
+        .or_else(|| query("token"))
+        .or_else(bearer)
+        .map(Credential::Token)
+        .or_else(|| {
+            cookie("accesskey")
+                .or_else(|| query("accesskey"))
+                .map(Credential::AccessKey)
+        })
+}
+
+/// The client's `X-Request-ID` if it is a sane one, else a new UUID-shaped id.
+fn request_id(request: &Request) -> String {
+    request
+        .header("x-request-id")
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map_or_else(
+            || {
+                let hex = crate::ids::random_hex(16);
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &hex[..8],
+                    &hex[8..12],
+                    &hex[12..16],
+                    &hex[16..20],
+                    &hex[20..]
+                )
+            },
+            str::to_string,
+        )
+}
+
+/// VoIPBin's 401 envelope.
+fn unauthenticated(reason: &str, message: &str, request_id: &str) -> HttpRefusal {
     let mut body = Vec::new();
-    body.extend_from_slice(
-        br#"{"error":{"status":"UNAUTHENTICATED","reason":"INVALID_CREDENTIALS","message":"#,
-    );
+    body.extend_from_slice(br#"{"error":{"status":"UNAUTHENTICATED","reason":"#);
+    json::write_str(&mut body, reason);
+    body.extend_from_slice(br#","domain":"api-manager","message":"#);
     json::write_str(&mut body, message);
+    body.extend_from_slice(br#","request_id":"#);
+    json::write_str(&mut body, request_id);
     body.extend_from_slice(b"}}");
     HttpRefusal {
         status: 401,

@@ -38,6 +38,8 @@ const DEFAULT_HEADERS: &[&str] = &[
 pub struct Normalized {
     /// The account-scoped internal key bindings are matched against.
     pub key: String,
+    /// More internal keys of the same event (VoIPBin's other topic forms; see `Event::also`).
+    pub also: Vec<String>,
     /// `.` for Kazoo keys, `:` for VoIPBin topics.
     pub separator: Separator,
     /// The account the event belongs to.
@@ -232,6 +234,7 @@ impl Normalizer {
         out.extend_from_slice(b"}}");
         Ok(Normalized {
             key,
+            also: Vec::new(),
             separator: Separator::Dot,
             account,
             tail: Bytes::copy_from_slice(out),
@@ -246,42 +249,55 @@ impl Normalizer {
         routing_key: &str,
         root: TapeValue<'_, '_>,
     ) -> Result<Normalized, Skip> {
-        let (key, key_type) =
-            voipbin::internal_key(routing_key).ok_or(Skip::MalformedRoutingKey)?;
         let owner = routing_key
             .split('.')
             .nth(1)
             .unwrap_or_default()
             .to_string();
-        let event_type = root
+        let body_type = root
             .get("type")
             .and_then(|t| t.as_str())
-            .filter(|t| !t.is_empty())
-            .unwrap_or(key_type);
+            .filter(|t| !t.is_empty());
         let data = root.get("data").ok_or(Skip::Missing("data"))?;
+        // `data` holding the object as a JSON string: the object is what is read and forwarded.
+        let mut inner = data.as_str().map(|text| text.as_bytes().to_vec());
+        let inner_tape = inner
+            .as_mut()
+            .and_then(|bytes| simd_json::to_tape(bytes).ok());
+        let object = match &inner_tape {
+            Some(tape) => TapeValue::root(&tape.0),
+            None if data.as_str().is_none() => Some(data),
+            None => None,
+        };
+        let field = |name: &str| object.and_then(|o| o.get(name)).and_then(|v| v.as_str());
+        let anchors = voipbin::Anchors {
+            id: field("id"),
+            aicall_id: field("aicall_id"),
+            chat_id: field("chat_id"),
+            session_id: field("session_id"),
+        };
+        let voipbin::Keys {
+            mut keys,
+            event_type,
+        } = voipbin::internal_keys(routing_key, body_type, anchors)
+            .ok_or(Skip::MalformedRoutingKey)?;
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"\"type\":");
-        json::write_str(out, event_type);
+        json::write_str(out, &event_type);
         out.extend_from_slice(b",\"data\":");
         let mut same = |out: &mut Vec<u8>, k: &str| json::write_str(out, k);
-        match data.as_str() {
-            // `data` holding the object as a JSON string: forward the object.
-            Some(text) => {
-                let mut inner = text.as_bytes().to_vec();
-                match simd_json::to_tape(&mut inner) {
-                    Ok(tape) => match TapeValue::root(&tape.0) {
-                        Some(value) => json::write_value(out, value, &mut same),
-                        None => json::write_str(out, text),
-                    },
-                    Err(_) => json::write_str(out, text),
-                }
-            }
-            None => json::write_value(out, data, &mut same),
+        match (object, data.as_str()) {
+            (Some(value), _) => json::write_value(out, value, &mut same),
+            // A string that does not hold JSON is forwarded as the string it is.
+            (None, Some(text)) => json::write_str(out, text),
+            (None, None) => json::write_value(out, data, &mut same),
         }
         out.push(b'}');
+        let key = keys.remove(0);
         Ok(Normalized {
             key,
+            also: keys,
             separator: Separator::Colon,
             account: owner,
             tail: Bytes::copy_from_slice(out),

@@ -4,8 +4,11 @@
 //! A client topic of N segments is the internal pattern `topic:#` (so `customer_id:X:call` covers
 //! `customer_id:X:call:<id>` and not `customer_id:X:callflow:...`, which VoIPBin's plain string
 //! prefix would); `*` is a one-segment wildcard. A delivery with routing key
-//! `<scope>.<owner>.<resource>.<event_type>.<id>` has the internal key
-//! `<scope>:<owner>:<resource>:<id>`; the node queue binds `<scope>.<owner>.#` per topic owner.
+//! `<scope>.<owner>.<resource>.<event_type>.<id>` has every internal key VoIPBin would publish
+//! it under (see [`internal_keys`]): the old form `<scope>:<owner>:<resource>:<id>` (or its
+//! `aicall:`, `chat:`, `webchat_session:` variant) and the new form
+//! `<scope>:<owner>:<resource>:<event_type>:<id>`; the node queue binds `<scope>.<owner>.#` per
+//! topic owner.
 
 use super::AmqpBinding;
 
@@ -82,32 +85,117 @@ impl<'a> Topic<'a> {
     }
 }
 
-/// The internal key of a delivery on [`EXCHANGE`], and its event type from the routing key.
-/// `None` when the key does not have VoIPBin's shape.
-pub fn internal_key(routing_key: &str) -> Option<(String, &str)> {
-    let mut segments = routing_key.split('.');
-    let scope = segments.next()?;
+/// What a delivery's resource object says about where it belongs (the fields VoIPBin's
+/// `commonWebhookData` reads: `id`, `aicall_id`, `chat_id`, `session_id`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Anchors<'a> {
+    pub id: Option<&'a str>,
+    pub aicall_id: Option<&'a str>,
+    pub chat_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+}
+
+/// One delivery's internal keys: every topic form VoIPBin would publish it under, for the owner
+/// its routing key names. `keys[0]` is the primary (matched first); the event's type comes
+/// with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub keys: Vec<String>,
+    pub event_type: String,
+}
+
+/// A usable key segment: non-empty, no separator, no wildcard.
+fn segment(text: &str) -> Option<&str> {
+    (!text.is_empty() && !text.contains([':', '.']) && text != "*" && text != "#").then_some(text)
+}
+
+/// The internal keys of a delivery on [`EXCHANGE`] with routing key
+/// `<scope>.<owner>.<resource>.<event_type>[.<id>]` (as webhook-manager's `createRoutingKeys`
+/// and `createRoutingKeysForChat` build it), following bin-api-manager's `createTopics`:
+///
+/// - the old form `<scope>:<owner>:<resource>:<id>` - except `aimessage` events, whose old form
+///   is `customer_id:<c>:aicall:<aicall_id>` (none for an agent), `chat*` events,
+///   `<scope>:<owner>:chat:<chat_id>`, and `webchat*` events with a session,
+///   `customer_id:<c>:webchat_session:<session_id>`;
+/// - the new form `<scope>:<owner>:<resource>:<event_type>:<id>`.
+///
+/// `resource` is the event type's first `_`-separated word (`chatmessage` of
+/// `chatmessage_created`; the routing key says `talk` for chat events), and `id` the object's
+/// own `id` (the routing key carries the chat's id for chat events). `event_type` is the body's
+/// `type` when given, else the routing key's. `None` when the key does not have VoIPBin's shape.
+pub fn internal_keys(
+    routing_key: &str,
+    body_type: Option<&str>,
+    anchors: Anchors<'_>,
+) -> Option<Keys> {
+    let mut parts = routing_key.split('.');
+    let scope = parts.next()?;
     if scope != "customer_id" && scope != "agent_id" {
         return None;
     }
-    let (owner, resource, event_type) = (segments.next()?, segments.next()?, segments.next()?);
-    let id = segments.next();
-    if segments.next().is_some() {
-        return None;
-    }
-    let parts = [Some(owner), Some(resource), Some(event_type), id];
-    if parts
-        .iter()
-        .flatten()
-        .any(|s| s.is_empty() || s.contains(':') || *s == "*" || *s == "#")
-    {
-        return None;
-    }
-    let key = match id {
-        Some(id) => format!("{scope}:{owner}:{resource}:{id}"),
-        None => format!("{scope}:{owner}:{resource}"),
+    let owner = segment(parts.next()?)?;
+    let key_resource = segment(parts.next()?)?;
+    let key_type = segment(parts.next()?)?;
+    let key_id = match parts.next() {
+        Some(id) => Some(segment(id)?),
+        None => None,
     };
-    Some((key, event_type))
+    if parts.next().is_some() {
+        return None;
+    }
+    let event_type = body_type.and_then(segment).unwrap_or(key_type);
+    let resource = match event_type.split_once('_') {
+        Some((word, _)) if segment(word).is_some() => word,
+        _ => key_resource,
+    };
+    let id = anchors.id.and_then(segment).or(key_id);
+    let customer = scope == "customer_id";
+    let join = |parts: &[&str]| -> String {
+        let mut key = format!("{scope}:{owner}");
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    };
+    let old = match resource {
+        "aimessage" => anchors
+            .aicall_id
+            .and_then(segment)
+            .filter(|_| customer)
+            .map(|aicall| join(&["aicall", aicall])),
+        "chat" | "chatmessage" | "chatparticipant" => anchors
+            .chat_id
+            .and_then(segment)
+            .or(id)
+            .map(|chat| join(&["chat", chat])),
+        webchat
+            if webchat.starts_with("webchat")
+                && customer
+                && anchors.session_id.and_then(segment).is_some() =>
+        {
+            anchors
+                .session_id
+                .map(|session| join(&["webchat_session", session]))
+        }
+        _ => Some(match id {
+            Some(id) => join(&[resource, id]),
+            None => join(&[resource]),
+        }),
+    };
+    let new = match id {
+        Some(id) => join(&[resource, event_type, id]),
+        None => join(&[resource, event_type]),
+    };
+    let mut keys = Vec::with_capacity(2);
+    keys.extend(old);
+    if !keys.contains(&new) {
+        keys.push(new);
+    }
+    Some(Keys {
+        keys,
+        event_type: event_type.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -175,14 +263,96 @@ mod tests {
     }
 
     #[test]
-    fn routing_keys_become_internal_keys() {
+    fn routing_keys_become_every_topic_form_voipbin_publishes() {
+        let keys = |rk: &str, kind: Option<&str>, anchors: Anchors<'_>| {
+            internal_keys(rk, kind, anchors).map(|k| (k.keys, k.event_type))
+        };
+        let id = |id| Anchors {
+            id: Some(id),
+            ..Anchors::default()
+        };
         assert_eq!(
-            internal_key("customer_id.c1.call.call_hangup.id-1"),
-            Some(("customer_id:c1:call:id-1".to_string(), "call_hangup"))
+            keys(
+                "customer_id.c1.call.call_hangup.id-1",
+                Some("call_hangup"),
+                id("id-1")
+            ),
+            Some((
+                vec![
+                    "customer_id:c1:call:id-1".into(),
+                    "customer_id:c1:call:call_hangup:id-1".into()
+                ],
+                "call_hangup".into()
+            ))
         );
         assert_eq!(
-            internal_key("agent_id.a1.agent.agent_updated"),
-            Some(("agent_id:a1:agent".to_string(), "agent_updated"))
+            keys("agent_id.a1.agent.agent_updated", None, Anchors::default()),
+            Some((
+                vec![
+                    "agent_id:a1:agent".into(),
+                    "agent_id:a1:agent:agent_updated".into()
+                ],
+                "agent_updated".into()
+            ))
+        );
+        // aimessage: the old form is the AI call's; an agent gets only the new form.
+        let ai = Anchors {
+            id: Some("m1"),
+            aicall_id: Some("ac1"),
+            ..Anchors::default()
+        };
+        assert_eq!(
+            keys("customer_id.c1.aimessage.aimessage_created.m1", None, ai)
+                .unwrap()
+                .0,
+            [
+                "customer_id:c1:aicall:ac1",
+                "customer_id:c1:aimessage:aimessage_created:m1"
+            ]
+        );
+        assert_eq!(
+            keys("agent_id.g1.aimessage.aimessage_created.m1", None, ai)
+                .unwrap()
+                .0,
+            ["agent_id:g1:aimessage:aimessage_created:m1"]
+        );
+        // chat: the routing key names the chat; the new form names the message.
+        let msg = Anchors {
+            id: Some("m9"),
+            chat_id: Some("ch1"),
+            ..Anchors::default()
+        };
+        assert_eq!(
+            keys(
+                "agent_id.p2.talk.chatmessage_created.ch1",
+                Some("chatmessage_created"),
+                msg
+            )
+            .unwrap()
+            .0,
+            [
+                "agent_id:p2:chat:ch1",
+                "agent_id:p2:chatmessage:chatmessage_created:m9"
+            ]
+        );
+        // webchat: the visitor's session.
+        let web = Anchors {
+            id: Some("w1"),
+            session_id: Some("s1"),
+            ..Anchors::default()
+        };
+        assert_eq!(
+            keys(
+                "customer_id.c1.webchat.webchat_message_created.w1",
+                None,
+                web
+            )
+            .unwrap()
+            .0,
+            [
+                "customer_id:c1:webchat_session:s1",
+                "customer_id:c1:webchat:webchat_message_created:w1"
+            ]
         );
         for bad in [
             "customer_id.c1.call",
@@ -190,8 +360,23 @@ mod tests {
             "customer_id.c:1.call.x.y",
             "customer_id.c1.call.x.y.z",
             "customer_id..call.x.y",
+            "customer_id.*.call.x.y",
         ] {
-            assert_eq!(internal_key(bad), None, "{bad}");
+            assert_eq!(keys(bad, None, Anchors::default()), None, "{bad}");
         }
+        // A body field that would break a key is not used.
+        let odd = Anchors {
+            id: Some("a:b"),
+            ..Anchors::default()
+        };
+        assert_eq!(
+            keys("customer_id.c1.call.call_created.k1", Some("x:y"), odd)
+                .unwrap()
+                .0,
+            [
+                "customer_id:c1:call:k1",
+                "customer_id:c1:call:call_created:k1"
+            ]
+        );
     }
 }

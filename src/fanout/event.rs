@@ -14,6 +14,10 @@ use crate::binding::Separator;
 pub struct Event {
     /// The internal key bindings are matched against (account-scoped for Kazoo).
     pub key: String,
+    /// More keys the same event is published under (VoIPBin's other topic forms: the
+    /// event-typed form, `aicall:`, `chat:`, `webchat_session:`); empty, with no allocation,
+    /// for Kazoo. A socket matching several keys still receives the event once.
+    pub also: Vec<String>,
     /// Which dialect's automaton the key is for (`.` Kazoo, `:` VoIPBin).
     pub separator: Separator,
     /// The dialect's part of every frame for this event (Kazoo: `"name":..,"routing_key":..,
@@ -28,6 +32,7 @@ impl Event {
     pub fn new(key: String, separator: Separator, body: Bytes) -> Event {
         Event {
             key,
+            also: Vec::new(),
             separator,
             body,
             received_at: Instant::now(),

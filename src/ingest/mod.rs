@@ -300,6 +300,7 @@ async fn route(
         Ok(normalized) => {
             let event = Arc::new(Event {
                 key: normalized.key,
+                also: normalized.also,
                 separator: normalized.separator,
                 body: normalized.tail,
                 received_at,

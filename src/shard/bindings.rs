@@ -197,7 +197,8 @@ impl BindingTable {
             .collect()
     }
 
-    /// Hot path: matches `event`, encodes once per matching binding, and queues the frame on every
+    /// Hot path: matches `event` (under each of its keys), encodes once per matching binding, and
+    /// queues the frame on every
     /// socket of the binding. Kazoo (`.` keys) sends one frame per matching binding, each naming
     /// its `subscribed_key`; VoIPBin (`:` topics) sends each event to a socket once, however many
     /// of its topics match (the first matching topic names it). Sockets whose queue went from empty to non-empty are added to
@@ -209,8 +210,17 @@ impl BindingTable {
     ) -> Delivered {
         let mut matched = std::mem::take(&mut self.matched);
         matched.clear();
-        self.automaton(event.separator)
-            .matches(&event.key, &mut matched);
+        let automaton = self.automaton(event.separator);
+        automaton.matches(&event.key, &mut matched);
+        if !event.also.is_empty() {
+            // VoIPBin's other topic forms of the same event: one binding may match under
+            // several, and is still one binding.
+            for key in &event.also {
+                automaton.matches(key, &mut matched);
+            }
+            matched.sort_unstable();
+            matched.dedup();
+        }
         let mut report = Delivered::default();
         let once = event.separator == Separator::Colon && matched.len() > 1;
         self.seen.clear();
