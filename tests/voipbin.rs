@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use common::kazoo::{expect_bindings, publish, runtime, Node, JWT_SECRET};
+use common::kazoo::{expect_bindings, parse, publish, runtime, Node, JWT_SECRET};
+use common::voipbin::Client;
 use futures_util::{SinkExt, StreamExt};
 use hmac::Mac as _;
 use horizon::families::voipbin::EXCHANGE;
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::FieldTable;
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -99,17 +98,6 @@ impl World {
     }
 }
 
-struct Client {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-}
-
-fn parse(text: &str) -> OwnedValue {
-    let mut bytes = text.as_bytes().to_vec();
-    simd_json::to_owned_value(&mut bytes).unwrap_or_else(|e| panic!("not JSON: {text}: {e}"))
-}
-
 /// A JWT of `claims` signed with the test secret under `alg`.
 fn sign<M: hmac::Mac + hmac::digest::KeyInit>(alg: &str, claims: &str) -> String {
     let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
@@ -131,93 +119,6 @@ fn topics(frame: &OwnedValue) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-impl Client {
-    async fn connect(node: &Node, token: &str) -> Client {
-        let url = format!("ws://{}/v1.0/ws?token={token}", node.addr());
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("upgrade");
-        Client { ws }
-    }
-
-    async fn next(&mut self, wait: Duration) -> Option<OwnedValue> {
-        loop {
-            match tokio::time::timeout(wait, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(Some(Ok(Message::Text(text)))) => return Some(parse(text.as_str())),
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    async fn send(&mut self, text: &str) -> OwnedValue {
-        self.ws.send(Message::text(text)).await.expect("send");
-        self.next(Duration::from_secs(10)).await.expect("an answer")
-    }
-
-    async fn subscribe(&mut self, list: &[&str]) -> OwnedValue {
-        let topics: Vec<String> = list.iter().map(|t| format!("\"{t}\"")).collect();
-        self.send(&format!(
-            r#"{{"type":"subscribe","topics":[{}]}}"#,
-            topics.join(",")
-        ))
-        .await
-    }
-
-    /// The event frames before the one whose `data.id` is `sentinel` (consumed): publish what
-    /// must not arrive, then a sentinel that must; a socket receives events in publish order.
-    async fn events_until(&mut self, sentinel: &str) -> Vec<OwnedValue> {
-        let mut out = Vec::new();
-        loop {
-            let frame = self
-                .next(Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|| panic!("sentinel {sentinel} not received; before it: {out:?}"));
-            if frame.get("data").and_then(|d| d.get_str("id")) == Some(sentinel) {
-                return out;
-            }
-            out.push(frame);
-        }
-    }
-}
-
-async fn broker() -> (lapin::Connection, lapin::Channel) {
-    let amqp = common::amqp_connect().await;
-    let channel = amqp.create_channel().await.unwrap();
-    // As VoIPBin declares it (a durable topic exchange), unless it is there already.
-    let probe = amqp.create_channel().await.unwrap();
-    let passive = ExchangeDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let exists = probe
-        .exchange_declare(
-            EXCHANGE.into(),
-            lapin::ExchangeKind::Topic,
-            passive,
-            FieldTable::default(),
-        )
-        .await
-        .is_ok();
-    if exists {
-        return (amqp, channel);
-    }
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare VoIPBin's exchange");
-    (amqp, channel)
 }
 
 /// Publishes as webhook-manager does: `<scope>.<owner>.<resource>.<event_type>.<id>`.
@@ -321,7 +222,7 @@ fn topics_match_whole_segments_and_each_event_arrives_once() {
     let queue = node.ingest.queue_name().to_string();
     runtime().block_on(async {
         node.ready().await;
-        let (amqp, channel) = broker().await;
+        let (amqp, channel) = common::voipbin_broker().await;
         let c1 = &w.c1;
         let mut calls = Client::connect(&node, &w.token("admin")).await;
         calls.subscribe(&[&format!("customer_id:{c1}:call")]).await;
@@ -638,7 +539,7 @@ fn credentials_are_taken_in_voipbins_order_and_access_keys_work() {
         assert_eq!(upgrade_status(&node, "", &[ak_cookie]).await, 101);
         let url = format!("ws://{}/v1.0/ws?accesskey={key}", node.addr());
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
-        let mut client = Client { ws };
+        let mut client = Client::from(ws);
         let answer = client.subscribe(&[&format!("customer_id:{}:call", w.c1)]).await;
         assert_eq!(answer.get_str("type"), Some("subscribed"), "{answer}");
         // A token wins over an access key given with it.

@@ -41,6 +41,7 @@ pub fn unique_name(what: &str) -> String {
 }
 
 pub mod kazoo;
+pub mod voipbin;
 
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`): status and body.
 pub async fn http(
@@ -87,4 +88,44 @@ pub async fn http(
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"));
     // hyper answers small bodies with Content-Length; chunked only if it streams (it never does here).
     (status, body.to_string())
+}
+
+/// A connection and channel to the test broker, with VoIPBin's event exchange declared as
+/// VoIPBin declares it (a durable topic exchange) unless it is there already.
+pub async fn voipbin_broker() -> (lapin::Connection, lapin::Channel) {
+    use lapin::options::ExchangeDeclareOptions;
+    use lapin::types::FieldTable;
+    const EXCHANGE: &str = horizon::families::voipbin::EXCHANGE;
+    let amqp = amqp_connect().await;
+    let channel = amqp.create_channel().await.unwrap();
+    // A passive declare of a missing exchange closes its channel: probe on a channel of its own.
+    let probe = amqp.create_channel().await.unwrap();
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exists = probe
+        .exchange_declare(
+            EXCHANGE.into(),
+            lapin::ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    if !exists {
+        channel
+            .exchange_declare(
+                EXCHANGE.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare VoIPBin's exchange");
+    }
+    (amqp, channel)
 }
