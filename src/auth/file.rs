@@ -34,6 +34,8 @@ struct AuthFile {
 struct AccountEntry {
     id: String,
     parent: Option<String>,
+    /// The SIP realm whose presence events belong to this account (one account per realm).
+    realm: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -71,7 +73,23 @@ pub(super) fn load(path: &Path) -> Result<Directory, AuthFileError> {
 pub(super) fn parse(text: &str) -> Result<Directory, String> {
     let file: AuthFile = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut parents = HashMap::new();
+    let mut realms: HashMap<String, String> = HashMap::new();
     for account in &file.accounts {
+        if let Some(realm) = &account.realm {
+            let realm = realm.to_ascii_lowercase();
+            if realm.is_empty() || realm.len() > 253 || !realm.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "account `{}`: realm `{realm}` is not a host name",
+                    account.id
+                ));
+            }
+            if let Some(other) = realms.insert(realm.clone(), account.id.clone()) {
+                return Err(format!(
+                    "realm `{realm}` belongs to both `{other}` and `{}`",
+                    account.id
+                ));
+            }
+        }
         if !valid_account_id(&account.id) {
             return Err(format!(
                 "account id `{}` is not [A-Za-z0-9_-]{{1,64}}",
@@ -151,8 +169,13 @@ pub(super) fn parse(text: &str) -> Result<Directory, String> {
             return Err(format!("{}: the same token is listed twice", at()));
         }
     }
+    let realms = realms
+        .into_iter()
+        .map(|(realm, account)| (account, realm))
+        .collect();
     Ok(Directory {
         parents,
+        realms,
         tokens,
         access_keys,
     })

@@ -109,6 +109,8 @@ const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub(crate) struct Directory {
     /// Account id -> parent id.
     pub parents: HashMap<String, Option<String>>,
+    /// Account id -> its SIP realm (lower case), for presence.
+    pub realms: HashMap<String, String>,
     /// Static token -> identity.
     pub tokens: HashMap<String, Identity>,
     /// VoIPBin access key -> identity (its customer's admin).
@@ -238,6 +240,12 @@ impl Auth {
     /// fuzzing): the error names the entry at fault.
     pub fn check_file_text(text: &str) -> Result<(), String> {
         file::parse(text).map(|_| ())
+    }
+
+    /// The SIP realm of `account` (from the auth file's `realm`): presence events of that realm
+    /// are the account's.
+    pub fn realm(&self, account: &str) -> Option<String> {
+        self.snapshot().realms.get(account).cloned()
     }
 
     /// Whether `identity` may see the events of `account` (`*`: every account).

@@ -69,7 +69,14 @@ pub fn account_from_db(db: &str) -> Option<String> {
     if parts.next().is_some() || a.len() != 2 || b.len() != 2 || c.is_empty() {
         return None;
     }
-    let c = match c.len().checked_sub(7).map(|at| c.split_at(at)) {
+    // The month suffix is ASCII; a cut that falls inside a multi-byte character (the key is
+    // network input) means there is none.
+    let c = match c
+        .len()
+        .checked_sub(7)
+        .filter(|at| c.is_char_boundary(*at))
+        .map(|at| c.split_at(at))
+    {
         Some((id, suffix))
             if !id.is_empty()
                 && suffix.starts_with('-')
@@ -120,6 +127,11 @@ mod tests {
             Some("acct-a")
         );
         assert_eq!(account_from_db("system_config"), None);
+        // A multi-byte character where the month suffix would start (it used to panic).
+        assert_eq!(
+            account_from_db("account%2Fab%2Fcd%2Féééé").as_deref(),
+            Some("abcdéééé")
+        );
         assert_eq!(account_from_db("account%2Fab"), None);
         assert_eq!(account_from_db("account%2Fab%2Fcd%2F"), None);
     }
