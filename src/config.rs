@@ -65,6 +65,8 @@ pub struct ServeConfig {
     pub api_max_connections: usize,
     /// A REST client must send its request headers within this long.
     pub api_header_timeout: Duration,
+    /// Origins a browser may call the REST API from (CORS): `*`, or a list.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// The longest any `*_secs` value may be (30 days): longer is a typo, and would overflow the
@@ -102,6 +104,7 @@ impl Default for ServeConfig {
             cluster_secret: None,
             api_max_connections: 1024,
             api_header_timeout: Duration::from_secs(10),
+            cors_allowed_origins: vec!["*".to_string()],
         }
     }
 }
@@ -151,6 +154,7 @@ pub const KEYS: &[&str] = &[
     "cluster_secret",
     "api_max_connections",
     "api_header_timeout_secs",
+    "cors_allowed_origins",
 ];
 
 /// Splits `--key value` / `--key=value` flags into `(key, value)` pairs (key in file spelling).
@@ -363,6 +367,24 @@ impl ServeConfig {
                 self.api_max_connections = positive("expected a positive number")? as usize
             }
             "api_header_timeout_secs" => self.api_header_timeout = seconds()?,
+            "cors_allowed_origins" => {
+                let origins: Vec<String> = value
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                let valid = |o: &String| {
+                    o == "*"
+                        || ((o.starts_with("http://") || o.starts_with("https://"))
+                            && o.bytes().all(|b| b.is_ascii_graphic()))
+                };
+                if origins.is_empty() || !origins.iter().all(valid) {
+                    return Err(invalid(
+                        "expected `*` or a comma-separated list of http(s)://host[:port] origins",
+                    ));
+                }
+                self.cors_allowed_origins = origins
+            }
             _ => return Err(ConfigError::Unknown(key.into())),
         }
         Ok(())

@@ -187,6 +187,25 @@ pub fn write_value(
     value: TapeValue<'_, '_>,
     key: &mut impl FnMut(&mut Vec<u8>, &str),
 ) {
+    write_value_with(out, value, key, false)
+}
+
+/// [`write_value`], leaving out every object member whose value is `null`, at every depth (as
+/// Kazoo's JSON library drops them; `null`s inside arrays stay).
+pub fn write_value_without_nulls(
+    out: &mut Vec<u8>,
+    value: TapeValue<'_, '_>,
+    key: &mut impl FnMut(&mut Vec<u8>, &str),
+) {
+    write_value_with(out, value, key, true)
+}
+
+fn write_value_with(
+    out: &mut Vec<u8>,
+    value: TapeValue<'_, '_>,
+    key: &mut impl FnMut(&mut Vec<u8>, &str),
+    drop_nulls: bool,
+) {
     // Per open container: members left to write, and whether it is an object.
     let mut open: Vec<(usize, bool)> = Vec::new();
     let mut first = true;
@@ -205,21 +224,27 @@ pub fn write_value(
             return;
         };
         if let Some((left, is_object)) = open.last_mut() {
-            if !first {
-                out.push(b',');
-            }
             *left -= 1;
             if *is_object {
                 let Node::String(k) = node else {
                     return;
                 };
+                let Some(value) = nodes.next() else {
+                    return;
+                };
+                if drop_nulls && matches!(value, Node::Static(simd_json::StaticNode::Null)) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
                 key(out, k);
                 out.push(b':');
-                match nodes.next() {
-                    Some(node) => write_node(out, node, &mut open, &mut first),
-                    None => return,
-                }
+                write_node(out, value, &mut open, &mut first);
                 continue;
+            }
+            if !first {
+                out.push(b',');
             }
         }
         write_node(out, node, &mut open, &mut first);

@@ -209,6 +209,7 @@ fn serve(args: &[String]) -> ExitCode {
                 cluster_key: cluster_key.clone(),
                 max_connections: config.api_max_connections,
                 header_timeout: config.api_header_timeout,
+                cors_allowed_origins: config.cors_allowed_origins.clone(),
             },
             auth.clone(),
             ingest.clone(),

@@ -458,9 +458,13 @@ impl Cluster {
     }
 }
 
-/// A socket id as the REST API shows it.
+/// A socket id as the REST API shows it (`websocket_session_id`): 32 hex digits, a random 64-bit
+/// prefix drawn once per process and the socket's own 64-bit id, so that ids are unique across
+/// the nodes of a cluster and across restarts, and stay URL-safe.
 pub fn socket_id(id: u64) -> String {
-    format!("{id:016x}")
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PROCESS.get_or_init(|| crate::ids::random_hex(8));
+    format!("{prefix}{id:016x}")
 }
 
 /// One socket in crossbar's shape, as listed under one account: `bindings` are the socket's

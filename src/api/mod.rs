@@ -18,7 +18,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_HEADERS, ALLOW, ORIGIN, VARY,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Notify;
 
@@ -49,10 +53,13 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// A client must send its request headers within this long.
     pub header_timeout: Duration,
+    /// Origins allowed to call the API from a browser (`*`: any).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 struct State {
     node: String,
+    cors_allowed_origins: Vec<String>,
     max_connections: usize,
     header_timeout: Duration,
     auth: Arc<Auth>,
@@ -93,6 +100,7 @@ impl Api {
             node: config.node,
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
+            cors_allowed_origins: config.cors_allowed_origins,
             auth,
             ingest,
             cluster,
@@ -171,7 +179,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
                     let timeout = state.header_timeout;
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(route(state, request).await) }
+                        async move { Ok::<_, Infallible>(answer(state, request).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     // A client that does not finish its headers in time is cut (slow-loris).
@@ -189,6 +197,55 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
 /// The answer to a connection over `api_max_connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
 Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections to the API\n";
+
+/// Every answer, with CORS as crossbar does it: a preflight `OPTIONS` is answered at once, and
+/// every answer says which origin may read it, so that a browser UI on another origin (Monster
+/// UI's default set-up) can call the API.
+async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let origin = request.headers().get(ORIGIN).cloned();
+    let mut response = if request.method() == Method::OPTIONS {
+        let mut response = Response::new(Body::default());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        let asked = request
+            .headers()
+            .get(ACCESS_CONTROL_REQUEST_HEADERS)
+            .filter(|v| v.len() <= 1024)
+            .cloned();
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            asked.unwrap_or(HeaderValue::from_static(
+                "Content-Type, X-Auth-Token, Authorization, X-Request-ID",
+            )),
+        );
+        headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        response
+    } else {
+        route(state.clone(), request).await
+    };
+    let headers = response.headers_mut();
+    if state.cors_allowed_origins.iter().any(|o| o == "*") {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    } else {
+        headers.insert(VARY, HeaderValue::from_static("Origin"));
+        let allowed = origin.filter(|o| {
+            o.to_str()
+                .is_ok_and(|o| state.cors_allowed_origins.iter().any(|a| a == o))
+        });
+        if let Some(origin) = allowed {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+    }
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Type, X-Request-ID"),
+    );
+    response
+}
 
 /// The token of a request: `X-Auth-Token`, else `Authorization: Bearer`.
 fn request_token(request: &Request<Incoming>) -> Option<String> {
@@ -298,7 +355,8 @@ async fn metrics_text(state: &State) -> Response<Body> {
     )
 }
 
-/// `{"call":[{"binding":..},..],"object":[..],..}`: exactly the bindings subscribe accepts.
+/// `{"call":["call.CHANNEL_CREATE.{CALL_ID}",..],"object":[..],..}`, as the seed documents show
+/// it: exactly the binding shapes subscribe accepts.
 fn catalog_json() -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     out.push(b'{');
@@ -312,9 +370,7 @@ fn catalog_json() -> Vec<u8> {
             if j > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"binding\":");
             json::write_str(&mut out, binding);
-            out.push(b'}');
         }
         out.push(b']');
     }

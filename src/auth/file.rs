@@ -77,7 +77,8 @@ pub(super) fn parse(text: &str) -> Result<Directory, String> {
     for account in &file.accounts {
         if let Some(realm) = &account.realm {
             let realm = realm.to_ascii_lowercase();
-            if realm.is_empty() || realm.len() > 253 || !realm.bytes().all(|b| b.is_ascii_graphic()) {
+            if realm.is_empty() || realm.len() > 253 || !realm.bytes().all(|b| b.is_ascii_graphic())
+            {
                 return Err(format!(
                     "account `{}`: realm `{realm}` is not a host name",
                     account.id

@@ -54,6 +54,11 @@ impl Default for BlackholeLimits {
     }
 }
 
+/// The longest socket name kept, in characters.
+const MAX_LABEL_CHARS: usize = 256;
+/// The largest socket metadata kept, as JSON bytes.
+const MAX_METADATA_BYTES: usize = 4096;
+
 /// The dialect, shared by every shard.
 pub struct Blackhole {
     auth: Arc<Auth>,
@@ -127,7 +132,8 @@ struct Subscription {
     binding: String,
     account: String,
     pattern: String,
-    amqp: AmqpBinding,
+    /// The broker bindings it holds one reference on each.
+    amqp: Vec<AmqpBinding>,
 }
 
 pub struct BlackholeSession {
@@ -265,7 +271,7 @@ impl BlackholeSession {
 
         let data = root.get("data").filter(|d| d.is_object());
         match action.and_then(|a| a.as_str()) {
-            Some("subscribe") => self.subscribe(&answer, data, subscriptions),
+            Some("subscribe") => self.subscribe(&answer, root, data, subscriptions),
             Some("unsubscribe") => self.unsubscribe(&answer, data, subscriptions),
             Some(other) => {
                 let shown: String = other.chars().take(64).collect();
@@ -331,13 +337,16 @@ impl BlackholeSession {
 
     fn leave(&self, sub: Subscription, subscriptions: &mut Subscriptions<'_>) {
         if subscriptions.unsubscribe(Separator::Dot, &sub.pattern, &sub.binding) {
-            self.dialect.source.release(sub.amqp);
+            for amqp in sub.amqp {
+                self.dialect.source.release(amqp);
+            }
         }
     }
 
     fn subscribe(
         &mut self,
         answer: &Answer,
+        root: TapeValue<'_, '_>,
         data: Option<TapeValue<'_, '_>>,
         subscriptions: &mut Subscriptions<'_>,
     ) -> Reply {
@@ -371,8 +380,11 @@ impl BlackholeSession {
         // whole or not at all.
         let mut resolved = Vec::with_capacity(bindings.len());
         let mut problems: Vec<String> = Vec::new();
+        let realm = (account != "*")
+            .then(|| self.dialect.auth.realm(&account))
+            .flatten();
         for binding in &bindings {
-            let checked = families::resolve(binding, &account).and_then(|r| {
+            let checked = families::resolve(binding, &account, realm.as_deref()).and_then(|r| {
                 validate_pattern(&r.internal_pattern, Separator::Dot)
                     .map(|()| r)
                     .map_err(|_| families::ResolveError::NoSubscription)
@@ -424,22 +436,29 @@ impl BlackholeSession {
         }
         let mut waits = Vec::with_capacity(added.len());
         for sub in added {
-            waits.push(self.dialect.source.acquire(sub.amqp.clone()));
+            for amqp in &sub.amqp {
+                waits.push(self.dialect.source.acquire(amqp.clone()));
+            }
             self.subscriptions.push(sub);
         }
         self.file(subscriptions);
-        if let Some(data) = data {
-            let name = data
-                .get("name")
-                .and_then(|n| n.as_str())
-                .map(str::to_string);
-            let metadata = data.get("metadata").filter(|m| !m.is_null()).map(|m| {
-                let mut out = Vec::new();
-                json::write_value(&mut out, m, &mut |out, k| json::write_str(out, k));
-                String::from_utf8_lossy(&out).into_owned()
-            });
-            subscriptions.set_labels(name, metadata);
-        }
+        // Kazoo master reads `name` and `metadata` at the top level of the command; its docs put
+        // them in `data`. Either works; the top level wins.
+        let label = |key: &str| {
+            root.get(key)
+                .filter(|v| !v.is_null())
+                .or_else(|| data.and_then(|d| d.get(key)).filter(|v| !v.is_null()))
+        };
+        let name = label("name")
+            .and_then(|n| n.as_str())
+            .map(|n| n.chars().take(MAX_LABEL_CHARS).collect());
+        let metadata = label("metadata").and_then(|m| {
+            let mut out = Vec::new();
+            json::write_value(&mut out, m, &mut |out, k| json::write_str(out, k));
+            // Kept whole or not at all: a cut would not be JSON.
+            (out.len() <= MAX_METADATA_BYTES).then(|| String::from_utf8_lossy(&out).into_owned())
+        });
+        subscriptions.set_labels(name, metadata);
 
         let reply = answer.success(|out| {
             out.extend_from_slice(b"{\"subscribed\":");
@@ -524,7 +543,9 @@ impl Drop for BlackholeSession {
     /// AMQP reference it held.
     fn drop(&mut self) {
         for sub in self.subscriptions.drain(..) {
-            self.dialect.source.release(sub.amqp);
+            for amqp in sub.amqp {
+                self.dialect.source.release(amqp);
+            }
         }
     }
 }

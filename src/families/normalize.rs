@@ -2,36 +2,37 @@
 //!
 //! Hot path (once per delivery, not per socket; `benches/ingest.rs`). The body is parsed once into
 //! a simd-json tape (reused buffers, strings unescaped in place), the family's fields are read off
-//! the tape, and the payload is written once in Kazoo's normalized form - keys lower-cased with
-//! `-` turned into `_` at every depth, Kazoo's default AMQP headers dropped at the top. The result
+//! the tape, and the payload is written once in Kazoo master's normalized form - keys lower-cased
+//! with `-` turned into `_` at every depth, `null` members dropped, the routing headers and private
+//! fields dropped at the top. The result
 //! is the part of the event frame every subscriber shares:
 //! `"name":..,"routing_key":..,"data":{..}}`.
 
 use bytes::Bytes;
 use simd_json::{Buffers, Tape};
 
-use super::encoding::{account_from_db, decode_segment, encode_segment};
+use super::encoding::{account_db, account_from_db, decode_segment, encode_segment};
 use super::voipbin;
-use super::{valid_account_id, CALL_EVENTS};
+use super::{valid_account_id, CALL_EVENTS, PRESENCE_KINDS};
 use crate::binding::Separator;
 use crate::json::{self, TapeValue};
 
-/// Kazoo's default and optional default headers, dropped from `data` (as `kz_api:remove_defaults`).
-const DEFAULT_HEADERS: &[&str] = &[
+/// Routing headers dropped from `data`, as Kazoo master's blackhole does
+/// (`kz_json:normalize_jobj(kz_api:public_fields(J))`): where a message came from and went, not
+/// what it says. `Event-Name`, `Event-Category`, `App-Name`, `App-Version` and `Msg-ID` stay (Monster
+/// UI reads `data.event_name`); so do keys starting with `_` or `pvt_` not, being private.
+const ROUTING_HEADERS: &[&str] = &[
     "Server-ID",
     "Node",
-    "Msg-ID",
-    "App-Name",
-    "App-Version",
-    "Event-Category",
-    "Event-Name",
+    "Server-Queue-ID",
     "Raw-Headers",
     "Destination-Server",
-    "Geo-Location",
-    "Access-Group",
-    "Tenant-ID",
     "Defer-Response",
 ];
+
+fn is_private(key: &str) -> bool {
+    ROUTING_HEADERS.contains(&key) || key.starts_with('_') || key.starts_with("pvt_")
+}
 
 /// An event ready for the shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,37 +177,71 @@ impl Normalizer {
                 let key = format!("call.{account}.{name}.{}", encode_segment(call_id));
                 (key, account.to_string(), name)
             }
+            // `{ACTION}.{DB}.{TYPE}.{ID}`; a monthly database (`...-YYYYMM`) is keyed as its
+            // account's database, so subscriptions match every month.
             "configuration" => {
-                let [action, db, _kind, _id] = segments.as_slice() else {
+                let [action, db, kind, id] = segments.as_slice() else {
                     return Err(Skip::MalformedRoutingKey);
                 };
                 let account = account_from_db(db).ok_or(Skip::NotAccountDb)?;
                 let account = checked_account(&account)?.to_string();
+                let key = format!(
+                    "{}.{}.{}.{}",
+                    plain(action)?,
+                    account_db(&account),
+                    plain(kind)?,
+                    canonical(id)?
+                );
                 let name = field("Event-Name").unwrap_or(action);
-                (routing_key.to_string(), account, name)
+                (key, account, name)
             }
-            "conference" => {
-                let account = payload_account(root)?;
-                let key = match segments.as_slice() {
-                    ["conference", "event", conference, call] => format!(
-                        "conference.event.{account}.{}.{}",
+            "conference" => match segments.as_slice() {
+                // ecallmgr: `conference.event.{EVENT}.{ACCT}.{CONF}.{CALL}` (kapi_conference
+                // event_key).
+                ["conference", "event", event, account, conference, call] => {
+                    let account = checked_account(account)?;
+                    let key = format!(
+                        "conference.event.{account}.{}.{}.{}",
+                        plain(event)?,
                         canonical(conference)?,
                         canonical(call)?
-                    ),
-                    ["conference", "command", conference] => {
-                        format!("conference.command.{account}.{}", canonical(conference)?)
-                    }
-                    _ => return Err(Skip::MalformedRoutingKey),
-                };
-                (key, account.to_string(), event_name()?)
-            }
-            "fax" => {
-                let account = payload_account(root)?;
-                let ["fax", "status", fax_id] = segments.as_slice() else {
+                    );
+                    let name = field("Event").or_else(|_| event_name())?;
+                    (key, account.to_string(), name)
+                }
+                // Commands name no account in their key: the payload's, or no one's.
+                ["conference", "command", conference] => {
+                    let account = payload_account(root)?;
+                    let key = format!("conference.command.{account}.{}", canonical(conference)?);
+                    let name = field("Application-Name").or_else(|_| event_name())?;
+                    (key, account.to_string(), name)
+                }
+                _ => return Err(Skip::MalformedRoutingKey),
+            },
+            // kapi_fax: `fax.status.{ACCT}.{FAX_ID}` on `faxes`.
+            "faxes" => {
+                let ["fax", "status", account, fax_id] = segments.as_slice() else {
                     return Err(Skip::MalformedRoutingKey);
                 };
+                let account = checked_account(account)?;
                 let key = format!("fax.status.{account}.{}", canonical(fax_id)?);
-                (key, account.to_string(), event_name()?)
+                (key, account.to_string(), event_name().unwrap_or("status"))
+            }
+            // kapi_presence: `{dialog|update|mwi_updates}.{REALM}.{ID}`. The account is the
+            // realm's; the shard matches the realm a subscription's account has.
+            "presence" => {
+                let [kind, realm, id] = segments.as_slice() else {
+                    return Err(Skip::MalformedRoutingKey);
+                };
+                if !PRESENCE_KINDS.contains(kind) {
+                    return Err(Skip::UnsupportedEvent);
+                }
+                let realm = encode_segment(&decode_segment(realm).to_ascii_lowercase());
+                if realm.is_empty() {
+                    return Err(Skip::MalformedRoutingKey);
+                }
+                let key = format!("presence.{realm}.{kind}.{}", canonical(id)?);
+                (key, realm, event_name().unwrap_or(kind))
             }
             _ => return Err(Skip::UnknownExchange),
         };
@@ -220,7 +255,7 @@ impl Normalizer {
         out.extend_from_slice(b",\"data\":{");
         let mut first = true;
         for (k, v) in root.entries() {
-            if DEFAULT_HEADERS.contains(&k) {
+            if is_private(k) || v.is_null() {
                 continue;
             }
             if !first {
@@ -229,7 +264,7 @@ impl Normalizer {
             first = false;
             normalized_key(out, k);
             out.push(b':');
-            json::write_value(out, v, &mut normalized_key);
+            json::write_value_without_nulls(out, v, &mut normalized_key);
         }
         out.extend_from_slice(b"}}");
         Ok(Normalized {
@@ -326,6 +361,15 @@ fn payload_account<'i>(root: TapeValue<'_, 'i>) -> Result<&'i str, Skip> {
     checked_account(account)
 }
 
+/// A routing-key word (an action, a type, an event name): used as it is, but never empty and never
+/// a wildcard (it would match subscriptions it is not).
+fn plain(segment: &str) -> Result<&str, Skip> {
+    if segment.is_empty() || segment == "*" || segment == "#" {
+        return Err(Skip::MalformedRoutingKey);
+    }
+    Ok(segment)
+}
+
 /// A routing-key id segment in the one encoding subscriptions use.
 fn canonical(segment: &str) -> Result<String, Skip> {
     if segment.is_empty() {
@@ -380,7 +424,8 @@ mod tests {
 
     const CALL: &str = r#"{"Event-Name":"CHANNEL_CREATE","Event-Category":"call_event","Call-ID":"abc@host.example",
         "Caller-ID-Number":"+15551234","Msg-ID":"m1","Server-ID":"s1","App-Name":"ecallmgr","App-Version":"4.3",
-        "Node":"ecallmgr@fs1","Custom-Channel-Vars":{"Account-ID":"acct-a","Owner-ID":"u1","Nested-List":[{"A-B":1}]}}"#;
+        "Node":"ecallmgr@fs1","Nothing":null,"_private":1,"pvt_type":"x",
+        "Custom-Channel-Vars":{"Account-ID":"acct-a","Owner-ID":"u1","Gone":null,"Nested-List":[{"A-B":1},null]}}"#;
 
     #[test]
     fn call_events_get_the_account_scoped_key_and_kazoo_normalized_data() {
@@ -401,18 +446,21 @@ mod tests {
         let data = v.get("data").expect("data");
         assert_eq!(data.get_str("call_id"), Some("abc@host.example"));
         assert_eq!(data.get_str("caller_id_number"), Some("+15551234"));
-        for dropped in [
+        // Kazoo master keeps what the event is; only where it travelled is dropped.
+        for kept in [
             "msg_id",
-            "server_id",
             "app_name",
             "app_version",
-            "node",
             "event_name",
             "event_category",
-            "Msg-ID",
         ] {
+            assert!(data.get(kept).is_some(), "{kept} must be kept: {data}");
+        }
+        for dropped in ["server_id", "node", "Msg-ID", "_private", "pvt_type"] {
             assert!(data.get(dropped).is_none(), "{dropped} must be dropped");
         }
+        assert_eq!(data.get_str("event_name"), Some("CHANNEL_CREATE"));
+        assert!(data.get("nothing").is_none(), "null members are dropped");
         let ccv = data.get("custom_channel_vars").expect("ccv");
         assert_eq!(ccv.get_str("account_id"), Some("acct-a"));
         assert_eq!(
@@ -445,19 +493,60 @@ mod tests {
     }
 
     #[test]
-    fn conference_and_fax_events_take_the_account_from_the_payload() {
-        let body = r#"{"Event-Name":"participant_event","Account-ID":"acct-a"}"#;
-        let n = normalize("conference", "conference.event.conf1.abc%40h", body).expect("routed");
-        assert_eq!(n.key, "conference.event.acct-a.conf1.abc%40h");
-        let n = normalize("conference", "conference.command.conf1", body).expect("routed");
-        assert_eq!(n.key, "conference.command.acct-a.conf1");
+    fn conference_fax_and_presence_keys_are_as_kazoo_master_publishes_them() {
+        let body = r#"{"Event-Name":"event","Event":"add-member","Account-ID":"acct-a","Conference-ID":"conf1"}"#;
         let n = normalize(
-            "fax",
-            "fax.status.f1",
-            r#"{"Event-Name":"status","Account-ID":"acct-a"}"#,
+            "conference",
+            "conference.event.add-member.acct-a.conf1.abc%40h",
+            body,
+        )
+        .expect("routed");
+        assert_eq!(n.key, "conference.event.acct-a.add-member.conf1.abc%40h");
+        assert_eq!(n.account, "acct-a");
+        assert!(
+            tail(&n).starts_with(r#""name":"add-member""#),
+            "{}",
+            tail(&n)
+        );
+        // Commands carry no account in their key: the payload's, or none at all.
+        let command = r#"{"Event-Name":"command","Application-Name":"kick","Account-ID":"acct-a"}"#;
+        let n = normalize("conference", "conference.command.conf1", command).expect("routed");
+        assert_eq!(n.key, "conference.command.acct-a.conf1");
+        assert_eq!(
+            normalize(
+                "conference",
+                "conference.command.conf1",
+                r#"{"Application-Name":"kick"}"#
+            ),
+            Err(Skip::Missing("Account-ID"))
+        );
+        let n = normalize(
+            "faxes",
+            "fax.status.acct-a.f1",
+            r#"{"Event-Name":"status"}"#,
         )
         .expect("routed");
         assert_eq!(n.key, "fax.status.acct-a.f1");
+        // Voicemail in a monthly database: keyed as the account's database.
+        let db = super::super::account_db("acct-a");
+        let n = normalize(
+            "configuration",
+            &format!("doc_created.{db}-202612.mailbox_message.vm1"),
+            r#"{"Event-Name":"doc_created","Type":"mailbox_message"}"#,
+        )
+        .expect("routed");
+        assert_eq!(n.key, format!("doc_created.{db}.mailbox_message.vm1"));
+        let n = normalize(
+            "presence",
+            "dialog.A%2ESip%2Eexample%2Ecom.call%40x",
+            r#"{"Event-Name":"dialog","State":"early"}"#,
+        )
+        .expect("routed");
+        assert_eq!(n.key, "presence.a%2Esip%2Eexample%2Ecom.dialog.call%40x");
+        assert_eq!(
+            normalize("presence", "blf.realm.x", r#"{"Event-Name":"x"}"#),
+            Err(Skip::UnsupportedEvent)
+        );
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl Node {
             limits,
         );
         let api_limits = (config.api_max_connections, config.api_header_timeout);
+        let cors = config.cors_allowed_origins.clone();
         let mut gateway = Gateway::start(config, Arc::new(dialects)).expect("gateway starts");
         let publisher = gateway.take_publisher().expect("publisher");
         ingest.start(publisher).expect("ingest starts");
@@ -163,6 +164,7 @@ impl Node {
                 cluster_key: Some(CLUSTER_SECRET.to_vec()),
                 max_connections: api_limits.0,
                 header_timeout: api_limits.1,
+                cors_allowed_origins: cors,
             },
             auth.clone(),
             ingest.clone(),
@@ -433,7 +435,13 @@ pub async fn publish(channel: &lapin::Channel, exchange: &str, key: &str, body: 
 /// Declares Kazoo's exchanges the way Kazoo does (non-durable topic), for publishers that may
 /// run before a node has bound anything.
 pub async fn declare_kazoo_exchanges(channel: &lapin::Channel) {
-    for exchange in ["callevt", "configuration", "conference", "fax"] {
+    for exchange in [
+        "callevt",
+        "configuration",
+        "conference",
+        "faxes",
+        "presence",
+    ] {
         channel
             .exchange_declare(
                 exchange.into(),
