@@ -139,7 +139,7 @@ impl Cluster {
             let (sockets, _) = registry.sockets(Duration::from_secs(1));
             sockets
                 .iter()
-                .filter(|s| socket.as_ref().is_none_or(|id| *id == socket_id(s.id)))
+                .filter(|s| socket.as_ref().is_none_or(|id| *id == socket_id(s)))
                 .filter_map(|s| {
                     let filed = s.filed.iter().find(|f| f.account == account)?;
                     Some(socket_json(s, &filed.bindings, &node))
@@ -458,13 +458,11 @@ impl Cluster {
     }
 }
 
-/// A socket id as the REST API shows it (`websocket_session_id`): 32 hex digits, a random 64-bit
-/// prefix drawn once per process and the socket's own 64-bit id, so that ids are unique across
-/// the nodes of a cluster and across restarts, and stay URL-safe.
-pub fn socket_id(id: u64) -> String {
-    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let prefix = PROCESS.get_or_init(|| crate::ids::random_hex(8));
-    format!("{prefix}{id:016x}")
+/// A socket id as the REST API shows it (`websocket_session_id`): 32 hex digits, the random 64-bit
+/// id of the gateway instance (drawn at each start) and the socket's own 64-bit id, so that ids
+/// are unique across the nodes of a cluster and across restarts, and stay URL-safe.
+pub fn socket_id(socket: &SocketInfo) -> String {
+    format!("{:016x}{:016x}", socket.instance, socket.id)
 }
 
 /// One socket in crossbar's shape, as listed under one account: `bindings` are the socket's
@@ -472,7 +470,7 @@ pub fn socket_id(id: u64) -> String {
 fn socket_json(socket: &SocketInfo, bindings: &[String], node: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"websocket_session_id\":");
-    json::write_str(&mut out, &socket_id(socket.id));
+    json::write_str(&mut out, &socket_id(socket));
     out.extend_from_slice(b",\"bindings\":");
     json::write_str_array(&mut out, bindings.iter().map(String::as_str));
     let since_1970 = socket

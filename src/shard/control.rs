@@ -12,6 +12,9 @@ use crate::fanout::RingStats;
 /// One socket as the control plane lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketInfo {
+    /// The gateway instance (random, drawn at each start): with `id`, unique across a cluster
+    /// and across restarts.
+    pub instance: u64,
     pub id: u64,
     pub shard: usize,
     pub peer: SocketAddr,

@@ -132,6 +132,7 @@ impl Gateway {
             config.max_connections,
             config.max_connections_per_ip,
         ));
+        let instance = u64::from_str_radix(&crate::ids::random_hex(8), 16).unwrap_or_default();
         let mut producers = Vec::with_capacity(shards);
         for index in 0..shards {
             let (producer, consumer) = fanout::ring::<Arc<Event>>(RING_CAPACITY);
@@ -144,6 +145,7 @@ impl Gateway {
             let mut shard_config = config.clone();
             shard_config.ws_listen = gateway.local_addr;
             let shared = Shared {
+                instance,
                 factory: factory.clone(),
                 limits: limits.clone(),
                 stop: gateway.stop.clone(),
@@ -232,6 +234,8 @@ pub(crate) struct ShardContext {
     pub factory: Arc<dyn SessionFactory>,
     /// Connection admission, shared by every shard of the node.
     pub limits: Arc<ConnectionLimits>,
+    /// This gateway instance's random id (see `SocketInfo::instance`).
+    pub instance: u64,
     /// Where sockets read into; never borrowed across an await.
     pub scratch: RefCell<Vec<u8>>,
     /// The shard's socket registry.
@@ -320,6 +324,7 @@ fn pin_to_core(index: usize) {
 
 /// What every shard of a node shares.
 struct Shared {
+    instance: u64,
     factory: Arc<dyn SessionFactory>,
     limits: Arc<ConnectionLimits>,
     stop: Arc<Stop>,
@@ -329,6 +334,7 @@ fn shard_thread(
     index: usize,
     config: ServeConfig,
     Shared {
+        instance,
         factory,
         limits,
         stop,
@@ -369,6 +375,7 @@ fn shard_thread(
             config,
             factory,
             limits,
+            instance,
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             sockets: RefCell::new(SocketTable::default()),
             poller,
@@ -523,6 +530,7 @@ async fn answer_control(
                         .map(|conn| {
                             let labels = conn.labels.as_deref();
                             SocketInfo {
+                                instance: shard.instance,
                                 id: conn.id,
                                 shard: shard.index,
                                 peer: conn.peer,
