@@ -319,19 +319,7 @@ fn spawn_node(
     String,
 ) {
     use std::io::BufRead;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horizon"));
-    {
-        use std::os::unix::process::CommandExt as _;
-        // SAFETY: prctl is async-signal-safe and touches only the child being set up: the
-        // gateway dies with the test thread even if the test panics.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-    }
-    let mut child = command
+    let mut child = common::horizon_command()
         .args([
             "serve",
             "--ws-listen",

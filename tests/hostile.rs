@@ -104,16 +104,7 @@ impl Drop for Served {
 }
 
 fn serve(args: &[&str]) -> Served {
-    use std::os::unix::process::CommandExt as _;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_horizon"));
-    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = command
+    let mut child = common::horizon_command()
         .args([
             "serve",
             "--ws-listen",

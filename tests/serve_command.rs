@@ -1,25 +1,14 @@
 //! `horizon serve` as a user runs it: the real binary, its log, its listener, its signals.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Makes a child die with the test thread that started it, so a failing test leaves nothing
-/// running.
-fn die_with_parent(command: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        })
-    }
-}
-
 fn spawn(args: &[&str]) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
-    let mut child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_horizon")))
+    let mut child = common::horizon_command()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

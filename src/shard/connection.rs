@@ -139,6 +139,20 @@ impl Conn {
         self.read_paused
     }
 
+    /// Sets the socket's readiness interest (input: not paused; output: waiting for room in the
+    /// send buffer) and records it.
+    fn set_interest(
+        &mut self,
+        shard: &ShardContext,
+        input: bool,
+        output: bool,
+    ) -> std::io::Result<()> {
+        shard.poller.interest(self.fd, self.token, input, output)?;
+        self.read_paused = !input;
+        self.write_armed = output;
+        Ok(())
+    }
+
     /// Whether the queue holds a bound's worth: the socket is not read until it drains.
     fn over_bound(&self) -> bool {
         self.outbound.queued_bytes() >= self.outbound.limit()
@@ -390,17 +404,11 @@ fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
             && conn.phase != Phase::Ending
             && conn.outbound.queued_bytes() <= conn.outbound.limit() / 2;
         let output = flushed == Flushed::WouldBlock;
-        if output != conn.write_armed || resume {
-            let input = !conn.read_paused || resume;
-            if shard
-                .poller
-                .interest(fd, conn.token, input, output)
-                .is_err()
-            {
-                return Serviced::Done;
-            }
-            conn.write_armed = output;
-            conn.read_paused = !input;
+        let input = !conn.read_paused || resume;
+        if (output != conn.write_armed || resume)
+            && conn.set_interest(shard, input, output).is_err()
+        {
+            return Serviced::Done;
         }
         match flushed {
             Flushed::WouldBlock if resume => return Serviced::Resumed,
@@ -479,14 +487,9 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
                 // The client sends but does not read: stop reading it until it drains (the
                 // keepalive sweep closes it if it stays so).
                 let output = conn.write_armed;
-                if shard
-                    .poller
-                    .interest(fd, conn.token, false, output)
-                    .is_err()
-                {
+                if conn.set_interest(shard, false, output).is_err() {
                     return Next::End;
                 }
-                conn.read_paused = true;
                 break;
             }
         }

@@ -41,6 +41,21 @@ pub fn unique_name(what: &str) -> String {
 }
 
 pub mod kazoo;
+
+/// `horizon` (the binary under test) as a command whose child dies with the test thread that
+/// started it, so that a failing test never leaves a gateway running.
+pub fn horizon_command() -> std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horizon"));
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+}
 pub mod voipbin;
 
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`): status and body.
