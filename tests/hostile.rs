@@ -818,3 +818,76 @@ fn forged_control_messages_are_ignored() {
     });
     node.stop();
 }
+
+/// Reads server frames (unmasked) from `stream` until `want` text frames have arrived or
+/// `within` passes; returns how many did.
+async fn count_text_frames(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    want: usize,
+    within: Duration,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut texts = 0;
+    while texts < want {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (len, head) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buf.len() < head + len {
+                break;
+            }
+            if buf[0] & 0x0f == 0x1 {
+                texts += 1;
+            }
+            buf.drain(..head + len);
+        }
+    }
+    texts
+}
+
+#[test]
+fn a_client_paused_for_not_reading_gets_every_reply_once_it_reads() {
+    // The bound pauses reading, never drops a reply: once the client reads again, the input it
+    // had sent is handled and every command is answered.
+    let t = Tenants::new();
+    let node = Node::start(false, &t.auth_toml(), |config, _| {
+        config.outbound_queue_bytes = 16 * 1024;
+    });
+    runtime().block_on(async {
+        node.ready().await;
+        let mut stream = tcp(node.addr(), None).await;
+        upgrade(&mut stream).await;
+        let (mut reader, mut writer) = stream.into_split();
+        const FRAMES: usize = 20_000;
+        let junk: Vec<u8> = (0..FRAMES).flat_map(|_| frame(0x1, b"x")).collect();
+        let write = tokio::spawn(async move {
+            writer
+                .write_all(&junk)
+                .await
+                .expect("every frame is taken in the end");
+            writer
+        });
+        // Long enough for the queue to reach its bound and reading to pause.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got = count_text_frames(&mut reader, FRAMES, Duration::from_secs(30)).await;
+        assert_eq!(got, FRAMES, "every command answered, none lost");
+        let _writer = write.await.unwrap();
+    });
+    node.stop();
+}

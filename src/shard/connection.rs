@@ -363,20 +363,27 @@ fn handle_readable(shard: &ShardContext, token: Token) -> bool {
 /// reading once a blocked queue has drained (and handles the input it had left unread), sends
 /// the lag notice once a slow socket drains, and ends the connection once it is done.
 pub(crate) fn service(shard: &ShardContext, token: Token) {
-    let outcome = match shard.sockets.borrow().get(token) {
-        Some(socket) => flush(shard, socket),
-        None => return,
-    };
-    match outcome {
-        Serviced::Done => end(shard, token),
-        Serviced::Resumed => {
+    for _ in 0..READS_PER_WAKEUP {
+        let outcome = match shard.sockets.borrow().get(token) {
+            Some(socket) => flush(shard, socket),
+            None => return,
+        };
+        match outcome {
+            Serviced::Done => return end(shard, token),
+            Serviced::Waiting => return,
             // Frames that arrived before the pause may be waiting, with nothing more to come
             // from the client to report the socket readable again.
-            if handle_readable(shard, token) {
-                service(shard, token);
+            Serviced::Resumed => {
+                if !handle_readable(shard, token) {
+                    return;
+                }
             }
         }
-        Serviced::Waiting => {}
+    }
+    // A client that reads as fast as it sends keeps this going: give the other sockets their
+    // turn and come back to it from the service list.
+    if let Some(socket) = shard.sockets.borrow().get(token) {
+        socket.conn.borrow_mut().schedule();
     }
 }
 
@@ -478,20 +485,10 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
         }
     }
     for _ in 0..READS_PER_WAKEUP {
-        {
-            let mut conn = conn.borrow_mut();
-            if conn.read_paused {
-                break;
-            }
-            if conn.phase == Phase::Open && conn.over_bound() {
-                // The client sends but does not read: stop reading it until it drains (the
-                // keepalive sweep closes it if it stays so).
-                let output = conn.write_armed;
-                if conn.set_interest(shard, false, output).is_err() {
-                    return Next::End;
-                }
-                break;
-            }
+        match pause_if_over_bound(shard, &mut conn.borrow_mut()) {
+            Err(()) => return Next::End,
+            Ok(true) => break,
+            Ok(false) => {}
         }
         let n = match io::read(fd, &mut scratch) {
             Ok(0) => return Next::End,
@@ -551,7 +548,28 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
     if heard {
         conn.borrow_mut().last_heard = shard.clock();
     }
+    // The last read may have filled the bound with frames still unhandled in `partial`: pause,
+    // so that the drain that makes room comes back for them (no new bytes may ever arrive to
+    // report the socket readable).
+    if next == Next::Continue && pause_if_over_bound(shard, &mut conn.borrow_mut()).is_err() {
+        return Next::End;
+    }
     next
+}
+
+/// Stops reading a socket whose output queue is at its bound (the client sends but does not
+/// read): it is read again once the queue drains, and the keepalive sweep closes it if it stays
+/// so. `Ok(true)` when reading is (now) paused; `Err` when the readiness set refused.
+fn pause_if_over_bound(shard: &ShardContext, conn: &mut Conn) -> Result<bool, ()> {
+    if conn.read_paused {
+        return Ok(true);
+    }
+    if conn.phase != Phase::Open || !conn.over_bound() {
+        return Ok(false);
+    }
+    let output = conn.write_armed;
+    conn.set_interest(shard, false, output).map_err(|_| ())?;
+    Ok(true)
 }
 
 /// Handles the complete frames in `input.partial` (left from before a pause); returns how many
