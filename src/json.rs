@@ -63,6 +63,14 @@ pub fn write_static(out: &mut Vec<u8>, node: &StaticNode) {
     let _ = match node {
         StaticNode::I64(n) => write!(out, "{n}"),
         StaticNode::U64(n) => write!(out, "{n}"),
+        // Rust prints an f64 in full decimal (1e300 as 301 digits with no point), which is JSON
+        // but which strict parsers, simd-json among them, refuse as an integer out of range:
+        // far from 1, the exponent form, which every parser reads back as the same number.
+        StaticNode::F64(n)
+            if n.is_finite() && (n.abs() >= 1e15 || (*n != 0.0 && n.abs() < 1e-6)) =>
+        {
+            write!(out, "{n:e}")
+        }
         StaticNode::F64(n) if n.is_finite() => write!(out, "{n}"),
         StaticNode::F64(_) | StaticNode::Null => write!(out, "null"),
         StaticNode::Bool(b) => write!(out, "{b}"),
@@ -285,6 +293,43 @@ pub fn parse_into<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_number_written_parses_back_as_the_same_number() {
+        // Found by the voipbin_payload fuzz target: 1.1111e300 was written as 301 digits with
+        // no point, which simd-json refuses ("InvalidNumber").
+        for text in [
+            "1.1111e300",
+            "-8112.111111111111",
+            "1e20",
+            "-1e-300",
+            "5e-7",
+            "0.5",
+            "-0.0",
+            "12345678901234567890123.0",
+        ] {
+            let mut input = format!("[{text}]").into_bytes();
+            let tape = simd_json::to_tape(&mut input).expect("valid input");
+            let mut out = Vec::new();
+            write_value(&mut out, TapeValue::root(&tape.0).unwrap(), &mut |o, k| {
+                write_str(o, k)
+            });
+            let written = String::from_utf8(out.clone()).unwrap();
+            let again =
+                simd_json::to_tape(&mut out).unwrap_or_else(|e| panic!("{text} -> {written}: {e}"));
+            let (simd_json::Node::Static(a), simd_json::Node::Static(b)) = (tape.0[1], again.0[1])
+            else {
+                panic!("{text}: not a number");
+            };
+            let as_f64 = |n: simd_json::StaticNode| match n {
+                simd_json::StaticNode::F64(f) => f,
+                simd_json::StaticNode::I64(i) => i as f64,
+                simd_json::StaticNode::U64(u) => u as f64,
+                _ => f64::NAN,
+            };
+            assert_eq!(as_f64(a), as_f64(b), "{text} -> {written}");
+        }
+    }
 
     fn roundtrip(input: &str) -> String {
         let mut bytes = input.as_bytes().to_vec();
