@@ -364,11 +364,7 @@ fn spawn_node(
 #[test]
 fn a_killed_node_leaves_the_listing_once_its_heartbeat_lapses() {
     let t = Tenants::new();
-    let auth_file = std::env::temp_dir().join(format!(
-        "horizon-cluster-{}.toml",
-        horizon::ids::random_hex(4)
-    ));
-    std::fs::write(&auth_file, t.auth_toml()).unwrap();
+    let auth_file = common::temp_file("horizon-cluster", &t.auth_toml());
     let (first, ws1, api1, node1) = spawn_node(&auth_file);
     let (second, ws2, _api2, node2) = spawn_node(&auth_file);
     // A failing assertion must not leave gateways running behind the test.

@@ -284,16 +284,12 @@ fn a_signed_token_with_an_absurd_expiry_is_refused_and_the_node_lives_on() {
     // Before: `exp` above i64::MAX overflowed the clock on a shard thread; the shard died, its
     // ring filled, and ingest stopped for the whole node.
     let t = Tenants::new();
-    let secret_file = std::env::temp_dir().join(format!(
-        "horizon-hostile-{}.toml",
-        horizon::ids::random_hex(4)
-    ));
-    std::fs::write(&secret_file, t.auth_toml()).unwrap();
+    let auth_file = common::temp_file("horizon-hostile", &t.auth_toml());
     let node = serve(&[
         "--shards",
         "1",
         "--auth-file",
-        secret_file.to_str().unwrap(),
+        auth_file.to_str().unwrap(),
         "--jwt-hs256-secret",
         "s3cret",
     ]);
@@ -321,7 +317,7 @@ fn a_signed_token_with_an_absurd_expiry_is_refused_and_the_node_lives_on() {
             .subscribe(Some(&token(&t.a)), r#"{"binding":"call.*.*"}"#)
             .await;
     });
-    let _ = std::fs::remove_file(secret_file);
+    let _ = std::fs::remove_file(auth_file);
 }
 
 /// `token` with its payload replaced by `payload`, signed HS256 with `secret`.
@@ -343,11 +339,7 @@ fn resign(token: &str, payload: &str, secret: &[u8]) -> String {
 fn a_bad_auth_file_on_sighup_is_refused_and_the_node_lives_on() {
     // Before: a non-ASCII UTC offset was sliced at a byte offset inside a character: panic.
     let t = Tenants::new();
-    let auth_file = std::env::temp_dir().join(format!(
-        "horizon-hostile-{}.toml",
-        horizon::ids::random_hex(4)
-    ));
-    std::fs::write(&auth_file, t.auth_toml()).unwrap();
+    let auth_file = common::temp_file("horizon-hostile", &t.auth_toml());
     let node = serve(&["--shards", "1", "--auth-file", auth_file.to_str().unwrap()]);
     let bad = format!(
         "{}\n[[tokens]]\ntoken = \"tok-odd\"\naccount_id = \"{}\"\nexpires_at = \"2030-01-01T00:00:00+1é:0\"\n",

@@ -42,6 +42,14 @@ pub fn unique_name(what: &str) -> String {
 
 pub mod kazoo;
 
+/// Writes `contents` to a new file under the temporary directory (the name starts with `what`)
+/// and returns its path; the caller removes it.
+pub fn temp_file(what: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{what}-{}.toml", horizon::ids::random_hex(6)));
+    std::fs::write(&path, contents).expect("write a temporary file");
+    path
+}
+
 /// `horizon` (the binary under test) as a command whose child dies with the test thread that
 /// started it, so that a failing test never leaves a gateway running.
 pub fn horizon_command() -> std::process::Command {
