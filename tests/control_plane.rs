@@ -319,16 +319,8 @@ fn spawn_node(
     String,
 ) {
     use std::io::BufRead;
-    let mut child = common::horizon_command()
-        .args([
-            "serve",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-        ])
+    let mut child = common::serve_command()
+        .args(["--shards", "1"])
         .args([
             "--amqp-url",
             &common::amqp_url(),

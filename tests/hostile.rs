@@ -104,14 +104,7 @@ impl Drop for Served {
 }
 
 fn serve(args: &[&str]) -> Served {
-    let mut child = common::horizon_command()
-        .args([
-            "serve",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = common::serve_command()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -42,6 +42,20 @@ pub fn unique_name(what: &str) -> String {
 
 pub mod kazoo;
 
+/// `horizon serve` (see [`horizon_command`]) with its WebSocket and REST listeners on ephemeral
+/// loopback ports; the log says which.
+pub fn serve_command() -> std::process::Command {
+    let mut command = horizon_command();
+    command.args([
+        "serve",
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    command
+}
+
 /// Writes `contents` to a new file under the temporary directory (the name starts with `what`)
 /// and returns its path; the caller removes it.
 pub fn temp_file(what: &str, contents: &str) -> std::path::PathBuf {
