@@ -67,6 +67,31 @@ pub struct ServeConfig {
     pub api_header_timeout: Duration,
     /// Origins a browser may call the REST API from (CORS): `*`, or a list.
     pub cors_allowed_origins: Vec<String>,
+    /// Webhooks run on this node.
+    pub webhooks_enabled: bool,
+    /// Where hooks live: a SQLite file (default `horizon-webhooks.db` in the working directory)
+    /// or `postgres://...` (shared by the nodes of a cluster).
+    pub webhooks_db: String,
+    /// Hooks may target loopback, private and link-local addresses.
+    pub webhooks_allow_private_targets: bool,
+    pub webhooks_connect_timeout: Duration,
+    pub webhooks_request_timeout: Duration,
+    /// The first retry's delay (doubling after it).
+    pub webhooks_retry_first: Duration,
+    pub webhooks_retry_max: Duration,
+    /// Requests one hook may have in flight at once.
+    pub webhooks_concurrency_per_hook: usize,
+    /// Requests this node may have in flight at once.
+    pub webhooks_max_in_flight: usize,
+    /// A hook is disabled after this many failed attempts within the expiry window.
+    pub webhooks_attempt_failure_count: u32,
+    pub webhooks_attempt_failure_expiry: Duration,
+    /// How long the attempts log keeps an attempt.
+    pub webhooks_attempts_retention: Duration,
+    /// The shared durable queue the nodes' webhook consumers compete on.
+    pub webhooks_queue: String,
+    /// `cluster_id` in every webhook payload.
+    pub cluster_id: String,
 }
 
 /// The longest any `*_secs` value may be (30 days): longer is a typo, and would overflow the
@@ -105,6 +130,20 @@ impl Default for ServeConfig {
             api_max_connections: 1024,
             api_header_timeout: Duration::from_secs(10),
             cors_allowed_origins: vec!["*".to_string()],
+            webhooks_enabled: true,
+            webhooks_db: "horizon-webhooks.db".to_string(),
+            webhooks_allow_private_targets: false,
+            webhooks_connect_timeout: Duration::from_secs(2),
+            webhooks_request_timeout: Duration::from_secs(5),
+            webhooks_retry_first: Duration::from_secs(2),
+            webhooks_retry_max: Duration::from_secs(60),
+            webhooks_concurrency_per_hook: 8,
+            webhooks_max_in_flight: 4096,
+            webhooks_attempt_failure_count: 6,
+            webhooks_attempt_failure_expiry: Duration::from_secs(60),
+            webhooks_attempts_retention: Duration::from_secs(7 * 24 * 3600),
+            webhooks_queue: "horizon.webhooks".to_string(),
+            cluster_id: "horizon".to_string(),
         }
     }
 }
@@ -155,6 +194,20 @@ pub const KEYS: &[&str] = &[
     "api_max_connections",
     "api_header_timeout_secs",
     "cors_allowed_origins",
+    "webhooks_enabled",
+    "webhooks_db",
+    "webhooks_allow_private_targets",
+    "webhooks_connect_timeout_secs",
+    "webhooks_request_timeout_secs",
+    "webhooks_retry_first_ms",
+    "webhooks_retry_max_secs",
+    "webhooks_concurrency_per_hook",
+    "webhooks_max_in_flight",
+    "webhooks_attempt_failure_count",
+    "webhooks_attempt_failure_expiry_ms",
+    "webhooks_attempts_retention_secs",
+    "webhooks_queue",
+    "cluster_id",
 ];
 
 /// Splits `--key value` / `--key=value` flags into `(key, value)` pairs (key in file spelling).
@@ -291,6 +344,11 @@ impl ServeConfig {
                 .map_err(|_| invalid("expected a whole number (0: no limit)"))
         };
         let optional = |value: &str| (!value.is_empty()).then(|| value.to_string());
+        let boolean = || match value {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(invalid("expected true or false")),
+        };
         match key {
             "ws_listen" => {
                 self.ws_listen = value.parse().map_err(|_| invalid("expected host:port"))?
@@ -384,6 +442,61 @@ impl ServeConfig {
                     ));
                 }
                 self.cors_allowed_origins = origins
+            }
+            "webhooks_enabled" => self.webhooks_enabled = boolean()?,
+            "webhooks_db" => {
+                crate::webhooks::store::Backend::parse(value).map_err(invalid)?;
+                self.webhooks_db = value.to_string()
+            }
+            "webhooks_allow_private_targets" => self.webhooks_allow_private_targets = boolean()?,
+            "webhooks_connect_timeout_secs" => self.webhooks_connect_timeout = seconds()?,
+            "webhooks_request_timeout_secs" => self.webhooks_request_timeout = seconds()?,
+            "webhooks_retry_first_ms" => {
+                self.webhooks_retry_first = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (10..=600_000).contains(n))
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| invalid("expected milliseconds from 10 to 600000"))?
+            }
+            "webhooks_retry_max_secs" => self.webhooks_retry_max = seconds()?,
+            "webhooks_concurrency_per_hook" => {
+                self.webhooks_concurrency_per_hook =
+                    positive("expected a positive number")?.min(1024) as usize
+            }
+            "webhooks_max_in_flight" => {
+                self.webhooks_max_in_flight =
+                    positive("expected a positive number")?.min(1 << 20) as usize
+            }
+            "webhooks_attempt_failure_count" => {
+                self.webhooks_attempt_failure_count =
+                    positive("expected a positive number")?.min(u32::MAX as u64) as u32
+            }
+            "webhooks_attempt_failure_expiry_ms" => {
+                self.webhooks_attempt_failure_expiry = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_SECS * 1000).contains(n))
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| invalid("expected milliseconds from 1 to 30 days"))?
+            }
+            "webhooks_attempts_retention_secs" => self.webhooks_attempts_retention = seconds()?,
+            "webhooks_queue" => {
+                if value.is_empty()
+                    || value.len() > 200
+                    || !value.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(invalid(
+                        "expected a queue name (printable ASCII, at most 200 bytes)",
+                    ));
+                }
+                self.webhooks_queue = value.to_string()
+            }
+            "cluster_id" => {
+                if value.is_empty() || value.len() > 128 {
+                    return Err(invalid("expected 1 to 128 characters"));
+                }
+                self.cluster_id = value.to_string()
             }
             _ => return Err(ConfigError::Unknown(key.into())),
         }

@@ -22,4 +22,5 @@ pub mod latency;
 pub mod log;
 pub mod memory;
 pub mod shard;
+pub mod webhooks;
 pub mod ws;

@@ -10,6 +10,8 @@ use horizon::config::{parse_flags, ServeConfig, KEYS};
 use horizon::dialect::{BlackholeLimits, Dialects};
 use horizon::ingest::{AmqpConfig, EventSource, Ingest, Source};
 use horizon::shard::Gateway;
+use horizon::webhooks::store::Backend;
+use horizon::webhooks::WebhooksConfig;
 use horizon::{elog, log};
 
 #[global_allocator]
@@ -99,6 +101,31 @@ fn exit_on_panic() {
         elog!("horizon serve: a thread panicked ({info}); exiting so that the node restarts");
         std::process::exit(101);
     }));
+}
+
+/// Webhooks as configured (`None` when `webhooks_enabled` is false).
+fn webhooks_config(config: &ServeConfig, node: &str) -> Option<WebhooksConfig> {
+    if !config.webhooks_enabled {
+        return None;
+    }
+    // Checked when the configuration was read.
+    let db = Backend::parse(&config.webhooks_db).ok()?;
+    let mut webhooks = WebhooksConfig::new(db, node.to_string());
+    webhooks.cluster_id = config.cluster_id.clone();
+    webhooks.amqp_url = config.amqp_url.clone();
+    webhooks.queue = config.webhooks_queue.clone();
+    webhooks.prefetch = config.amqp_prefetch;
+    webhooks.connect_timeout = config.webhooks_connect_timeout;
+    webhooks.request_timeout = config.webhooks_request_timeout;
+    webhooks.retry_first = config.webhooks_retry_first;
+    webhooks.retry_max = config.webhooks_retry_max;
+    webhooks.per_hook_concurrency = config.webhooks_concurrency_per_hook;
+    webhooks.max_in_flight = config.webhooks_max_in_flight;
+    webhooks.failure_count = config.webhooks_attempt_failure_count;
+    webhooks.failure_window = config.webhooks_attempt_failure_expiry;
+    webhooks.attempts_retention = config.webhooks_attempts_retention;
+    webhooks.allow_private = config.webhooks_allow_private_targets;
+    Some(webhooks)
 }
 
 fn serve(args: &[String]) -> ExitCode {
@@ -210,6 +237,7 @@ fn serve(args: &[String]) -> ExitCode {
                 max_connections: config.api_max_connections,
                 header_timeout: config.api_header_timeout,
                 cors_allowed_origins: config.cors_allowed_origins.clone(),
+                webhooks: webhooks_config(&config, &node),
             },
             auth.clone(),
             ingest.clone(),
@@ -242,6 +270,18 @@ fn serve(args: &[String]) -> ExitCode {
         "api: listening on http://{} (node {node})",
         api.local_addr()
     );
+    match webhooks_config(&config, &node) {
+        Some(webhooks) => log!(
+            "webhooks: on, hooks in {}; events from {}",
+            webhooks.db.describe(),
+            if config.amqp_url.is_some() {
+                format!("the shared queue {}", config.webhooks_queue)
+            } else {
+                "the embedded bus".to_string()
+            }
+        ),
+        None => log!("webhooks: off (webhooks_enabled = false)"),
+    }
     log!(
         "dialects: VoIPBin on {}, Kazoo blackhole on every other path",
         horizon::dialect::VOIPBIN_PATH

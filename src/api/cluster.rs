@@ -60,8 +60,12 @@ struct Pending {
     done: Arc<Notify>,
 }
 
+type Listener = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Default)]
 struct State {
+    /// Called when another node says its hooks changed.
+    hooks_listener: Option<Listener>,
     channel: Option<Channel>,
     peers: HashMap<String, Instant>,
     pending: HashMap<String, Pending>,
@@ -114,6 +118,32 @@ impl Cluster {
         })
         .await
         .ok()
+    }
+
+    /// Tells every node that the webhooks changed (they reload them from the shared store).
+    pub fn announce_hooks(self: &Arc<Self>) {
+        let Some(channel) = self.state().channel.clone() else {
+            return;
+        };
+        let mut message = self.open_message("hooks");
+        message.push(b'}');
+        let message = self.sign(&message);
+        tokio::spawn(async move {
+            let _ = channel
+                .basic_publish(
+                    EXCHANGE.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &message,
+                    BasicProperties::default(),
+                )
+                .await;
+        });
+    }
+
+    /// What to do when another node announces changed webhooks.
+    pub fn on_hooks_changed(&self, listener: impl Fn() + Send + Sync + 'static) {
+        self.state().hooks_listener = Some(Arc::new(listener));
     }
 
     /// Nodes heard from within [`DEAD_AFTER`], this one included.
@@ -397,6 +427,12 @@ impl Cluster {
         };
         match root.get("type").and_then(|t| t.as_str()) {
             Some("heartbeat") => self.heard_from(sender),
+            Some("hooks") if sender != self.node => {
+                let listener = self.state().hooks_listener.clone();
+                if let Some(listener) = listener {
+                    listener();
+                }
+            }
             Some("request") => {
                 let (Some(request), Some(account), Some(reply_to)) =
                     (text("request"), text("account"), text("reply_to"))
@@ -493,6 +529,11 @@ fn socket_json(socket: &SocketInfo, bindings: &[String], node: &str) -> Vec<u8> 
     out.extend_from_slice(socket.metadata.as_deref().unwrap_or("null").as_bytes());
     out.push(b'}');
     out
+}
+
+/// A Kazoo (Gregorian) timestamp: seconds since year 0.
+pub fn to_gregorian(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + GREGORIAN_OFFSET
 }
 
 /// Seconds since 1970 of a Kazoo (Gregorian) timestamp.

@@ -48,18 +48,32 @@ impl Envelope<'_> {
         respond(StatusCode::OK, "application/json", out)
     }
 
-    /// An error answer with Kazoo's shape.
-    pub fn error(&self, status: StatusCode, message: &str) -> Response<Body> {
-        let mut out = Vec::with_capacity(200);
+    /// An error answer whose `data` says more (crossbar's validation errors name each field).
+    pub fn error_with_data(
+        &self,
+        status: StatusCode,
+        message: &str,
+        data: &[u8],
+    ) -> Response<Body> {
+        let mut out = Vec::with_capacity(200 + data.len());
         self.open(&mut out, "error");
         out.extend_from_slice(b",\"error\":");
         json::write_str(&mut out, status.as_str());
         out.extend_from_slice(b",\"message\":");
         json::write_str(&mut out, message);
-        out.extend_from_slice(b",\"data\":{\"message\":");
-        json::write_str(&mut out, message);
-        out.extend_from_slice(b"}}");
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(data);
+        out.push(b'}');
         respond(status, "application/json", out)
+    }
+
+    /// An error answer with Kazoo's shape.
+    pub fn error(&self, status: StatusCode, message: &str) -> Response<Body> {
+        let mut data = Vec::with_capacity(16 + message.len());
+        data.extend_from_slice(b"{\"message\":");
+        json::write_str(&mut data, message);
+        data.push(b'}');
+        self.error_with_data(status, message, &data)
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod cluster;
 mod http;
 mod metrics;
+mod webhooks;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use crate::families::{catalog, valid_account_id, Normalizer, EXCHANGES};
 use crate::ingest::{Ingest, PublishError};
 use crate::json::{self, TapeValue};
 use crate::shard::Registry;
+use crate::webhooks::{Webhooks, WebhooksConfig};
 
 /// Largest request body accepted (`POST /v2/events`).
 const MAX_BODY: usize = 1024 * 1024;
@@ -55,6 +57,8 @@ pub struct ApiConfig {
     pub header_timeout: Duration,
     /// Origins allowed to call the API from a browser (`*`: any).
     pub cors_allowed_origins: Vec<String>,
+    /// Webhooks on this node (`None`: off).
+    pub webhooks: Option<WebhooksConfig>,
 }
 
 struct State {
@@ -66,6 +70,7 @@ struct State {
     ingest: Ingest,
     cluster: Arc<Cluster>,
     draining: Arc<AtomicBool>,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 /// The running API.
@@ -77,7 +82,8 @@ pub struct Api {
 }
 
 impl Api {
-    /// Binds `config.listen` (errors come back here) and serves on a new thread.
+    /// Binds `config.listen`, opens the webhooks database (errors of both come back here) and
+    /// serves on a new thread.
     pub fn start(
         config: ApiConfig,
         auth: Arc<Auth>,
@@ -96,7 +102,8 @@ impl Api {
             registry,
             config.cluster_timeout,
         );
-        let state = Arc::new(State {
+        let webhooks_config = config.webhooks.clone();
+        let mut state = State {
             node: config.node,
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
@@ -105,8 +112,10 @@ impl Api {
             ingest,
             cluster,
             draining: draining.clone(),
-        });
+            webhooks: None,
+        };
         let stopped = stop.clone();
+        let (opened, outcome) = std::sync::mpsc::channel::<Result<(), String>>();
         let thread = std::thread::Builder::new()
             .name("horizon-api".into())
             .spawn(move || {
@@ -116,12 +125,34 @@ impl Api {
                 {
                     Ok(runtime) => runtime,
                     Err(e) => {
-                        crate::elog!("api: cannot start its runtime: {e}");
+                        let _ = opened.send(Err(format!("cannot start its runtime: {e}")));
                         return;
                     }
                 };
-                runtime.block_on(serve(listener, state, stopped));
+                if let Some(webhooks_config) = webhooks_config {
+                    let auth = state.auth.clone();
+                    match runtime.block_on(Webhooks::open(webhooks_config, auth)) {
+                        Ok(webhooks) => state.webhooks = Some(webhooks),
+                        Err(e) => {
+                            let _ = opened.send(Err(format!("webhooks: {e}")));
+                            return;
+                        }
+                    }
+                }
+                let _ = opened.send(Ok(()));
+                runtime.block_on(serve(listener, Arc::new(state), stopped));
             })?;
+        match outcome.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(std::io::Error::other(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(std::io::Error::other("the API thread ended while starting"));
+            }
+        }
         Ok(Api {
             local_addr,
             draining,
@@ -158,6 +189,20 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
         }
     };
     tokio::spawn(state.cluster.clone().run());
+    if let Some(webhooks) = &state.webhooks {
+        let cluster = state.cluster.clone();
+        webhooks.set_announcer(move || cluster.announce_hooks());
+        let reload = webhooks.clone();
+        state.cluster.on_hooks_changed(move || {
+            let webhooks = reload.clone();
+            tokio::spawn(async move {
+                if let Err(e) = webhooks.reload().await {
+                    crate::elog!("webhooks: cannot reload the hooks: {e}");
+                }
+            });
+        });
+        tokio::spawn(webhooks.clone().run());
+    }
     let slots = Arc::new(tokio::sync::Semaphore::new(state.max_connections));
     loop {
         tokio::select! {
@@ -279,6 +324,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
             &[Method::GET]
         }
         ["v2", "events"] => &[Method::POST],
+        _ if webhooks::methods(&segments).is_some() => webhooks::methods(&segments).unwrap_or(&[]),
         _ => {
             return env.error(
                 StatusCode::NOT_FOUND,
@@ -310,7 +356,8 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
             let (account, socket) = (account.to_string(), socket.to_string());
             listing(&state, &env, &request, &account, Some(&socket)).await
         }
-        _ => publish(&state, &env, request).await,
+        ["v2", "events"] => publish(&state, &env, request).await,
+        _ => webhooks::route(&state, &env, request, &segments).await,
     }
 }
 
@@ -496,8 +543,29 @@ async fn publish(state: &State, env: &Envelope<'_>, request: Request<Incoming>) 
     if let Err(why) = may_publish(&state.auth, &identity, exchange, routing_key, &message) {
         return why.answer(env);
     }
+    let embedded = *state.ingest.source() == crate::ingest::Source::Embedded;
+    let for_hooks = (embedded && state.webhooks.is_some()).then(|| message.clone());
     match state.ingest.publish(exchange, routing_key, message).await {
-        Ok(()) => env.success(b"{\"published\":true}", ""),
+        Ok(()) => {
+            // The embedded bus has no broker queue: the webhooks get the event in process.
+            if let (Some(webhooks), Some(message)) = (&state.webhooks, for_hooks) {
+                let webhooks = webhooks.clone();
+                let (exchange, routing_key) = (exchange.to_string(), routing_key.to_string());
+                tokio::spawn(async move {
+                    let received = std::time::Instant::now();
+                    if let Err(e) = webhooks
+                        .handle(&exchange, &routing_key, &message, received)
+                        .await
+                    {
+                        crate::elog!(
+                            "webhooks: cannot save deliveries of an embedded event: {}",
+                            e.0
+                        );
+                    }
+                });
+            }
+            env.success(b"{\"published\":true}", "")
+        }
         Err(PublishError::NotRoutable(why)) => env.error(
             StatusCode::BAD_REQUEST,
             &format!("event not routable: {why}"),

@@ -249,6 +249,45 @@ impl Auth {
     }
 
     /// Whether `identity` may see the events of `account` (`*`: every account).
+    /// The account's ancestors in the auth file's tree, nearest first (empty for an account the
+    /// file does not place).
+    pub fn ancestors(&self, account: &str) -> Vec<String> {
+        let directory = self.snapshot();
+        let mut out = Vec::new();
+        let mut at = account;
+        // The file loader refuses cycles; the bound makes a walk finite regardless.
+        for _ in 0..=directory.parents.len() {
+            match directory.parents.get(at) {
+                Some(Some(parent)) => {
+                    out.push(parent.clone());
+                    at = parent;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// The accounts below `account` in the auth file's tree (children, their children, ...).
+    pub fn descendants(&self, account: &str) -> Vec<String> {
+        let directory = self.snapshot();
+        let mut out: Vec<String> = Vec::new();
+        let mut frontier = vec![account.to_string()];
+        while let Some(parent) = frontier.pop() {
+            for (child, p) in &directory.parents {
+                if p.as_deref() == Some(parent.as_str()) && !out.contains(child) {
+                    out.push(child.clone());
+                    frontier.push(child.clone());
+                }
+            }
+            if out.len() > directory.parents.len() {
+                break;
+            }
+        }
+        out.sort();
+        out
+    }
+
     pub fn may_see(&self, identity: &Identity, account: &str) -> bool {
         if identity.superduper_admin {
             return true;

@@ -167,7 +167,10 @@ impl Node {
 
 /// Declares `exchange` if it is missing, with the flags its family uses. The existence check
 /// runs on a throwaway channel: a failed passive declare closes the channel it ran on.
-async fn ensure_exchange(connection: &Connection, exchange: &str) -> Result<(), lapin::Error> {
+pub(crate) async fn ensure_exchange(
+    connection: &Connection,
+    exchange: &str,
+) -> Result<(), lapin::Error> {
     let probe = connection.create_channel().await?;
     let passive = ExchangeDeclareOptions {
         passive: true,

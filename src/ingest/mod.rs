@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::families::{AmqpBinding, Normalizer, Skip};
 use crate::fanout::{Event, Publisher};
 
+pub(crate) use amqp::ensure_exchange;
 pub use amqp::{redact as redact_url, AmqpConfig};
 
 /// Which source feeds the gateway.

@@ -1,0 +1,155 @@
+//! The webhook consumer: one shared, durable queue (`horizon.webhooks`, a quorum queue where
+//! the broker has them) that every node consumes from, bound to exactly the exchanges and keys
+//! the hooks in force need. Each message is acknowledged once its deliveries are made or saved
+//! for a retry; a message whose deliveries could not be saved is returned to the queue. A node
+//! that dies leaves its unacknowledged messages to the others: at least once.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use super::Webhooks;
+
+pub(super) async fn run(webhooks: Arc<Webhooks>, url: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Err(e) = session(&webhooks, &url).await {
+            crate::elog!("webhooks: broker session ended ({e}); reconnecting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Declares the shared queue: a durable quorum queue, or - on a broker that holds it as a
+/// classic queue already, or has no quorum queues - a durable classic one.
+async fn declare(connection: &Connection, queue: &str) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    if channel
+        .queue_declare(queue.into(), durable, quorum)
+        .await
+        .is_ok()
+    {
+        return Ok(channel);
+    }
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
+    Ok(channel)
+}
+
+async fn session(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), String> {
+    session_on(webhooks, url).await.map_err(|e| e.to_string())?;
+    Err("the consumer was cancelled".into())
+}
+
+async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Error> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let queue = webhooks.config.queue.clone();
+    for exchange in super::exchanges() {
+        crate::ingest::ensure_exchange(&connection, exchange).await?;
+    }
+    let channel = declare(&connection, &queue).await?;
+    channel
+        .basic_qos(webhooks.config.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut bound: BTreeSet<(&'static str, &'static str)> = BTreeSet::new();
+    sync(&channel, &queue, &mut bound, webhooks.bindings()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            format!("horizon-webhooks-{}", webhooks.config.node)
+                .as_str()
+                .into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    crate::log!("webhooks: consuming {queue} ({} bindings)", bound.len());
+    loop {
+        let changed = webhooks.bindings_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        tokio::select! {
+            _ = &mut changed => {
+                sync(&channel, &queue, &mut bound, webhooks.bindings()).await?;
+            }
+            delivery = consumer.next() => {
+                let delivery = match delivery {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(()),
+                };
+                let webhooks = webhooks.clone();
+                tokio::spawn(async move {
+                    let received = Instant::now();
+                    let exchange = delivery.exchange.as_str().to_string();
+                    let key = delivery.routing_key.as_str().to_string();
+                    match webhooks.handle(&exchange, &key, &delivery.data, received).await {
+                        Ok(()) => {
+                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        }
+                        Err(super::StoreDown(e)) => {
+                            crate::elog!("webhooks: cannot save deliveries ({e}); the message goes back to the queue");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            let _ = delivery
+                                .acker
+                                .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                                .await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Binds what is wanted and not bound, unbinds what is bound and no longer wanted.
+async fn sync(
+    channel: &Channel,
+    queue: &str,
+    bound: &mut BTreeSet<(&'static str, &'static str)>,
+    wanted: BTreeSet<(&'static str, &'static str)>,
+) -> Result<(), lapin::Error> {
+    for (exchange, key) in wanted.difference(bound) {
+        channel
+            .queue_bind(
+                queue.into(),
+                (*exchange).into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for (exchange, key) in bound.difference(&wanted) {
+        channel
+            .queue_unbind(
+                queue.into(),
+                (*exchange).into(),
+                (*key).into(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    *bound = wanted;
+    Ok(())
+}
