@@ -66,6 +66,8 @@ type Listener = Arc<dyn Fn() + Send + Sync>;
 struct State {
     /// Called when another node says its hooks changed.
     hooks_listener: Option<Listener>,
+    /// A hooks announcement made while the control connection was down, sent once it is up.
+    hooks_unannounced: bool,
     channel: Option<Channel>,
     peers: HashMap<String, Instant>,
     pending: HashMap<String, Pending>,
@@ -122,7 +124,14 @@ impl Cluster {
 
     /// Tells every node that the webhooks changed (they reload them from the shared store).
     pub fn announce_hooks(self: &Arc<Self>) {
-        let Some(channel) = self.state().channel.clone() else {
+        let channel = {
+            let mut state = self.state();
+            if state.channel.is_none() {
+                state.hooks_unannounced = true;
+            }
+            state.channel.clone()
+        };
+        let Some(channel) = channel else {
             return;
         };
         let mut message = self.open_message("hooks");
@@ -331,7 +340,14 @@ impl Cluster {
                 FieldTable::default(),
             )
             .await?;
-        self.state().channel = Some(channel.clone());
+        let unannounced = {
+            let mut state = self.state();
+            state.channel = Some(channel.clone());
+            std::mem::take(&mut state.hooks_unannounced)
+        };
+        if unannounced {
+            self.announce_hooks();
+        }
         let mut tick = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {

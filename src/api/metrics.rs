@@ -275,3 +275,94 @@ pub fn render(
     );
     out
 }
+
+/// The webhook metrics (appended when webhooks run on this node).
+pub fn render_webhooks(out: &mut String, webhooks: &crate::webhooks::Webhooks) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &webhooks.metrics;
+    family(
+        out,
+        "horizon_webhook_hooks",
+        "gauge",
+        "Hooks this node fires, and hooks auto-disabled.",
+    );
+    let _ = writeln!(
+        out,
+        "horizon_webhook_hooks{{state=\"enabled\"}} {}",
+        webhooks.enabled_hooks()
+    );
+    let _ = writeln!(
+        out,
+        "horizon_webhook_hooks{{state=\"disabled\"}} {}",
+        webhooks.disabled_hooks()
+    );
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "horizon_webhook_events_total",
+            "Broker messages (or embedded publishes) the webhooks read.",
+            m.events.load(Relaxed),
+        ),
+        (
+            "horizon_webhook_events_unusable_total",
+            "Messages that fire no hook type (not JSON, no account, another event).",
+            m.unusable.load(Relaxed),
+        ),
+        (
+            "horizon_webhook_attempts_total",
+            "HTTP requests made to hooks.",
+            m.attempts.load(Relaxed),
+        ),
+        (
+            "horizon_webhook_retries_scheduled_total",
+            "Failed attempts that left a retry in the store.",
+            m.retries_scheduled.load(Relaxed),
+        ),
+        (
+            "horizon_webhook_deferred_total",
+            "Deliveries saved untried because their hook or the node was at its limit.",
+            m.deferred.load(Relaxed),
+        ),
+        (
+            "horizon_webhook_auto_disabled_total",
+            "Hooks this node disabled after too many failed attempts.",
+            m.auto_disabled.load(Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    family(
+        out,
+        "horizon_webhook_deliveries_total",
+        "counter",
+        "Deliveries by final result.",
+    );
+    let _ = writeln!(
+        out,
+        "horizon_webhook_deliveries_total{{result=\"delivered\"}} {}",
+        m.delivered.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "horizon_webhook_deliveries_total{{result=\"failed\"}} {}",
+        m.failed.load(Relaxed)
+    );
+    family(
+        out,
+        "horizon_webhook_retries_pending",
+        "gauge",
+        "Deliveries waiting in the store for their next attempt (all nodes).",
+    );
+    let _ = writeln!(
+        out,
+        "horizon_webhook_retries_pending {}",
+        m.pending.load(Relaxed)
+    );
+    histogram(
+        out,
+        "horizon_webhook_delivery_latency_seconds",
+        "From an event's arrival to the receiver's 2xx, for deliveries made on their first attempt.",
+        &m.latency.snapshot(),
+    );
+}

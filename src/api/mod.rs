@@ -388,13 +388,16 @@ async fn metrics_text(state: &State) -> Response<Body> {
         .with_registry(|registry| registry.stats(Duration::from_secs(1)).0)
         .await
         .unwrap_or_default();
-    let text = metrics::render(
+    let mut text = metrics::render(
         &stats,
         state.ingest.status(),
         &state.auth,
         state.cluster.live_nodes().len(),
         ready(state).is_ok(),
     );
+    if let Some(webhooks) = &state.webhooks {
+        metrics::render_webhooks(&mut text, webhooks);
+    }
     respond(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -554,7 +557,7 @@ async fn publish(state: &State, env: &Envelope<'_>, request: Request<Incoming>) 
                 tokio::spawn(async move {
                     let received = std::time::Instant::now();
                     if let Err(e) = webhooks
-                        .handle(&exchange, &routing_key, &message, received)
+                        .handle(&exchange, &routing_key, &message, received, false)
                         .await
                     {
                         crate::elog!(

@@ -72,7 +72,7 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
         .basic_qos(webhooks.config.prefetch, BasicQosOptions::default())
         .await?;
     let mut bound: BTreeSet<(&'static str, &'static str)> = BTreeSet::new();
-    sync(&channel, &queue, &mut bound, webhooks.bindings()).await?;
+    let mut synced = sync(webhooks, &channel, &queue, &mut bound).await?;
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),
@@ -88,9 +88,18 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
         let changed = webhooks.bindings_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
+        // A change announced while the last sync ran is not missed.
+        if webhooks
+            .wanted_bindings
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != synced
+        {
+            synced = sync(webhooks, &channel, &queue, &mut bound).await?;
+            continue;
+        }
         tokio::select! {
             _ = &mut changed => {
-                sync(&channel, &queue, &mut bound, webhooks.bindings()).await?;
+                synced = sync(webhooks, &channel, &queue, &mut bound).await?;
             }
             delivery = consumer.next() => {
                 let delivery = match delivery {
@@ -103,7 +112,7 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
                     let received = Instant::now();
                     let exchange = delivery.exchange.as_str().to_string();
                     let key = delivery.routing_key.as_str().to_string();
-                    match webhooks.handle(&exchange, &key, &delivery.data, received).await {
+                    match webhooks.handle(&exchange, &key, &delivery.data, received, delivery.redelivered).await {
                         Ok(()) => {
                             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                         }
@@ -124,11 +133,12 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
 
 /// Binds what is wanted and not bound, unbinds what is bound and no longer wanted.
 async fn sync(
+    webhooks: &Webhooks,
     channel: &Channel,
     queue: &str,
     bound: &mut BTreeSet<(&'static str, &'static str)>,
-    wanted: BTreeSet<(&'static str, &'static str)>,
-) -> Result<(), lapin::Error> {
+) -> Result<u64, lapin::Error> {
+    let (generation, wanted) = webhooks.bindings();
     for (exchange, key) in wanted.difference(bound) {
         channel
             .queue_bind(
@@ -151,5 +161,6 @@ async fn sync(
             .await?;
     }
     *bound = wanted;
-    Ok(())
+    webhooks.bound(generation);
+    Ok(generation)
 }

@@ -5,6 +5,7 @@
 //! - [`store`]: hooks, attempts, failure counts and pending retries in SQLite or PostgreSQL.
 //! - [`request`]: one HTTP request (encodings, signing, the private-address guard).
 //! - [`consumer`]: the shared durable queue every node competes on.
+//!
 //! The crossbar routes are in `api::webhooks`.
 //!
 //! An event's deliveries are each tried at once when their hook has room (a per-hook limit and
@@ -149,6 +150,10 @@ pub struct Webhooks {
     attempts_rx: Mutex<Option<mpsc::Receiver<Attempt>>>,
     retry_wake: Notify,
     bindings_changed: Notify,
+    /// Bumped whenever the wanted broker bindings change; the consumer publishes the generation
+    /// it has bound, so that a hook saved through the API is live when the API answers.
+    wanted_bindings: AtomicU64,
+    bound_bindings: tokio::sync::watch::Sender<u64>,
     announcer: Mutex<Option<Announcer>>,
     pub metrics: Metrics,
 }
@@ -179,6 +184,8 @@ impl Webhooks {
             attempts_rx: Mutex::new(Some(attempts_rx)),
             retry_wake: Notify::new(),
             bindings_changed: Notify::new(),
+            wanted_bindings: AtomicU64::new(0),
+            bound_bindings: tokio::sync::watch::Sender::new(0),
             announcer: Mutex::new(None),
             metrics: Metrics::default(),
         });
@@ -202,10 +209,17 @@ impl Webhooks {
         *self.announcer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(announce));
     }
 
-    /// Hooks changed here: reload, and tell the cluster.
+    /// Hooks changed here: reload, wait (briefly) for the broker bindings they need, and tell
+    /// the cluster.
     pub async fn changed(&self) {
         if let Err(e) = self.reload().await {
             crate::elog!("webhooks: cannot reload the hooks: {e}");
+        }
+        if self.config.amqp_url.is_some() {
+            let wanted = self.wanted_bindings.load(Ordering::SeqCst);
+            let mut bound = self.bound_bindings.subscribe();
+            let _ = tokio::time::timeout(Duration::from_secs(3), bound.wait_for(|b| *b >= wanted))
+                .await;
         }
         if let Some(announce) = self
             .announcer
@@ -245,18 +259,30 @@ impl Webhooks {
             changed
         };
         if changed {
+            self.wanted_bindings.fetch_add(1, Ordering::SeqCst);
             self.bindings_changed.notify_waiters();
         }
         Ok(())
     }
 
-    /// The broker bindings the hooks in force need.
-    fn bindings(&self) -> BTreeSet<(&'static str, &'static str)> {
-        self.index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .bindings
-            .clone()
+    /// The broker bindings the hooks in force need, and their generation.
+    fn bindings(&self) -> (u64, BTreeSet<(&'static str, &'static str)>) {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        (
+            self.wanted_bindings.load(Ordering::SeqCst),
+            index.bindings.clone(),
+        )
+    }
+
+    /// The consumer has bound the bindings of `generation`.
+    fn bound(&self, generation: u64) {
+        self.bound_bindings.send_if_modified(|b| {
+            let newer = generation > *b;
+            if newer {
+                *b = generation;
+            }
+            newer
+        });
     }
 
     /// Hooks auto-disabled and not yet re-enabled.
@@ -325,6 +351,7 @@ impl Webhooks {
         routing_key: &str,
         body: &[u8],
         received: Instant,
+        redelivered: bool,
     ) -> Result<(), StoreDown> {
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         let event = match payload::parse(exchange, routing_key, body, &self.config.cluster_id) {
@@ -346,7 +373,7 @@ impl Webhooks {
                 event_id: event.event_id.clone(),
                 payload: payload.clone(),
             };
-            self.first_attempt(hook, delivery, received)
+            self.first_attempt(hook, delivery, received, redelivered)
         });
         let results = futures_util::future::join_all(attempts).await;
         results
@@ -360,7 +387,19 @@ impl Webhooks {
         hook: Arc<Hook>,
         delivery: Delivery,
         received: Instant,
+        redelivered: bool,
     ) -> Result<(), StoreDown> {
+        // A message the broker hands out again (its consumer died before acknowledging it) may
+        // have been tried and saved for a retry already: then the saved retry carries on.
+        if redelivered
+            && self
+                .store
+                .job_exists(&delivery.id)
+                .await
+                .map_err(|e| StoreDown(e.to_string()))?
+        {
+            return Ok(());
+        }
         let Some(permits) = self.try_permits(&hook.id) else {
             // The hook (or the node) is at its limit: the delivery waits in the store.
             self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
@@ -669,7 +708,9 @@ impl Webhooks {
         if let Some(url) = self.config.amqp_url.clone() {
             tokio::spawn(consumer::run(self.clone(), url));
         }
-        let mut reload = tokio::time::interval(Duration::from_secs(5));
+        // Announcements make changes visible at once; the reload bounds how stale a node can be
+        // when one is lost (a control connection that was down, a node that just joined).
+        let mut reload = tokio::time::interval(Duration::from_secs(1));
         let mut prune = Instant::now();
         loop {
             reload.tick().await;

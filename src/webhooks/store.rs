@@ -423,6 +423,14 @@ impl Store {
         Ok(claimed)
     }
 
+    pub async fn job_exists(&self, id: &str) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query("SELECT id FROM webhook_jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
     /// The soonest due time of a waiting delivery, if any.
     pub async fn next_due(&self) -> Result<Option<i64>, sqlx::Error> {
         let row = sqlx::query("SELECT MIN(due_ms) AS due FROM webhook_jobs WHERE lease_ms <= $1")

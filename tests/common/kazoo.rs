@@ -165,6 +165,8 @@ impl Node {
                 max_connections: api_limits.0,
                 header_timeout: api_limits.1,
                 cors_allowed_origins: cors,
+                // The in-process nodes test the sockets; webhooks are tested on `serve`.
+                webhooks: None,
             },
             auth.clone(),
             ingest.clone(),

@@ -79,6 +79,7 @@ pub fn horizon_command() -> std::process::Command {
     command
 }
 pub mod voipbin;
+pub mod webhooks;
 
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`): status and body.
 pub async fn http(
