@@ -37,6 +37,7 @@ CREATE TABLE webhook_jobs (
     tries BIGINT NOT NULL,
     due_ms BIGINT NOT NULL,
     lease_ms BIGINT NOT NULL,
+    claim TEXT,
     created_ms BIGINT NOT NULL
 );
 CREATE INDEX webhook_jobs_due ON webhook_jobs (due_ms);

@@ -7,13 +7,18 @@
 #    with `rabbitmq-server -detached`, installs one with apt when it is missing and we are root,
 #    and otherwise stops with a message saying what to do. Integration tests need the real broker;
 #    they fail, never skip, without it.
-# 2. Checks formatting, runs every test of the workspace, and runs clippy on every target with
+# 2. Makes sure PostgreSQL answers at HORIZON_TEST_POSTGRES_URL (default
+#    postgres://postgres@127.0.0.1:5432, database `test`) for the webhook tests: starts an
+#    installed but stopped local server, installs one with apt when it is missing and we are root,
+#    and otherwise stops with a message. The webhook tests fail, never skip, without it.
+# 3. Checks formatting, runs every test of the workspace, and runs clippy on every target with
 #    warnings denied.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export HORIZON_TEST_AMQP_URL="${HORIZON_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export HORIZON_TEST_POSTGRES_URL="${HORIZON_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
 
 say() { printf '== %s\n' "$*"; }
 die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
@@ -70,7 +75,70 @@ to a running broker, then run scripts/test.sh again."
     say "RabbitMQ answers at ${amqp_host}:${amqp_port}"
 }
 
+# host and port out of postgres://user[:pass]@host:port
+pg_authority="${HORIZON_TEST_POSTGRES_URL#*://}"
+pg_authority="${pg_authority#*@}"
+pg_authority="${pg_authority%%/*}"
+pg_host="${pg_authority%:*}"
+pg_port="${pg_authority##*:}"
+[ "$pg_port" != "$pg_authority" ] || pg_port=5432
+
+postgres_answers() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/${pg_host}/${pg_port}" 2>/dev/null
+}
+
+start_postgres() {
+    if command -v pg_ctlcluster >/dev/null 2>&1; then
+        for cluster in $(pg_lsclusters -h 2>/dev/null | awk '{print $1"/"$2}'); do
+            pg_ctlcluster "${cluster%/*}" "${cluster#*/}" start >/dev/null 2>&1 || true
+        done
+    fi
+    command -v service >/dev/null 2>&1 && service postgresql start >/dev/null 2>&1 || true
+    local deadline=$((SECONDS + 60))
+    until postgres_answers; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 1
+    done
+}
+
+ensure_postgres() {
+    if postgres_answers; then
+        say "PostgreSQL answers at ${pg_host}:${pg_port}"
+        return
+    fi
+    case "$pg_host" in
+        127.*|localhost|::1) ;;
+        *) die "no PostgreSQL answers at ${pg_host}:${pg_port} (HORIZON_TEST_POSTGRES_URL); start it and run again" ;;
+    esac
+    local installed_here=0
+    if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! command -v postgres >/dev/null 2>&1; then
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            say "PostgreSQL is not installed: installing it with apt-get"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq
+            apt-get install -y -qq postgresql >/dev/null
+            installed_here=1
+        else
+            die "PostgreSQL is not installed and this is not a root shell with apt-get.
+Install it (Debian/Ubuntu: sudo apt-get install postgresql) or set HORIZON_TEST_POSTGRES_URL
+to a running server (a user that may create databases, a database named test), then run
+scripts/test.sh again."
+        fi
+    fi
+    say "PostgreSQL is installed but not running: starting it"
+    start_postgres || die "PostgreSQL did not start listening on ${pg_host}:${pg_port} within 60 s"
+    if [ "$installed_here" -eq 1 ]; then
+        # A fresh Debian server asks for a password over TCP: give the tests one, and their
+        # database.
+        su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+        su postgres -c "createdb test" >/dev/null 2>&1 || true
+        export HORIZON_TEST_POSTGRES_URL="postgres://postgres:postgres@${pg_host}:${pg_port}"
+    fi
+    say "PostgreSQL answers at ${pg_host}:${pg_port}"
+}
+
 ensure_broker
+ensure_postgres
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

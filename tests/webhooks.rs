@@ -1160,3 +1160,61 @@ async fn auto_disable_is_counted_across_nodes_and_undone_by_patch() {
     drop_postgres(&db_name).await;
     world.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_serve_has_webhooks_on_its_embedded_database() {
+    // No broker, no database, no auth file: `horizon serve` as on a fresh machine.
+    let dir = std::env::temp_dir().join(format!("horizon-fresh-{}", horizon::ids::random_hex(6)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = Node::start_in(&dir, &[("webhooks-allow-private-targets", "true".into())]);
+    let token = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = node.log_text();
+            if let Some(token) = log.lines().find_map(|l| {
+                l.split_once("development token")
+                    .and_then(|(_, rest)| rest.rsplit(' ').next())
+            }) {
+                break token.to_string();
+            }
+            assert!(Instant::now() < deadline, "no development token in:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert!(
+        node.log_text()
+            .contains("webhooks: on, hooks in SQLite horizon-webhooks.db"),
+        "{}",
+        node.log_text()
+    );
+    assert!(
+        dir.join("horizon-webhooks.db").exists(),
+        "the database is created in the working directory"
+    );
+    let receiver = Receiver::start().await;
+    let (status, created) = node
+        .call(
+            "PUT",
+            "/v2/accounts/dev-account/webhooks",
+            &token,
+            Some(json!({"name":"fresh","hook":"channel_answer","uri":receiver.url("/fresh")})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let event = json!({"exchange":"callevt","routing_key":"call.CHANNEL_ANSWER.c1","payload":{
+        "Event-Name":"CHANNEL_ANSWER","Call-ID":"c1","Custom-Channel-Vars":{"Account-ID":"dev-account"}}});
+    let (status, answer) = common::http(
+        node.api,
+        "POST",
+        "/v2/events",
+        &[("X-Auth-Token", &token)],
+        &event.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let seen = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert!(seen[0].body_text().contains("hook_event=channel_answer"));
+    assert!(seen[0].body_text().contains("call_id=c1"));
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

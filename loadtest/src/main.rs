@@ -18,6 +18,7 @@ mod mqtt;
 mod procstat;
 mod publisher;
 mod report;
+mod webhooks;
 mod worker;
 mod ws;
 
@@ -34,7 +35,7 @@ use report::Report;
 use worker::Scenario;
 
 const USAGE: &str =
-    "usage: horizon-loadtest <fanout|connect|churn|auth-file> [--scenario FILE] [--option value ...]  (see loadtest/README.md)";
+    "usage: horizon-loadtest <fanout|connect|churn|webhooks|auth-file> [--scenario FILE] [--option value ...]  (see loadtest/README.md)";
 
 #[derive(Default)]
 struct WorkerState {
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("webhooks") => ExitCode::from(webhooks::main(&args[1..]) as u8),
         Some("auth-file") => match Options::parse(&args[1..]) {
             // The account tree a gateway needs for `--resellers` (JWTs carry only the account).
             Ok(options) => {

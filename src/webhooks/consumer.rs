@@ -107,12 +107,18 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
                     Some(Err(e)) => return Err(e),
                     None => return Ok(()),
                 };
+                let received = Instant::now();
+                // Waits here while the node has no room: the backlog stays in the broker.
+                let admitted = webhooks
+                    .admit(delivery.exchange.as_str(), delivery.routing_key.as_str(), &delivery.data)
+                    .await;
+                let Some(admitted) = admitted else {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    continue;
+                };
                 let webhooks = webhooks.clone();
                 tokio::spawn(async move {
-                    let received = Instant::now();
-                    let exchange = delivery.exchange.as_str().to_string();
-                    let key = delivery.routing_key.as_str().to_string();
-                    match webhooks.handle(&exchange, &key, &delivery.data, received, delivery.redelivered).await {
+                    match webhooks.deliver(admitted, received, delivery.redelivered).await {
                         Ok(()) => {
                             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                         }

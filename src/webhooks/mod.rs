@@ -115,13 +115,47 @@ struct Index {
     disabled: usize,
 }
 
+/// An event's payload, encoded at most once per encoding for all the hooks without custom
+/// data (an event fanned out to a thousand hooks is written once, not a thousand times).
+#[derive(Debug)]
+pub struct Payload {
+    pub fields: Map<String, Value>,
+    form: std::sync::OnceLock<String>,
+    json: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl Payload {
+    pub fn new(fields: Map<String, Value>) -> Payload {
+        Payload {
+            fields,
+            form: std::sync::OnceLock::new(),
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn form(&self) -> &str {
+        self.form.get_or_init(|| payload::form_encode(&self.fields))
+    }
+
+    pub fn json(&self) -> &[u8] {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.fields).unwrap_or_default())
+    }
+}
+
 /// One delivery of one event to one hook.
 #[derive(Debug, Clone)]
 struct Delivery {
     id: String,
     hook_event: String,
     event_id: Option<String>,
-    payload: Arc<Map<String, Value>>,
+    payload: Arc<Payload>,
+}
+
+/// An event's deliveries, with the node's room for them reserved.
+pub struct Admitted {
+    deliveries: Vec<(Arc<Hook>, Delivery)>,
+    permits: Option<OwnedSemaphorePermit>,
 }
 
 /// What happened to a delivery after an attempt.
@@ -131,6 +165,14 @@ enum Settled {
     /// Saved in the store for a later attempt.
     Scheduled,
 }
+
+/// A change to the pending deliveries, written with others in one transaction.
+enum JobOp {
+    Save(Job),
+    Delete(String),
+}
+
+type JobRequest = (JobOp, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// Why a delivery could be neither made nor saved.
 #[derive(Debug)]
@@ -148,6 +190,8 @@ pub struct Webhooks {
     in_flight: Arc<Semaphore>,
     attempts: mpsc::Sender<Attempt>,
     attempts_rx: Mutex<Option<mpsc::Receiver<Attempt>>>,
+    jobs: mpsc::Sender<JobRequest>,
+    jobs_rx: Mutex<Option<mpsc::Receiver<JobRequest>>>,
     retry_wake: Notify,
     bindings_changed: Notify,
     /// Bumped whenever the wanted broker bindings change; the consumer publishes the generation
@@ -172,6 +216,7 @@ impl Webhooks {
             config.allow_private,
         )?;
         let (attempts, attempts_rx) = mpsc::channel(16 * 1024);
+        let (jobs, jobs_rx) = mpsc::channel(16 * 1024);
         let webhooks = Arc::new(Webhooks {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
@@ -182,6 +227,8 @@ impl Webhooks {
             lanes: Mutex::new(HashMap::new()),
             attempts,
             attempts_rx: Mutex::new(Some(attempts_rx)),
+            jobs,
+            jobs_rx: Mutex::new(Some(jobs_rx)),
             retry_wake: Notify::new(),
             bindings_changed: Notify::new(),
             wanted_bindings: AtomicU64::new(0),
@@ -342,38 +389,71 @@ impl Webhooks {
         Some((lane, node))
     }
 
-    /// Handles one event: every delivery it causes is made, failed for good, or saved for a
-    /// retry before this returns. An error means some could not be saved: the caller must not
-    /// acknowledge the message (the broker redelivers it; delivery ids stay the same).
-    pub async fn handle(
+    /// Reads one broker message and waits until the node has room for its deliveries (its
+    /// requests in flight stay under `max_in_flight`): the caller stops taking messages while it
+    /// waits, so an overloaded node leaves the backlog in the broker. `None`: no hook wants it.
+    pub async fn admit(
         self: &Arc<Self>,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        received: Instant,
-        redelivered: bool,
-    ) -> Result<(), StoreDown> {
+    ) -> Option<Admitted> {
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         let event = match payload::parse(exchange, routing_key, body, &self.config.cluster_id) {
             Ok(event) => event,
             Err(_) => {
                 self.metrics.unusable.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                return None;
             }
         };
         let hooks = self.matching(&event);
         if hooks.is_empty() {
-            return Ok(());
+            return None;
         }
-        let payload = Arc::new(event.payload);
-        let attempts = hooks.into_iter().map(|hook| {
-            let delivery = Delivery {
-                id: delivery_id(&hook.id, exchange, routing_key, body),
-                hook_event: event.hook.name().to_string(),
-                event_id: event.event_id.clone(),
-                payload: payload.clone(),
-            };
-            self.first_attempt(hook, delivery, received, redelivered)
+        let wanted = hooks.len().min(self.config.max_in_flight) as u32;
+        let permits = self.in_flight.clone().acquire_many_owned(wanted).await.ok();
+        let payload = Arc::new(Payload::new(event.payload));
+        let deliveries = hooks
+            .into_iter()
+            .map(|hook| {
+                let delivery = Delivery {
+                    id: delivery_id(&hook.id, exchange, routing_key, body),
+                    hook_event: event.hook.name().to_string(),
+                    event_id: event.event_id.clone(),
+                    payload: payload.clone(),
+                };
+                (hook, delivery)
+            })
+            .collect();
+        Some(Admitted {
+            deliveries,
+            permits,
+        })
+    }
+
+    /// Makes an admitted event's deliveries: each is made, failed for good, or saved for a retry
+    /// before this returns. An error means some could not be saved: the caller must not
+    /// acknowledge the message (the broker redelivers it; delivery ids stay the same).
+    pub async fn deliver(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        received: Instant,
+        redelivered: bool,
+    ) -> Result<(), StoreDown> {
+        let Admitted {
+            deliveries,
+            mut permits,
+        } = admitted;
+        let attempts = deliveries.into_iter().map(|(hook, delivery)| {
+            let permit = permits.as_mut().and_then(|p| {
+                if p.num_permits() > 1 {
+                    p.split(1)
+                } else {
+                    None
+                }
+            });
+            let permit = permit.or_else(|| permits.take());
+            self.first_attempt(hook, delivery, received, redelivered, permit)
         });
         let results = futures_util::future::join_all(attempts).await;
         results
@@ -382,12 +462,28 @@ impl Webhooks {
         Ok(())
     }
 
+    /// [`Webhooks::admit`] then [`Webhooks::deliver`].
+    pub async fn handle(
+        self: &Arc<Self>,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        received: Instant,
+        redelivered: bool,
+    ) -> Result<(), StoreDown> {
+        match self.admit(exchange, routing_key, body).await {
+            Some(admitted) => self.deliver(admitted, received, redelivered).await,
+            None => Ok(()),
+        }
+    }
+
     async fn first_attempt(
         self: &Arc<Self>,
         hook: Arc<Hook>,
         delivery: Delivery,
         received: Instant,
         redelivered: bool,
+        node_permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), StoreDown> {
         // A message the broker hands out again (its consumer died before acknowledging it) may
         // have been tried and saved for a retry already: then the saved retry carries on.
@@ -400,14 +496,18 @@ impl Webhooks {
         {
             return Ok(());
         }
-        let Some(permits) = self.try_permits(&hook.id) else {
-            // The hook (or the node) is at its limit: the delivery waits in the store.
+        // The node's room was reserved at admission; the hook's own limit is taken here, and a
+        // hook at its limit (a slow receiver) gets the delivery saved for later instead of
+        // holding up the others.
+        let lane = self.lane(&hook.id).try_acquire_owned().ok();
+        let node = node_permit.or_else(|| self.in_flight.clone().try_acquire_owned().ok());
+        let (Some(lane), Some(node)) = (lane, node) else {
             self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
             self.save(&hook, &delivery, 0, Duration::ZERO).await?;
             return Ok(());
         };
         let outcome = self.attempt(&hook, &delivery, 1).await;
-        drop(permits);
+        drop((lane, node));
         if matches!(outcome, Outcome::Success { .. }) {
             self.metrics.latency.record(received.elapsed());
         }
@@ -536,16 +636,56 @@ impl Webhooks {
             hook_id: hook.id.clone(),
             hook_event: delivery.hook_event.clone(),
             event_id: delivery.event_id.clone(),
-            payload: Value::Object((*delivery.payload).clone()).to_string(),
+            payload: String::from_utf8_lossy(delivery.payload.json()).into_owned(),
             tries,
             due_ms: store::unix_ms() + wait.as_millis() as i64,
         };
-        self.store
-            .save_jobs(std::slice::from_ref(&job))
-            .await
-            .map_err(|e| StoreDown(e.to_string()))?;
+        self.write_job(JobOp::Save(job)).await?;
         self.retry_wake.notify_one();
         Ok(())
+    }
+
+    /// One change to the pending deliveries, batched with others (one transaction for many:
+    /// the store's write rate, not its transaction rate, bounds a burst of retries).
+    async fn write_job(&self, op: JobOp) -> Result<(), StoreDown> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send((op, done))
+            .await
+            .map_err(|_| StoreDown("shutting down".into()))?;
+        result
+            .await
+            .unwrap_or_else(|_| Err("shutting down".into()))
+            .map_err(StoreDown)
+    }
+
+    async fn jobs_writer(self: Arc<Self>, mut rx: mpsc::Receiver<JobRequest>) {
+        let mut batch: Vec<JobRequest> = Vec::with_capacity(1024);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            let mut saves = Vec::new();
+            let mut deletes = Vec::new();
+            for (op, _) in &batch {
+                match op {
+                    JobOp::Save(job) => saves.push(job.clone()),
+                    JobOp::Delete(id) => deletes.push(id.clone()),
+                }
+            }
+            let result = self
+                .store
+                .apply_jobs(&saves, &deletes)
+                .await
+                .map_err(|e| e.to_string());
+            for (_, done) in batch.drain(..) {
+                let _ = done.send(result.clone());
+            }
+        }
     }
 
     /// Counts a failed attempt in the shared store; past the threshold the hook is disabled on
@@ -588,7 +728,7 @@ impl Webhooks {
             .cloned();
         let Some(hook) = hook else {
             // Deleted or disabled since: the delivery goes with it.
-            let _ = self.store.delete_jobs(std::slice::from_ref(&job.id)).await;
+            let _ = self.write_job(JobOp::Delete(job.id.clone())).await;
             return;
         };
         let payload: Map<String, Value> = serde_json::from_str(&job.payload).unwrap_or_default();
@@ -596,7 +736,7 @@ impl Webhooks {
             id: job.id.clone(),
             hook_event: job.hook_event.clone(),
             event_id: job.event_id.clone(),
-            payload: Arc::new(payload),
+            payload: Arc::new(Payload::new(payload)),
         };
         let Some(permits) = self.try_permits(&hook.id) else {
             // Still at its limit: back in the store, a little later.
@@ -610,7 +750,7 @@ impl Webhooks {
         drop(permits);
         match self.settle(&hook, &delivery, tries, outcome).await {
             Ok(Settled::Done) => {
-                if let Err(e) = self.store.delete_jobs(std::slice::from_ref(&job.id)).await {
+                if let Err(StoreDown(e)) = self.write_job(JobOp::Delete(job.id.clone())).await {
                     crate::elog!("webhooks: cannot remove delivery {}: {e}", job.id);
                 }
             }
@@ -703,6 +843,14 @@ impl Webhooks {
             .take()
         {
             tokio::spawn(self.clone().attempts_writer(rx));
+        }
+        if let Some(rx) = self
+            .jobs_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            tokio::spawn(self.clone().jobs_writer(rx));
         }
         tokio::spawn(self.clone().retry_loop());
         if let Some(url) = self.config.amqp_url.clone() {

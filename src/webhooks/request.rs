@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use super::hook::{Format, Hook, Verb};
 use super::payload::{append_query, form_encode, with_custom_data};
+use super::Payload;
 
 /// How much of a response body the attempts log keeps.
 pub const RESPONSE_BODY_LOGGED: usize = 1024;
@@ -26,44 +26,37 @@ pub struct Prepared {
     pub method: Verb,
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
+    /// The body; for GET, the query string the payload was sent as (signed, logged, not sent).
     pub body: Vec<u8>,
 }
 
 /// The bytes of one attempt of `delivery_id` to `hook`, at `now`.
-pub fn prepare(
-    hook: &Hook,
-    delivery_id: &str,
-    payload: &Map<String, Value>,
-    now: SystemTime,
-) -> Prepared {
-    let merged = with_custom_data(payload, hook.custom_data.as_ref());
-    let (url, body, content_type, signed) = match (hook.verb, hook.format) {
+pub fn prepare(hook: &Hook, delivery_id: &str, payload: &Payload, now: SystemTime) -> Prepared {
+    // Hooks without custom data share the event's encodings.
+    let merged = hook
+        .custom_data
+        .as_ref()
+        .map(|custom| with_custom_data(&payload.fields, Some(custom)));
+    let form = || match &merged {
+        Some(m) => form_encode(m),
+        None => payload.form().to_string(),
+    };
+    let (url, body, content_type) = match (hook.verb, hook.format) {
         (Verb::Get, _) => {
-            let query = form_encode(&merged);
-            (
-                append_query(&hook.uri, &query),
-                Vec::new(),
-                None,
-                query.into_bytes(),
-            )
+            let query = form();
+            (append_query(&hook.uri, &query), query.into_bytes(), None)
         }
-        (_, Format::FormData) => {
-            let body = form_encode(&merged).into_bytes();
-            (
-                hook.uri.clone(),
-                body.clone(),
-                Some("application/x-www-form-urlencoded"),
-                body,
-            )
-        }
+        (_, Format::FormData) => (
+            hook.uri.clone(),
+            form().into_bytes(),
+            Some("application/x-www-form-urlencoded"),
+        ),
         (_, Format::Json) => {
-            let body = serde_json::to_vec(&Value::Object(merged)).unwrap_or_default();
-            (
-                hook.uri.clone(),
-                body.clone(),
-                Some("application/json"),
-                body,
-            )
+            let body = match &merged {
+                Some(m) => serde_json::to_vec(m).unwrap_or_default(),
+                None => payload.json().to_vec(),
+            };
+            (hook.uri.clone(), body, Some("application/json"))
         }
     };
     let timestamp = now
@@ -79,10 +72,11 @@ pub fn prepare(
     if let Some(content_type) = content_type {
         headers.push(("content-type", content_type.to_string()));
     }
+    // For GET, `body` is the query string: what is signed, not what is sent as a body.
     if let Some(secret) = &hook.secret {
         headers.push((
             "webhook-signature",
-            sign(secret, delivery_id, &timestamp, &signed),
+            sign(secret, delivery_id, &timestamp, &body),
         ));
     }
     Prepared {
@@ -384,7 +378,8 @@ pub fn client(
         .connect_timeout(connect_timeout)
         .timeout(request_timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(64)
+        // Idle connections are kept (for 30 s): a hook that fans out in bursts reuses them
+        // instead of opening a connection per request.
         .pool_idle_timeout(Duration::from_secs(30))
         .dns_resolver(Arc::new(GuardedResolver { allow_private }))
         .build()

@@ -357,18 +357,19 @@ impl Store {
         Ok(())
     }
 
-    /// Saves deliveries to retry (an already saved delivery id is left as it is).
-    pub async fn save_jobs(&self, jobs: &[Job]) -> Result<(), sqlx::Error> {
-        if jobs.is_empty() {
+    /// Saves deliveries to retry and removes finished ones, in one transaction. A saved delivery
+    /// id that exists already is updated (its tries and due time), and its lease released.
+    pub async fn apply_jobs(&self, saves: &[Job], deletes: &[String]) -> Result<(), sqlx::Error> {
+        if saves.is_empty() && deletes.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        for job in jobs {
+        for job in saves {
             sqlx::query(
                 "INSERT INTO webhook_jobs (id, hook_id, hook_event, event_id, payload, tries, due_ms, lease_ms, created_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) \
-                 ON CONFLICT (id) DO UPDATE SET tries = excluded.tries, due_ms = excluded.due_ms, lease_ms = 0",
+                 ON CONFLICT (id) DO UPDATE SET tries = excluded.tries, due_ms = excluded.due_ms, lease_ms = 0, claim = NULL",
             )
             .bind(&job.id)
             .bind(&job.hook_id)
@@ -381,46 +382,56 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        for id in deletes {
+            sqlx::query("DELETE FROM webhook_jobs WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await
     }
 
-    /// Claims up to `limit` due deliveries for `lease` (another node will not take them
-    /// before the lease ends; a node that dies mid-delivery leaves them to be taken again).
+    /// Claims up to `limit` due deliveries for `lease`: another node will not take them before
+    /// the lease ends, and a node that dies mid-delivery leaves them to be taken again. One
+    /// statement claims them all (on PostgreSQL a row another node claimed meanwhile is
+    /// re-checked and skipped); the claim token then reads back exactly this node's rows.
     pub async fn claim_due(&self, limit: i64, lease: Duration) -> Result<Vec<Job>, sqlx::Error> {
         let now = now_ms();
-        let rows = sqlx::query(
-            "SELECT id, hook_id, hook_event, event_id, payload, tries, due_ms FROM webhook_jobs \
-             WHERE due_ms <= $1 AND lease_ms <= $1 ORDER BY due_ms LIMIT $2",
+        let claim = crate::ids::random_hex(16);
+        let done = sqlx::query(
+            "UPDATE webhook_jobs SET lease_ms = $1, claim = $2 \
+             WHERE lease_ms <= $3 AND due_ms <= $3 AND id IN \
+             (SELECT id FROM webhook_jobs WHERE due_ms <= $3 AND lease_ms <= $3 ORDER BY due_ms LIMIT $4)",
         )
+        .bind(now + lease.as_millis() as i64)
+        .bind(&claim)
         .bind(now)
         .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, hook_id, hook_event, event_id, payload, tries, due_ms FROM webhook_jobs \
+             WHERE claim = $1",
+        )
+        .bind(&claim)
         .fetch_all(&self.pool)
         .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let done = sqlx::query(
-                "UPDATE webhook_jobs SET lease_ms = $1 WHERE id = $2 AND lease_ms <= $3",
-            )
-            .bind(now + lease.as_millis() as i64)
-            .bind(&id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-            if done.rows_affected() != 1 {
-                continue;
-            }
-            claimed.push(Job {
-                id,
-                hook_id: row.try_get("hook_id")?,
-                hook_event: row.try_get("hook_event")?,
-                event_id: row.try_get("event_id")?,
-                payload: row.try_get("payload")?,
-                tries: row.try_get::<i64, _>("tries")?.max(0) as u32,
-                due_ms: row.try_get("due_ms")?,
-            });
-        }
-        Ok(claimed)
+        rows.iter()
+            .map(|row| {
+                Ok(Job {
+                    id: row.try_get("id")?,
+                    hook_id: row.try_get("hook_id")?,
+                    hook_event: row.try_get("hook_event")?,
+                    event_id: row.try_get("event_id")?,
+                    payload: row.try_get("payload")?,
+                    tries: row.try_get::<i64, _>("tries")?.max(0) as u32,
+                    due_ms: row.try_get("due_ms")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn job_exists(&self, id: &str) -> Result<bool, sqlx::Error> {
@@ -445,20 +456,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get("n")
-    }
-
-    pub async fn delete_jobs(&self, ids: &[String]) -> Result<(), sqlx::Error> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
-            sqlx::query("DELETE FROM webhook_jobs WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await
     }
 
     /// Appends attempts to the log in one transaction.

@@ -69,6 +69,9 @@ pub fn temp_file(what: &str, contents: &str) -> std::path::PathBuf {
 pub fn horizon_command() -> std::process::Command {
     use std::os::unix::process::CommandExt as _;
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horizon"));
+    // Webhooks (and their database file in the working directory) only where a test asks for
+    // them (tests/common/webhooks.rs).
+    command.env("HORIZON_WEBHOOKS_ENABLED", "false");
     // SAFETY: prctl is async-signal-safe and touches only the child being set up.
     unsafe {
         command.pre_exec(|| {

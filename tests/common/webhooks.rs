@@ -224,6 +224,7 @@ pub struct Node {
     pub api: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
+    dir: Option<PathBuf>,
 }
 
 impl Node {
@@ -234,11 +235,24 @@ impl Node {
             .iter()
             .flat_map(|(k, v)| [format!("--{k}"), v.clone()])
             .collect();
-        Node::spawn(args)
+        Node::spawn(args, None)
     }
 
-    fn spawn(args: Vec<String>) -> Node {
+    /// [`Node::start`] in working directory `dir`.
+    pub fn start_in(dir: &std::path::Path, args: &[(&str, String)]) -> Node {
+        let args: Vec<String> = args
+            .iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v.clone()])
+            .collect();
+        Node::spawn(args, Some(dir.to_path_buf()))
+    }
+
+    fn spawn(args: Vec<String>, dir: Option<PathBuf>) -> Node {
         let mut command = super::serve_command();
+        command.env_remove("HORIZON_WEBHOOKS_ENABLED");
+        if let Some(dir) = &dir {
+            command.current_dir(dir);
+        }
         command
             .args(&args)
             .stdout(Stdio::piped())
@@ -279,6 +293,7 @@ impl Node {
             api,
             log,
             args,
+            dir,
         }
     }
 
@@ -291,7 +306,7 @@ impl Node {
     /// The same node again (same configuration, same database, same queue).
     pub fn restart(mut self) -> Node {
         self.kill();
-        Node::spawn(self.args.clone())
+        Node::spawn(self.args.clone(), self.dir.clone())
     }
 
     pub fn log_text(&self) -> String {
