@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("binding_patterns", binding_patterns),
     ("auth_file", auth_file),
     ("config", config),
+    ("webhook_input", webhook_input),
 ];
 
 /// Splits at the first `\n`: (head, rest).
@@ -332,4 +333,39 @@ pub fn config(data: &[u8]) {
     }
     let args: Vec<String> = text.split('\0').map(str::to_string).collect();
     let _ = crate::config::ServeConfig::load(&args, |_| None);
+}
+
+/// What reaches the webhooks from outside: the first byte picks a hook document sent to the API
+/// (validated, then turned into a request for a sample event) or a broker message on one of the
+/// webhook exchanges (first line the routing key, the rest the body), parsed into a payload and
+/// encoded every way a hook may ask for.
+pub fn webhook_input(data: &[u8]) {
+    use crate::webhooks::{hook, payload, request, Payload};
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    if pick % 4 == 0 {
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(rest) else {
+            return;
+        };
+        if let Ok(stored) = hook::validate(&doc) {
+            // A document that validates always makes a hook, and a request.
+            let hook = hook::Hook::from_doc("h", "a", &stored, true, None)
+                .expect("a validated document makes a hook");
+            let sample = hook::sample(hook.hook);
+            let fields = sample.as_object().cloned().unwrap_or_default();
+            let prepared =
+                request::prepare(&hook, "msg_0", &Payload::new(fields), std::time::UNIX_EPOCH);
+            assert!(prepared.url.starts_with(hook.uri.split('#').next().unwrap_or_default()));
+        }
+        return;
+    }
+    let exchange = ["callevt", "configuration", "notifications"][usize::from(pick % 4) - 1];
+    let (key, body) = split_line(rest);
+    if let Ok(event) = payload::parse(exchange, &String::from_utf8_lossy(key), body, "c") {
+        assert!(!event.account.is_empty());
+        let form = payload::form_encode(&event.payload);
+        let _ = payload::append_query("http://h/p?x=1#f", &form);
+        let _ = serde_json::to_vec(&event.payload);
+    }
 }

@@ -1218,3 +1218,98 @@ async fn a_fresh_serve_has_webhooks_on_its_embedded_database() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_queue_is_bound_to_exactly_what_the_hooks_need() {
+    let world = World::new().await;
+    let account = world.tenants.a.clone();
+    let node = Node::start(&world.args());
+    common::kazoo::expect_bindings(&world.queue, &[]).await;
+    let create = node
+        .create_hook(
+            &account,
+            json!({"name":"c","hook":"channel_create","uri":"http://127.0.0.1:9/"}),
+        )
+        .await;
+    // Bound when the API answers.
+    assert_eq!(
+        common::kazoo::broker_bindings(&world.queue),
+        [("callevt".to_string(), "call.CHANNEL_CREATE.*".to_string())]
+            .into_iter()
+            .collect()
+    );
+    let object = node
+        .create_hook(&account, json!({"name":"o","hook":"object","uri":"http://127.0.0.1:9/","custom_data":{"type":"user","action":"doc_edited"}}))
+        .await;
+    common::kazoo::expect_bindings(
+        &world.queue,
+        &[
+            ("callevt", "call.CHANNEL_CREATE.*"),
+            ("configuration", "*.*.*.*"),
+        ],
+    )
+    .await;
+    let tok = token(&account);
+    for id in [create, object] {
+        let (status, _) = node
+            .call(
+                "DELETE",
+                &format!("/v2/accounts/{account}/webhooks/{id}"),
+                &tok,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    common::kazoo::expect_bindings(&world.queue, &[]).await;
+    drop(node);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_legs_fire_only_hooks_that_include_them() {
+    let world = World::new().await;
+    let account = world.tenants.a.clone();
+    let node = Node::start(&world.args());
+    let receiver = Receiver::start().await;
+    node.create_hook(
+        &account,
+        json!({"name":"all-legs","hook":"channel_create","uri":receiver.url("/all")}),
+    )
+    .await;
+    node.create_hook(&account, json!({"name":"external","hook":"channel_create","uri":receiver.url("/external"),"include_internal_legs":false}))
+        .await;
+    let loopback = json!({"Event-Name":"CHANNEL_CREATE","Call-ID":"loop-1","Channel-Is-Loopback":true,
+        "Channel-Loopback-Leg":"A","Custom-Channel-Vars":{"Account-ID":account}});
+    publish(
+        &world.channel,
+        "callevt",
+        "call.CHANNEL_CREATE.loop-1",
+        loopback.to_string().as_bytes(),
+    )
+    .await;
+    publish_call(&world.channel, "CHANNEL_CREATE", "ext-1", &account).await;
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    let mut seen: Vec<(String, bool)> = receiver
+        .settle(Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r.target.clone(),
+                r.body_text().contains("is_internal_leg=true"),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("/all".to_string(), false),
+            ("/all".to_string(), true),
+            ("/external".to_string(), false)
+        ]
+    );
+    drop(node);
+    world.cleanup().await;
+}
