@@ -90,6 +90,8 @@ pub struct ServeConfig {
     pub webhooks_attempts_retention: Duration,
     /// The shared durable queue the nodes' webhook consumers compete on.
     pub webhooks_queue: String,
+    /// Hooks one account may have (every event of the account fans out to each of them).
+    pub webhooks_max_per_account: usize,
     /// `cluster_id` in every webhook payload.
     pub cluster_id: String,
 }
@@ -143,6 +145,7 @@ impl Default for ServeConfig {
             webhooks_attempt_failure_expiry: Duration::from_secs(60),
             webhooks_attempts_retention: Duration::from_secs(7 * 24 * 3600),
             webhooks_queue: "horizon.webhooks".to_string(),
+            webhooks_max_per_account: 1000,
             cluster_id: "horizon".to_string(),
         }
     }
@@ -207,6 +210,7 @@ pub const KEYS: &[&str] = &[
     "webhooks_attempt_failure_expiry_ms",
     "webhooks_attempts_retention_secs",
     "webhooks_queue",
+    "webhooks_max_per_account",
     "cluster_id",
 ];
 
@@ -479,6 +483,10 @@ impl ServeConfig {
                     .filter(|n| (1..=MAX_SECS * 1000).contains(n))
                     .map(Duration::from_millis)
                     .ok_or_else(|| invalid("expected milliseconds from 1 to 30 days"))?
+            }
+            "webhooks_max_per_account" => {
+                self.webhooks_max_per_account =
+                    positive("expected a positive number")?.min(1_000_000) as usize
             }
             "webhooks_attempts_retention_secs" => self.webhooks_attempts_retention = seconds()?,
             "webhooks_queue" => {

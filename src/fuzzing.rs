@@ -356,7 +356,9 @@ pub fn webhook_input(data: &[u8]) {
             let fields = sample.as_object().cloned().unwrap_or_default();
             let prepared =
                 request::prepare(&hook, "msg_0", &Payload::new(fields), std::time::UNIX_EPOCH);
-            assert!(prepared.url.starts_with(hook.uri.split('#').next().unwrap_or_default()));
+            assert!(prepared
+                .url
+                .starts_with(hook.uri.split('#').next().unwrap_or_default()));
         }
         return;
     }

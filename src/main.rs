@@ -125,6 +125,7 @@ fn webhooks_config(config: &ServeConfig, node: &str) -> Option<WebhooksConfig> {
     webhooks.failure_window = config.webhooks_attempt_failure_expiry;
     webhooks.attempts_retention = config.webhooks_attempts_retention;
     webhooks.allow_private = config.webhooks_allow_private_targets;
+    webhooks.max_per_account = config.webhooks_max_per_account;
     Some(webhooks)
 }
 

@@ -273,6 +273,15 @@ async fn create(
         Ok(doc) => doc,
         Err(data) => return Ok(invalid(env, data)),
     };
+    let limit = webhooks.config().max_per_account;
+    if webhooks.store().count_hooks(account).await? >= limit as i64 {
+        return Ok(env.error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "this account has {limit} hooks, the most it may have (webhooks_max_per_account)"
+            ),
+        ));
+    }
     let stored = StoredHook {
         id: crate::ids::random_hex(16),
         account_id: account.to_string(),

@@ -58,6 +58,8 @@ pub struct WebhooksConfig {
     pub failure_window: Duration,
     pub attempts_retention: Duration,
     pub allow_private: bool,
+    /// Hooks one account may have.
+    pub max_per_account: usize,
 }
 
 impl WebhooksConfig {
@@ -79,6 +81,7 @@ impl WebhooksConfig {
             failure_window: Duration::from_secs(60),
             attempts_retention: Duration::from_secs(7 * 24 * 3600),
             allow_private: false,
+            max_per_account: 1000,
         }
     }
 }

@@ -205,6 +205,14 @@ impl Store {
         .collect()
     }
 
+    pub async fn count_hooks(&self, account: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) AS n FROM webhooks WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")
+    }
+
     pub async fn hook(&self, account: &str, id: &str) -> Result<Option<StoredHook>, sqlx::Error> {
         sqlx::query(
             "SELECT id, account_id, doc, enabled, disable_reason FROM webhooks \
