@@ -23,17 +23,23 @@ export HORIZON_TEST_POSTGRES_URL="${HORIZON_TEST_POSTGRES_URL:-postgres://postgr
 say() { printf '== %s\n' "$*"; }
 die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
 
-# host and port out of amqp://user:pass@host:port/vhost
-authority="${HORIZON_TEST_AMQP_URL#*://}"
-authority="${authority#*@}"
-authority="${authority%%/*}"
-amqp_host="${authority%:*}"
-amqp_port="${authority##*:}"
-[ "$amqp_port" != "$authority" ] || amqp_port=5672
-
-broker_answers() {
-    timeout 2 bash -c "exec 3<>/dev/tcp/${amqp_host}/${amqp_port}" 2>/dev/null
+# "host port" out of scheme://user:pass@host:port/path ($2: the port when the URL has none)
+host_port() {
+    local authority="${1#*://}"
+    authority="${authority#*@}"
+    authority="${authority%%/*}"
+    local port="${authority##*:}"
+    [ "$port" != "$authority" ] || port=$2
+    echo "${authority%:*} $port"
 }
+
+# Something accepts TCP connections at host $1, port $2.
+answers() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
+}
+
+read -r amqp_host amqp_port <<<"$(host_port "$HORIZON_TEST_AMQP_URL" 5672)"
+broker_answers() { answers "$amqp_host" "$amqp_port"; }
 
 wait_for_broker() {
     local deadline=$((SECONDS + 120))
@@ -75,17 +81,8 @@ to a running broker, then run scripts/test.sh again."
     say "RabbitMQ answers at ${amqp_host}:${amqp_port}"
 }
 
-# host and port out of postgres://user[:pass]@host:port
-pg_authority="${HORIZON_TEST_POSTGRES_URL#*://}"
-pg_authority="${pg_authority#*@}"
-pg_authority="${pg_authority%%/*}"
-pg_host="${pg_authority%:*}"
-pg_port="${pg_authority##*:}"
-[ "$pg_port" != "$pg_authority" ] || pg_port=5432
-
-postgres_answers() {
-    timeout 2 bash -c "exec 3<>/dev/tcp/${pg_host}/${pg_port}" 2>/dev/null
-}
+read -r pg_host pg_port <<<"$(host_port "$HORIZON_TEST_POSTGRES_URL" 5432)"
+postgres_answers() { answers "$pg_host" "$pg_port"; }
 
 start_postgres() {
     if command -v pg_ctlcluster >/dev/null 2>&1; then

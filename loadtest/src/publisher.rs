@@ -67,10 +67,11 @@ async fn pace(start: Instant, i: u64, rate: u64) {
     }
 }
 
-async fn amqp(options: &Options, progress: &AtomicU64) -> Result<Published, String> {
-    let connection = Connection::connect(&options.amqp_url, ConnectionProperties::default())
+/// A connection to the broker and a channel on it in publisher-confirm mode.
+pub async fn confirmed_channel(url: &str) -> Result<(Connection, lapin::Channel), String> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
         .await
-        .map_err(|e| format!("publisher: cannot connect to {}: {e}", options.amqp_url))?;
+        .map_err(|e| format!("publisher: cannot connect to {url}: {e}"))?;
     let channel = connection
         .create_channel()
         .await
@@ -79,6 +80,11 @@ async fn amqp(options: &Options, progress: &AtomicU64) -> Result<Published, Stri
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|e| e.to_string())?;
+    Ok((connection, channel))
+}
+
+async fn amqp(options: &Options, progress: &AtomicU64) -> Result<Published, String> {
+    let (connection, channel) = confirmed_channel(&options.amqp_url).await?;
     let exchange = match options.target {
         Target::Horizon => "callevt",
         Target::MqttWs => "amq.topic",

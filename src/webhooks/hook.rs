@@ -109,22 +109,9 @@ pub const CALL_EXCHANGE: &str = "callevt";
 pub const CONF_EXCHANGE: &str = "configuration";
 pub const NOTIFY_EXCHANGE: &str = "notifications";
 
-/// Object types an `object` hook may name (Kazoo's `DOC_TYPES`).
-pub const OBJECT_TYPES: &[&str] = &[
-    "account",
-    "callflow",
-    "device",
-    "faxbox",
-    "media",
-    "user",
-    "vmbox",
-    "fax",
-    "mailbox_message",
-    "call_recording",
-];
-
-/// Document actions an `object` hook may name.
-pub const OBJECT_ACTIONS: &[&str] = &["doc_created", "doc_edited", "doc_deleted"];
+/// Object types and actions an `object` hook may name: the object family's (Kazoo's
+/// `DOC_TYPES` and document actions).
+pub use crate::families::{OBJECT_ACTIONS, OBJECT_TYPES};
 
 /// Notification names a `notifications` hook may name (Kazoo's `kapi_notifications`
 /// definitions, `skel` and `notify_update` left out as Kazoo does), besides `all`.
