@@ -715,6 +715,41 @@ async fn the_crossbar_api_round_trips_and_names_every_validation_error() {
         (Some(3), Some("channel_destroy"), Some(id.as_str()))
     );
 
+    // A secret is written, never read back; sending the masked document back keeps it.
+    let (status, with_secret) = node
+        .call(
+            "PATCH",
+            &format!("{base}/{id}"),
+            &tok,
+            Some(json!({"secret":"s3cr3t"})),
+        )
+        .await;
+    assert_eq!(
+        (status, with_secret["data"]["secret"].as_str()),
+        (200, Some("********"))
+    );
+    let (_, read) = node.call("GET", &format!("{base}/{id}"), &tok, None).await;
+    assert_eq!(read["data"]["secret"], "********");
+    let (status, _) = node
+        .call(
+            "POST",
+            &format!("{base}/{id}"),
+            &tok,
+            Some(read["data"].clone()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let stored = horizon::webhooks::store::Store::open(horizon::webhooks::store::Backend::Sqlite(
+        world.db_file.display().to_string(),
+    ))
+    .await
+    .unwrap()
+    .hook(a, &id)
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(stored.doc["secret"], "s3cr3t");
+
     // Every validation error, in crossbar's shape.
     let cases = [
         (

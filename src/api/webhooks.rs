@@ -205,10 +205,17 @@ fn invalid(env: &Envelope<'_>, data: Map<String, Value>) -> Response<Body> {
     )
 }
 
-/// The document as the API shows it: the stored fields, `id`, and `disable_reason` while
-/// auto-disabled.
+/// What the API shows instead of a hook's signing secret (a secret is written, never read back).
+/// A document sent back with this value keeps the stored secret.
+const SECRET_MASK: &str = "********";
+
+/// The document as the API shows it: the stored fields (the secret masked), `id`, and
+/// `disable_reason` while auto-disabled.
 fn document(stored: &StoredHook) -> Value {
     let mut doc = stored.doc.clone();
+    if doc.contains_key("secret") {
+        doc.insert("secret".into(), Value::from(SECRET_MASK));
+    }
     doc.insert("id".into(), Value::from(stored.id.as_str()));
     doc.insert("enabled".into(), Value::from(stored.enabled));
     if let Some(reason) = &stored.disable_reason {
@@ -315,7 +322,7 @@ async fn update(
         );
         return Ok(invalid(env, data));
     };
-    let merged = if patch {
+    let mut merged = if patch {
         let mut doc = current.doc.clone();
         for (k, v) in &changes {
             doc.insert(k.clone(), v.clone());
@@ -324,6 +331,13 @@ async fn update(
     } else {
         changes.clone()
     };
+    // A document read back from the API and sent again keeps its secret.
+    if merged.get("secret").and_then(Value::as_str) == Some(SECRET_MASK) {
+        match current.doc.get("secret") {
+            Some(secret) => merged.insert("secret".into(), secret.clone()),
+            None => merged.remove("secret"),
+        };
+    }
     let doc = match checked(webhooks, &Value::Object(merged)).await {
         Ok(doc) => doc,
         Err(data) => return Ok(invalid(env, data)),
