@@ -214,6 +214,29 @@ async fn run(o: Options) -> Result<(), String> {
     }
     // A moment more, so that late duplicates are counted too.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    report(&o, &seen, total, expected, published)?;
+    // Leave the gateway as it was.
+    for id in hook_ids {
+        let _ = call(
+            &o.api,
+            "DELETE",
+            &format!("/v2/accounts/{}/webhooks/{id}", o.account),
+            &o.token,
+            "",
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Prints the run's report (JSON) from what the receiver saw.
+fn report(
+    o: &Options,
+    seen: &Mutex<Seen>,
+    total: u64,
+    expected: usize,
+    published: Duration,
+) -> Result<(), String> {
     let seen = seen.lock().map_err(|_| "poisoned")?;
     let unique = seen.ids.len();
     let requests: u64 = seen.ids.values().map(|n| u64::from(*n)).sum();
@@ -240,17 +263,6 @@ async fn run(o: Options) -> Result<(), String> {
         pct(0.99),
         lat.last().copied().unwrap_or(0),
     );
-    // Leave the gateway as it was.
-    for id in hook_ids {
-        let _ = call(
-            &o.api,
-            "DELETE",
-            &format!("/v2/accounts/{}/webhooks/{id}", o.account),
-            &o.token,
-            "",
-        )
-        .await;
-    }
     Ok(())
 }
 
