@@ -1,6 +1,14 @@
 //! Webhooks end to end (docs/webhooks.md): `horizon serve` nodes as child processes, the real
 //! RabbitMQ broker, real SQLite files and a real PostgreSQL server, and real HTTP receivers on
 //! loopback that check every byte they are sent.
+//!
+//! The expected payloads come from Kazoo's webhooks app (2600hz/kazoo, applications/webhooks):
+//! channel hooks from `webhooks_channel_util.erl` (`format_event`, `base_hook_event`), object
+//! hooks from `webhooks_object.erl` (`format_event`: id, account_id, action, type), notifications
+//! from `webhooks_notifications.erl` (`kz_json:normalize` of the event), parking from
+//! `webhooks_parking.erl` (`normalize_jobj` without Node, Msg-ID, App-Version, App-Name,
+//! Event-Category, Custom-Channel-Vars), form bodies as `kz_json:to_querystring` writes them; the
+//! events are published as `kapi_call`, `kapi_conf` and `kapi_notifications` publish them.
 
 mod common;
 
@@ -161,8 +169,24 @@ async fn every_verb_and_format_is_sent_byte_for_byte_and_signed() {
                    "custom_data":{"type":"voicemail_new"}}),
         )
         .await;
+    let parking = node
+        .create_hook(
+            &account,
+            json!({"name":"park","hook":"parking","format":"json","uri":receiver.url("/parking")}),
+        )
+        .await;
     let call = unique_call();
     publish_call(&world.channel, "CHANNEL_CREATE", &call, &account).await;
+    let parked = json!({"Event-Name":"PARK_PARKED","Event-Category":"call_event","Call-ID":"p-1",
+        "Parking-Slot":"1","Caller-ID-Number":"+15551230000","Custom-Channel-Vars":{"Account-ID":account},
+        "Msg-ID":"m9","Node":"ecallmgr@fs1","App-Name":"callflow","App-Version":"4.3.0","Server-ID":""});
+    publish(
+        &world.channel,
+        "callevt",
+        "call.PARK_PARKED.p-1",
+        parked.to_string().as_bytes(),
+    )
+    .await;
     // Filtered out: another action, another type, another notification.
     publish_doc(&world.channel, "doc_created", &account, "user", "u1").await;
     publish_doc(&world.channel, "doc_edited", &account, "device", "d1").await;
@@ -188,12 +212,12 @@ async fn every_verb_and_format_is_sent_byte_for_byte_and_signed() {
     )
     .await;
 
-    let seen = receiver.wait_for(6, Duration::from_secs(10)).await;
+    let seen = receiver.wait_for(7, Duration::from_secs(10)).await;
     let seen = {
         let mut more = receiver.settle(Duration::from_millis(500)).await;
         assert_eq!(
             more.len(),
-            6,
+            7,
             "exactly one request per hook: {:?}",
             more.iter().map(|r| &r.target).collect::<Vec<_>>()
         );
@@ -274,6 +298,14 @@ async fn every_verb_and_format_is_sent_byte_for_byte_and_signed() {
         )
     );
     assert_eq!(r.header("x-hook-id"), Some(notify.as_str()));
+
+    // Parking: the event normalized, without its envelope and channel variables.
+    let r = by_path("/parking");
+    assert_eq!(
+        r.body_text(),
+        r#"{"call_id":"p-1","caller_id_number":"+15551230000","cluster_id":"horizon","event_name":"PARK_PARKED","parking_slot":"1","server_id":""}"#
+    );
+    assert_eq!(r.header("x-hook-id"), Some(parking.as_str()));
 
     drop(node);
     world.cleanup().await;

@@ -76,7 +76,6 @@ pub fn parse(
                         "App-Name",
                         "Event-Category",
                         "Custom-Channel-Vars",
-                        "Server-ID",
                     ],
                 )
             } else {
