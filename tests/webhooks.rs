@@ -1065,6 +1065,8 @@ async fn two_nodes_on_postgres_deliver_each_event_once() {
     let account = world.tenants.a.clone();
     let (db, db_name) = fresh_postgres().await;
     let args = with_arg(world.args(), "webhooks-db", &db);
+    // A small prefetch: neither node can take the whole burst before the other gets some.
+    let args = with_arg(args, "amqp-prefetch", "10");
     let one = Node::start(&with_arg(args.clone(), "node", "wh-one"));
     let two = Node::start(&with_arg(args, "node", "wh-two"));
     let receiver = Receiver::start().await;
