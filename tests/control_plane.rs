@@ -256,10 +256,20 @@ fn listings_span_both_nodes_and_keep_accounts_apart() {
         bindings.sort();
         assert_eq!(bindings, ["call.*.*", "object.*.*"]);
 
-        // The same answer through the other node; the reseller may look, the sibling may not.
-        let (status, body) = get(&two, &path, Some(&token(&t.reseller))).await;
-        assert_eq!(status, 200);
-        assert_eq!(envelope(&body).get_array("data").map(|d| d.len()), Some(2));
+        // The same answer through the other node (once it has heard node one's heartbeat: each
+        // node learns of the other on its own); the reseller may look, the sibling may not.
+        let mut through_two = None;
+        for _ in 0..40 {
+            let (status, body) = get(&two, &path, Some(&token(&t.reseller))).await;
+            assert_eq!(status, 200);
+            let value = envelope(&body);
+            through_two = value.get_array("data").map(|d| d.len());
+            if through_two == Some(2) && value.get("partial").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(through_two, Some(2));
         let (status, body) = get(&two, &path, Some(&token(&t.b))).await;
         assert_eq!(status, 403, "{body}");
 

@@ -452,10 +452,23 @@ async fn retries_pending_when_a_node_is_killed_are_delivered_after_restart() {
         publish_call(&world.channel, "CHANNEL_CREATE", &unique_call(), &account).await;
     }
     let first = receiver.wait_for(3, Duration::from_secs(10)).await;
-    // Each first attempt failed; the retries wait in the database (logged with their attempts,
-    // and the messages acknowledged). The node dies before them.
+    // Each first attempt failed; the retries wait in the database (read here as the node
+    // reads it). The node dies before they are due.
     node.attempts_at_least(&account, &hook, 3).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let store = horizon::webhooks::store::Store::open(horizon::webhooks::store::Backend::Sqlite(
+        world.db_file.display().to_string(),
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.pending_jobs().await.unwrap() < 3 {
+        assert!(Instant::now() < deadline, "the retries were never saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(store);
+    // The acknowledgements follow the saves; a message redelivered after all finds its
+    // delivery saved and leaves it to the retry.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let node = node.restart();
     let killed_at = Instant::now();
     let all = receiver.wait_for(6, Duration::from_secs(15)).await;
