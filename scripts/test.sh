@@ -38,18 +38,23 @@ answers() {
     timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
 }
 
+# Waits up to $3 seconds for host $1, port $2 to accept connections.
+await_port() {
+    local deadline=$((SECONDS + $3))
+    until answers "$1" "$2"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 1
+    done
+}
+
 read -r amqp_host amqp_port <<<"$(host_port "$HORIZON_TEST_AMQP_URL" 5672)"
 broker_answers() { answers "$amqp_host" "$amqp_port"; }
 
 wait_for_broker() {
-    local deadline=$((SECONDS + 120))
     if command -v rabbitmqctl >/dev/null 2>&1; then
         timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
     fi
-    until broker_answers; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 1
-    done
+    await_port "$amqp_host" "$amqp_port" 120
 }
 
 ensure_broker() {
@@ -91,11 +96,7 @@ start_postgres() {
         done
     fi
     command -v service >/dev/null 2>&1 && service postgresql start >/dev/null 2>&1 || true
-    local deadline=$((SECONDS + 60))
-    until postgres_answers; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 1
-    done
+    await_port "$pg_host" "$pg_port" 60
 }
 
 ensure_postgres() {
