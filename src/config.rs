@@ -94,6 +94,34 @@ pub struct ServeConfig {
     pub webhooks_max_per_account: usize,
     /// `cluster_id` in every webhook payload.
     pub cluster_id: String,
+    /// The log filter (`None`: `RUST_LOG`, else `info`).
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// How log records are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per record.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The first line of a (clap) error message, without its `error: ` prefix.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
 
 /// The longest any `*_secs` value may be (30 days): longer is a typo, and would overflow the
@@ -147,6 +175,8 @@ impl Default for ServeConfig {
             webhooks_queue: "horizon.webhooks".to_string(),
             webhooks_max_per_account: 1000,
             cluster_id: "horizon".to_string(),
+            log_level: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -156,8 +186,9 @@ impl Default for ServeConfig {
 pub enum ConfigError {
     #[error("unknown option `{0}`")]
     Unknown(String),
-    #[error("option `--{0}` needs a value")]
-    MissingValue(String),
+    /// The command line could not be parsed: clap's error kind, and its message.
+    #[error("{1}")]
+    Cli(String, String),
     #[error("invalid value `{value}` for {key}: {why}")]
     Invalid {
         key: String,
@@ -168,79 +199,256 @@ pub enum ConfigError {
     File { path: String, message: String },
 }
 
-/// Every key, as written in the file.
-pub const KEYS: &[&str] = &[
-    "ws_listen",
-    "api_listen",
-    "shards",
-    "max_message_bytes",
-    "outbound_queue_bytes",
-    "slow_consumer",
-    "ping_interval_secs",
-    "idle_timeout_secs",
-    "shutdown_grace_secs",
-    "amqp_url",
-    "node",
-    "amqp_prefetch",
-    "amqp_queue_expires_secs",
-    "auth_file",
-    "jwt_hs256_secret",
-    "jwt_hs256_secret_file",
-    "jwt_rs256_public_key_file",
-    "rate_limit_burst",
-    "rate_limit_per_sec",
-    "max_bindings_per_socket",
-    "max_connections",
-    "max_connections_per_ip",
-    "blocked_close_secs",
-    "cluster_secret",
-    "api_max_connections",
-    "api_header_timeout_secs",
-    "cors_allowed_origins",
-    "webhooks_enabled",
-    "webhooks_db",
-    "webhooks_allow_private_targets",
-    "webhooks_connect_timeout_secs",
-    "webhooks_request_timeout_secs",
-    "webhooks_retry_first_ms",
-    "webhooks_retry_max_secs",
-    "webhooks_concurrency_per_hook",
-    "webhooks_max_in_flight",
-    "webhooks_attempt_failure_count",
-    "webhooks_attempt_failure_expiry_ms",
-    "webhooks_attempts_retention_secs",
-    "webhooks_queue",
-    "webhooks_max_per_account",
-    "cluster_id",
+/// A configuration key: its file spelling and what it does (shown by `--help`).
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+/// Every key, as written in the file, with its help line.
+pub const OPTIONS: &[Key] = &[
+    Key {
+        name: "ws_listen",
+        help: "WebSocket listener; every shard binds it with SO_REUSEPORT",
+    },
+    Key {
+        name: "api_listen",
+        help: "REST API listener (crossbar API, /metrics, /healthz, /readyz, /console)",
+    },
+    Key {
+        name: "shards",
+        help: "thread-per-core shards",
+    },
+    Key {
+        name: "max_message_bytes",
+        help: "largest inbound WebSocket message; larger closes the socket with 1009",
+    },
+    Key {
+        name: "outbound_queue_bytes",
+        help: "bytes that may wait for one socket before the slow-consumer policy applies",
+    },
+    Key {
+        name: "slow_consumer",
+        help: "`drop` (skip events for that socket, then send the lag notice) or `close` (close 1008)",
+    },
+    Key {
+        name: "ping_interval_secs",
+        help: "server ping interval",
+    },
+    Key {
+        name: "idle_timeout_secs",
+        help: "a socket that sends nothing (not even a pong) for this long is closed 1001",
+    },
+    Key {
+        name: "shutdown_grace_secs",
+        help: "on shutdown, how long sockets get to answer the 1001 close and drain",
+    },
+    Key {
+        name: "amqp_url",
+        help: "the broker, amqp://user:pass@host:port/vhost; empty runs the embedded bus",
+    },
+    Key {
+        name: "node",
+        help: "this node's id ([A-Za-z0-9_-]{1,64}; must differ per node)",
+    },
+    Key {
+        name: "amqp_prefetch",
+        help: "unacknowledged deliveries the broker may push ahead",
+    },
+    Key {
+        name: "amqp_queue_expires_secs",
+        help: "the node queue outlives a vanished node by this long (x-expires)",
+    },
+    Key {
+        name: "auth_file",
+        help: "accounts and static tokens (TOML); re-read on SIGHUP",
+    },
+    Key {
+        name: "jwt_hs256_secret",
+        help: "HS256 secret for JWTs",
+    },
+    Key {
+        name: "jwt_hs256_secret_file",
+        help: "file holding the HS256 secret (trailing newline ignored)",
+    },
+    Key {
+        name: "jwt_rs256_public_key_file",
+        help: "RS256 public key, PEM (SPKI or PKCS#1)",
+    },
+    Key {
+        name: "rate_limit_burst",
+        help: "blackhole commands per socket: burst",
+    },
+    Key {
+        name: "rate_limit_per_sec",
+        help: "blackhole commands per socket: refill per second",
+    },
+    Key {
+        name: "max_bindings_per_socket",
+        help: "client bindings one socket may hold",
+    },
+    Key {
+        name: "max_connections",
+        help: "WebSocket connections this node holds (0: no limit); past it 503",
+    },
+    Key {
+        name: "max_connections_per_ip",
+        help: "WebSocket connections one client address may hold (0: no limit); past it 429",
+    },
+    Key {
+        name: "blocked_close_secs",
+        help: "a socket whose client does not read is closed 1008 after this long",
+    },
+    Key {
+        name: "cluster_secret",
+        help: "signs the cluster's control messages (default: derived from jwt_hs256_secret)",
+    },
+    Key {
+        name: "api_max_connections",
+        help: "REST connections served at once; more get 503",
+    },
+    Key {
+        name: "api_header_timeout_secs",
+        help: "a REST client must send its headers and body within this long",
+    },
+    Key {
+        name: "cors_allowed_origins",
+        help: "origins a browser may call the REST API from: `*` or a comma-separated list",
+    },
+    Key {
+        name: "webhooks_enabled",
+        help: "run webhooks on this node",
+    },
+    Key {
+        name: "webhooks_db",
+        help: "hooks store: a SQLite file (path or sqlite:PATH) or postgres://...",
+    },
+    Key {
+        name: "webhooks_allow_private_targets",
+        help: "allow hook URIs on loopback, private and link-local addresses",
+    },
+    Key {
+        name: "webhooks_connect_timeout_secs",
+        help: "webhook connect timeout, per attempt",
+    },
+    Key {
+        name: "webhooks_request_timeout_secs",
+        help: "webhook request timeout, per attempt",
+    },
+    Key {
+        name: "webhooks_retry_first_ms",
+        help: "first webhook retry delay (doubling, +-25 % jitter)",
+    },
+    Key {
+        name: "webhooks_retry_max_secs",
+        help: "longest webhook retry delay",
+    },
+    Key {
+        name: "webhooks_concurrency_per_hook",
+        help: "requests one hook may have in flight",
+    },
+    Key {
+        name: "webhooks_max_in_flight",
+        help: "webhook requests this node may have in flight",
+    },
+    Key {
+        name: "webhooks_attempt_failure_count",
+        help: "failed attempts within the window that disable a hook",
+    },
+    Key {
+        name: "webhooks_attempt_failure_expiry_ms",
+        help: "the failure-count window",
+    },
+    Key {
+        name: "webhooks_attempts_retention_secs",
+        help: "how long the attempts log keeps an attempt",
+    },
+    Key {
+        name: "webhooks_queue",
+        help: "the shared durable queue the nodes' webhook consumers compete on",
+    },
+    Key {
+        name: "webhooks_max_per_account",
+        help: "hooks one account may have",
+    },
+    Key {
+        name: "cluster_id",
+        help: "cluster_id in every webhook payload",
+    },
+    Key {
+        name: "log_level",
+        help: "log filter: a level (error, warn, info, debug, trace) for Horizon's own lines, or RUST_LOG-style directives; unset: RUST_LOG, else info",
+    },
+    Key {
+        name: "log_format",
+        help: "`text` (one line per record) or `json` (one JSON object per line)",
+    },
 ];
 
-/// Splits `--key value` / `--key=value` flags into `(key, value)` pairs (key in file spelling).
-/// `--config` is returned like any other key.
-pub fn parse_flags(args: &[String], known: &[&str]) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut pairs = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let Some(flag) = arg.strip_prefix("--") else {
-            return Err(ConfigError::Unknown(arg.clone()));
+/// Every key name, in `OPTIONS` order.
+pub fn keys() -> impl Iterator<Item = &'static str> {
+    OPTIONS.iter().map(|k| k.name)
+}
+
+/// The command-line arguments every command that reads the configuration accepts: `--config
+/// FILE` and one `--<key>` per entry of [`OPTIONS`] (underscores accepted too). Each help line
+/// names the key's default and its environment variable.
+pub fn config_args() -> Vec<clap::Arg> {
+    let defaults = ServeConfig::default();
+    let mut args = vec![clap::Arg::new("config")
+        .long("config")
+        .value_name("FILE")
+        .help("a flat TOML file with any of the keys below [env: HORIZON_CONFIG]")];
+    for key in OPTIONS {
+        let default = match key.name {
+            "shards" => format!("online CPUs, {} here", defaults.shards),
+            "node" => "<host name>-<random>".to_string(),
+            "amqp_url" => "none: the embedded bus".to_string(),
+            "cluster_secret" => "derived from jwt_hs256_secret".to_string(),
+            "log_level" => "RUST_LOG, else info".to_string(),
+            name => defaults
+                .value_text(name)
+                .unwrap_or_else(|| "none".to_string()),
         };
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_string())),
-            None => (flag, None),
-        };
-        let key = name.replace('-', "_");
-        if key != "config" && !known.contains(&key.as_str()) {
-            return Err(ConfigError::Unknown(arg.clone()));
+        let flag = key.name.replace('_', "-");
+        let mut arg = clap::Arg::new(key.name)
+            .long(flag.clone())
+            .value_name("VALUE")
+            .help(format!(
+                "{} [default: {default}] [env: HORIZON_{}]",
+                key.help,
+                key.name.to_ascii_uppercase()
+            ));
+        if flag != key.name {
+            arg = arg.alias(key.name);
         }
-        let value = match inline {
-            Some(value) => value,
-            None => args
-                .next()
-                .cloned()
-                .ok_or_else(|| ConfigError::MissingValue(name.into()))?,
-        };
-        pairs.push((key, value));
+        args.push(arg);
     }
-    Ok(pairs)
+    args
+}
+
+/// The `(key, value)` pairs given on the command line (key in file spelling; `config` too).
+pub fn flag_pairs(matches: &clap::ArgMatches) -> Vec<(String, String)> {
+    std::iter::once("config")
+        .chain(keys())
+        .filter_map(|key| {
+            let value = matches.try_get_one::<String>(key).ok().flatten()?;
+            Some((key.to_string(), value.clone()))
+        })
+        .collect()
+}
+
+/// The keys that are not defaults, and where each came from.
+pub type Origins = Vec<(&'static str, Origin)>;
+
+/// Where a key's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File,
+    Environment,
+    Flag,
 }
 
 /// Reads a flat TOML config file into `(key, value)` pairs.
@@ -258,7 +466,7 @@ pub fn parse_file_text(text: &str) -> Result<Vec<(String, String)>, String> {
     let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut pairs = Vec::new();
     for (key, value) in table {
-        if !KEYS.contains(&key.as_str()) {
+        if !OPTIONS.iter().any(|k| k.name == key) {
             return Err(format!("unknown key `{key}`"));
         }
         let value = match value {
@@ -297,8 +505,30 @@ impl ServeConfig {
         args: &[String],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ServeConfig, ConfigError> {
-        let flags = parse_flags(args, KEYS)?;
+        let matches = clap::Command::new("serve")
+            .no_binary_name(true)
+            .disable_help_flag(true)
+            .args_override_self(true)
+            .args(config_args())
+            .try_get_matches_from(args)
+            .map_err(|e| ConfigError::Cli(e.kind().to_string(), first_line(&e.to_string())))?;
+        Ok(ServeConfig::from_sources(&flag_pairs(&matches), env)?.0)
+    }
+
+    /// Builds the configuration from flags already parsed (`(key, value)`, file spelling) and an
+    /// environment lookup; also says where each key that is not a default came from.
+    pub fn from_sources(
+        flags: &[(String, String)],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(ServeConfig, Origins), ConfigError> {
         let mut config = ServeConfig::default();
+        let mut origins: Vec<(&'static str, Origin)> = Vec::new();
+        let mut note = |key: &str, origin: Origin| {
+            if let Some(k) = OPTIONS.iter().find(|k| k.name == key) {
+                origins.retain(|(name, _)| *name != k.name);
+                origins.push((k.name, origin));
+            }
+        };
         let file = flags
             .iter()
             .rev()
@@ -308,17 +538,85 @@ impl ServeConfig {
         if let Some(path) = file {
             for (key, value) in read_file(&path)? {
                 config.set(&key, &value)?;
+                note(&key, Origin::File);
             }
         }
-        for key in KEYS {
+        for key in keys() {
             if let Some(value) = env(&format!("HORIZON_{}", key.to_ascii_uppercase())) {
                 config.set(key, &value)?;
+                note(key, Origin::Environment);
             }
         }
         for (key, value) in flags.iter().filter(|(k, _)| k != "config") {
             config.set(key, value)?;
+            note(key, Origin::Flag);
         }
-        Ok(config)
+        Ok((config, origins))
+    }
+
+    /// A key's value in file spelling (`None` when unset); secrets are masked.
+    pub fn value_text(&self, key: &str) -> Option<String> {
+        let secs = |d: Duration| Some(d.as_secs().to_string());
+        let millis = |d: Duration| Some(d.as_millis().to_string());
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let masked = |s: &Option<String>| s.as_ref().map(|_| "********".to_string());
+        match key {
+            "ws_listen" => Some(self.ws_listen.to_string()),
+            "api_listen" => Some(self.api_listen.to_string()),
+            "shards" => Some(self.shards.to_string()),
+            "max_message_bytes" => Some(self.max_message_bytes.to_string()),
+            "outbound_queue_bytes" => Some(self.outbound_queue_bytes.to_string()),
+            "slow_consumer" => Some(
+                match self.slow_consumer {
+                    SlowConsumerPolicy::Drop => "drop",
+                    SlowConsumerPolicy::Close => "close",
+                }
+                .to_string(),
+            ),
+            "ping_interval_secs" => secs(self.ping_interval),
+            "idle_timeout_secs" => secs(self.idle_timeout),
+            "shutdown_grace_secs" => secs(self.shutdown_grace),
+            "amqp_url" => self.amqp_url.as_deref().map(crate::ingest::redact_url),
+            "node" => self.node.clone(),
+            "amqp_prefetch" => Some(self.amqp_prefetch.to_string()),
+            "amqp_queue_expires_secs" => secs(self.amqp_queue_expires),
+            "auth_file" => path(&self.auth_file),
+            "jwt_hs256_secret" => masked(&self.jwt_hs256_secret),
+            "jwt_hs256_secret_file" => path(&self.jwt_hs256_secret_file),
+            "jwt_rs256_public_key_file" => path(&self.jwt_rs256_public_key_file),
+            "rate_limit_burst" => Some(self.rate_limit_burst.to_string()),
+            "rate_limit_per_sec" => Some(self.rate_limit_per_sec.to_string()),
+            "max_bindings_per_socket" => Some(self.max_bindings_per_socket.to_string()),
+            "max_connections" => Some(self.max_connections.to_string()),
+            "max_connections_per_ip" => Some(self.max_connections_per_ip.to_string()),
+            "blocked_close_secs" => secs(self.blocked_close),
+            "cluster_secret" => masked(&self.cluster_secret),
+            "api_max_connections" => Some(self.api_max_connections.to_string()),
+            "api_header_timeout_secs" => secs(self.api_header_timeout),
+            "cors_allowed_origins" => Some(self.cors_allowed_origins.join(",")),
+            "webhooks_enabled" => Some(self.webhooks_enabled.to_string()),
+            "webhooks_db" => Some(crate::ingest::redact_url(&self.webhooks_db)),
+            "webhooks_allow_private_targets" => {
+                Some(self.webhooks_allow_private_targets.to_string())
+            }
+            "webhooks_connect_timeout_secs" => secs(self.webhooks_connect_timeout),
+            "webhooks_request_timeout_secs" => secs(self.webhooks_request_timeout),
+            "webhooks_retry_first_ms" => millis(self.webhooks_retry_first),
+            "webhooks_retry_max_secs" => secs(self.webhooks_retry_max),
+            "webhooks_concurrency_per_hook" => Some(self.webhooks_concurrency_per_hook.to_string()),
+            "webhooks_max_in_flight" => Some(self.webhooks_max_in_flight.to_string()),
+            "webhooks_attempt_failure_count" => {
+                Some(self.webhooks_attempt_failure_count.to_string())
+            }
+            "webhooks_attempt_failure_expiry_ms" => millis(self.webhooks_attempt_failure_expiry),
+            "webhooks_attempts_retention_secs" => secs(self.webhooks_attempts_retention),
+            "webhooks_queue" => Some(self.webhooks_queue.clone()),
+            "webhooks_max_per_account" => Some(self.webhooks_max_per_account.to_string()),
+            "cluster_id" => Some(self.cluster_id.clone()),
+            "log_level" => self.log_level.clone(),
+            "log_format" => Some(self.log_format.as_str().to_string()),
+            _ => None,
+        }
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
@@ -506,6 +804,18 @@ impl ServeConfig {
                 }
                 self.cluster_id = value.to_string()
             }
+            "log_level" => {
+                crate::log::filter(Some(value))
+                    .map_err(|_| invalid("expected a level (error, warn, info, debug, trace) or RUST_LOG-style directives"))?;
+                self.log_level = optional(value)
+            }
+            "log_format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(invalid("expected `text` or `json`")),
+                }
+            }
             _ => return Err(ConfigError::Unknown(key.into())),
         }
         Ok(())
@@ -515,6 +825,39 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_reads_back_what_it_was_given() {
+        // The text `--help` and `check-config` show for a value is a value `set` accepts, and
+        // gives the same configuration back (secrets excepted: they are masked).
+        let defaults = ServeConfig::default();
+        for key in keys() {
+            let Some(text) = defaults.value_text(key) else {
+                continue;
+            };
+            let mut again = defaults.clone();
+            again
+                .set(key, &text)
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(again, defaults, "{key} = {text}");
+        }
+        let mut config = defaults.clone();
+        config.set("jwt_hs256_secret", "s3cret").unwrap();
+        config
+            .set("amqp_url", "amqp://user:pw@host:5672/%2f")
+            .unwrap();
+        assert_eq!(config.value_text("jwt_hs256_secret").unwrap(), "********");
+        assert!(!config.value_text("amqp_url").unwrap().contains("pw"));
+        let help: Vec<String> = config_args()
+            .iter()
+            .map(|a| a.get_help().map(|h| h.to_string()).unwrap_or_default())
+            .collect();
+        assert_eq!(help.len(), OPTIONS.len() + 1);
+        for (key, help) in OPTIONS.iter().zip(&help[1..]) {
+            let env = format!("[env: HORIZON_{}]", key.name.to_ascii_uppercase());
+            assert!(help.contains(&env) && help.contains("[default: "), "{help}");
+        }
+    }
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -542,14 +885,17 @@ mod tests {
             err.to_string(),
             "invalid value `0` for shards: expected a positive number"
         );
-        assert!(matches!(
-            ServeConfig::load(&args(&["--nope"]), |_| None),
-            Err(ConfigError::Unknown(_))
-        ));
-        assert!(matches!(
-            ServeConfig::load(&args(&["--ws-listen"]), |_| None),
-            Err(ConfigError::MissingValue(_))
-        ));
+        let err = ServeConfig::load(&args(&["--nope"]), |_| None).unwrap_err();
+        assert!(err.to_string().contains("--nope"), "{err}");
+        let err = ServeConfig::load(&args(&["--ws-listen"]), |_| None).unwrap_err();
+        assert!(err.to_string().contains("--ws-listen"), "{err}");
+        // Both spellings, and the last of a repeated flag wins.
+        let config = ServeConfig::load(
+            &args(&["--max_connections", "3", "--max-connections=4"]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(config.max_connections, 4);
         let env = |k: &str| (k == "HORIZON_SLOW_CONSUMER").then(|| "maybe".to_string());
         assert!(ServeConfig::load(&[], env).is_err());
         // A huge grace would overflow the shutdown deadline (it used to panic a shard).

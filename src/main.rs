@@ -1,37 +1,114 @@
 //! The `horizon` binary: `serve` runs the gateway, `token` mints development JWTs.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use clap::{Arg, ArgAction, ArgMatches, Command};
 use horizon::api::{Api, ApiConfig};
 use horizon::auth::{format_rfc3339, Auth, JwtKeys, Permissions, TokenClaims};
-use horizon::config::{parse_flags, ServeConfig, KEYS};
+use horizon::config::{config_args, flag_pairs, Origin, Origins, ServeConfig, OPTIONS};
 use horizon::dialect::{BlackholeLimits, Dialects};
 use horizon::ingest::{AmqpConfig, EventSource, Ingest, Source};
 use horizon::shard::Gateway;
 use horizon::webhooks::store::Backend;
 use horizon::webhooks::WebhooksConfig;
-use horizon::{elog, log};
+use tracing::{error, info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
-horizon - RabbitMQ to WebSocket gateway for Kazoo and VoIPBin event streams
-
-USAGE:
-    horizon <COMMAND> [OPTIONS]
-
-COMMANDS:
-    serve      run the gateway (options: see README.md, Configuration)
-    token      mint a signed development token:
-                 horizon token --account-id ID [--customer-id ID] [--agent-id ID]
-                   [--permissions admin,...] [--publish] [--superduper-admin] [--ttl 1h]
-               signed with jwt_hs256_secret (flag, HORIZON_JWT_HS256_SECRET or --config file)
-    help       print this message
-    version    print the version
-";
+/// The command line. Every configuration key is a flag of `serve` and `check-config`; its help
+/// line names the default and the `HORIZON_*` variable.
+fn cli() -> Command {
+    let config_keys = || config_args().into_iter();
+    let token_keys = config_keys().filter(|a| {
+        ["config", "jwt_hs256_secret", "jwt_hs256_secret_file"].contains(&a.get_id().as_str())
+    });
+    Command::new("horizon")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("RabbitMQ to WebSocket and webhook gateway for Kazoo and VoIPBin event streams")
+        .after_help(
+            "Configuration precedence: flag > HORIZON_* environment variable > --config file > default.\n\
+             Run `horizon serve` with no options for a development node (embedded bus, embedded database).",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(
+            Command::new("serve")
+                .about("Run the gateway")
+                .args_override_self(true)
+                .args(config_keys()),
+        )
+        .subcommand(
+            Command::new("check-config")
+                .about(
+                    "Validate the configuration and the auth file, reach the broker and the \
+                     webhooks database, and print the effective configuration \
+                     (exit 0: fine, 2: invalid, 1: a service cannot be reached)",
+                )
+                .args_override_self(true)
+                .args(config_keys())
+                .arg(
+                    Arg::new("offline")
+                        .long("offline")
+                        .action(ArgAction::SetTrue)
+                        .help("do not reach the broker or the database"),
+                ),
+        )
+        .subcommand(
+            Command::new("token")
+                .about("Mint a signed HS256 development token (printed on stdout)")
+                .args_override_self(true)
+                .arg(
+                    Arg::new("account_id")
+                        .long("account-id")
+                        .value_name("ID")
+                        .required(true)
+                        .help("the account the token is for ([A-Za-z0-9_-]{1,64})"),
+                )
+                .arg(
+                    Arg::new("customer_id")
+                        .long("customer-id")
+                        .value_name("ID")
+                        .help("VoIPBin customer id [default: none]"),
+                )
+                .arg(
+                    Arg::new("agent_id")
+                        .long("agent-id")
+                        .value_name("ID")
+                        .help("VoIPBin agent id [default: none]"),
+                )
+                .arg(
+                    Arg::new("permissions")
+                        .long("permissions")
+                        .value_name("LIST")
+                        .help("VoIPBin permissions, comma-separated (e.g. admin) [default: none]"),
+                )
+                .arg(
+                    Arg::new("publish")
+                        .long("publish")
+                        .action(ArgAction::SetTrue)
+                        .help("may publish events (POST /v2/events) for its account"),
+                )
+                .arg(
+                    Arg::new("superduper_admin")
+                        .long("superduper-admin")
+                        .action(ArgAction::SetTrue)
+                        .help("Kazoo's system administrator: may see every account"),
+                )
+                .arg(
+                    Arg::new("ttl")
+                        .long("ttl")
+                        .value_name("TTL")
+                        .default_value("1h")
+                        .help("lifetime: 90s, 15m, 1h, 7d, or seconds"),
+                )
+                .args(token_keys),
+        )
+        .subcommand(Command::new("version").about("Print the version").hide(true))
+}
 
 /// The account the development token of an embedded `serve` is for.
 const DEV_ACCOUNT: &str = "dev-account";
@@ -98,7 +175,7 @@ fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        elog!("horizon serve: a thread panicked ({info}); exiting so that the node restarts");
+        error!("a thread panicked ({info}); exiting so that the node restarts");
         std::process::exit(101);
     }));
 }
@@ -129,52 +206,66 @@ fn webhooks_config(config: &ServeConfig, node: &str) -> Option<WebhooksConfig> {
     Some(webhooks)
 }
 
-fn serve(args: &[String]) -> ExitCode {
-    exit_on_panic();
-    let mut config = match ServeConfig::load(args, |key| std::env::var(key).ok()) {
-        Ok(config) => config,
-        Err(e) => {
-            elog!("horizon serve: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // Embedded with no auth file and no secret: a secret for this run only, so that the
-    // development token below works and nothing else does.
-    // The development token is minted only with that generated secret: a token signed with an
-    // operator's own secret would be valid on every node that shares it.
-    let development = config.amqp_url.is_none()
+/// The configuration from parsed flags and the process environment; the error names the key.
+fn load_config(matches: &ArgMatches) -> Result<(ServeConfig, Origins), String> {
+    ServeConfig::from_sources(&flag_pairs(matches), |key| std::env::var(key).ok())
+        .map_err(|e| e.to_string())
+}
+
+/// Embedded with no auth file and no secret: development mode.
+fn development_mode(config: &ServeConfig) -> bool {
+    config.amqp_url.is_none()
         && config.auth_file.is_none()
         && config.jwt_hs256_secret.is_none()
-        && config.jwt_hs256_secret_file.is_none();
-    if development {
-        config.jwt_hs256_secret = Some(horizon::ids::random_hex(32));
-    }
-    let secret = match jwt_secret(&config) {
-        Ok(secret) => secret,
+        && config.jwt_hs256_secret_file.is_none()
+}
+
+/// The auth directory and keys the configuration names; the error names the key or entry.
+fn load_auth(config: &ServeConfig) -> Result<(Auth, Option<Vec<u8>>), String> {
+    let secret = jwt_secret(config)?;
+    let keys = jwt_keys(config, secret.clone())?;
+    let auth = Auth::new(config.auth_file.clone(), keys).map_err(|e| e.to_string())?;
+    Ok((auth, secret))
+}
+
+/// A start-up failure: logged, and said on stderr too (the log may be going elsewhere).
+fn fatal(message: String, code: u8) -> ExitCode {
+    error!("{message}");
+    eprintln!("horizon serve: {message}");
+    ExitCode::from(code)
+}
+
+fn serve(matches: &ArgMatches) -> ExitCode {
+    exit_on_panic();
+    let mut config = match load_config(matches) {
+        Ok((config, _)) => config,
         Err(e) => {
-            elog!("horizon serve: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let cluster_key = horizon::api::cluster::cluster_key(
-        config.cluster_secret.as_deref().map(str::as_bytes),
-        secret.as_deref(),
-    );
-    let keys = match jwt_keys(&config, secret) {
-        Ok(keys) => keys,
-        Err(e) => {
-            elog!("horizon serve: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let auth = match Auth::new(config.auth_file.clone(), keys) {
-        Ok(auth) => Arc::new(auth),
-        Err(e) => {
-            elog!("horizon serve: {e}");
+            eprintln!("horizon serve: {e}");
             return ExitCode::from(2);
         }
     };
     let node = config.node_id();
+    if let Err(e) = horizon::log::init(config.log_level.as_deref(), config.log_format, &node) {
+        eprintln!("horizon serve: log_level: {e}");
+        return ExitCode::from(2);
+    }
+    // Embedded with no auth file and no secret: a secret for this run only, so that the
+    // development token below works and nothing else does.
+    // The development token is minted only with that generated secret: a token signed with an
+    // operator's own secret would be valid on every node that shares it.
+    let development = development_mode(&config);
+    if development {
+        config.jwt_hs256_secret = Some(horizon::ids::random_hex(32));
+    }
+    let (auth, secret) = match load_auth(&config) {
+        Ok(loaded) => loaded,
+        Err(e) => return fatal(e, 2),
+    };
+    let auth = Arc::new(auth);
+    let cluster_key = horizon::api::cluster::cluster_key(
+        config.cluster_secret.as_deref().map(str::as_bytes),
+        secret.as_deref(),
+    );
     let source = match &config.amqp_url {
         Some(url) => Source::Amqp(AmqpConfig {
             url: url.clone(),
@@ -199,33 +290,32 @@ fn serve(args: &[String]) -> ExitCode {
     let signals = block_signals();
     let shards = config.shards;
     let grace = config.shutdown_grace;
-    log!("horizon {} starting", env!("CARGO_PKG_VERSION"));
+    info!(
+        "horizon {} starting (log format {})",
+        env!("CARGO_PKG_VERSION"),
+        config.log_format.as_str()
+    );
     match &config.amqp_url {
-        Some(url) => log!(
+        Some(url) => info!(
             "event source: AMQP {} (node queue {})",
             horizon::ingest::redact_url(url),
             ingest.queue_name()
         ),
-        None => log!(
+        None => info!(
             "event source: embedded bus (no amqp_url configured; publish with POST /v2/events)"
         ),
     }
     let mut gateway = match Gateway::start(config.clone(), Arc::new(dialects)) {
         Ok(gateway) => gateway,
-        Err(e) => {
-            elog!("horizon serve: cannot start the WebSocket shards: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fatal(format!("cannot start the WebSocket shards: {e}"), 1),
     };
     let Some(publisher) = gateway.take_publisher() else {
-        elog!("horizon serve: the shards' rings are already taken");
-        return ExitCode::FAILURE;
+        return fatal("the shards' rings are already taken".into(), 1);
     };
     if let Err(e) = ingest.start(publisher) {
-        elog!("horizon serve: cannot start the ingest thread: {e}");
         gateway.shutdown();
         gateway.join();
-        return ExitCode::FAILURE;
+        return fatal(format!("cannot start the ingest thread: {e}"), 1);
     }
     let api = gateway.take_registry().map(|registry| {
         Api::start(
@@ -248,31 +338,29 @@ fn serve(args: &[String]) -> ExitCode {
     let api = match api {
         Some(Ok(api)) => api,
         Some(Err(e)) => {
-            elog!(
-                "horizon serve: cannot start the REST API on {}: {e}",
-                config.api_listen
-            );
             gateway.shutdown();
             gateway.join();
             ingest.shutdown(Duration::from_secs(3));
-            return ExitCode::FAILURE;
+            return fatal(
+                format!("cannot start the REST API on {}: {e}", config.api_listen),
+                1,
+            );
         }
         None => {
-            elog!("horizon serve: the shards' registry is already taken");
-            return ExitCode::FAILURE;
+            return fatal("the shards' registry is already taken".into(), 1);
         }
     };
-    log!(
+    info!(
         "websocket: listening on ws://{} with {shards} shard(s), driver {}",
         gateway.local_addr(),
         gateway.driver()
     );
-    log!(
+    info!(
         "api: listening on http://{} (node {node})",
         api.local_addr()
     );
     match webhooks_config(&config, &node) {
-        Some(webhooks) => log!(
+        Some(webhooks) => info!(
             "webhooks: on, hooks in {}; events from {}",
             webhooks.db.describe(),
             if config.amqp_url.is_some() {
@@ -281,12 +369,13 @@ fn serve(args: &[String]) -> ExitCode {
                 "the embedded bus".to_string()
             }
         ),
-        None => log!("webhooks: off (webhooks_enabled = false)"),
+        None => info!("webhooks: off (webhooks_enabled = false)"),
     }
-    log!(
+    info!(
         "dialects: VoIPBin on {}, Kazoo blackhole on every other path",
         horizon::dialect::VOIPBIN_PATH
     );
+    let mut dev_token_file = None;
     if development {
         let claims = TokenClaims {
             account_id: DEV_ACCOUNT.to_string(),
@@ -295,18 +384,16 @@ fn serve(args: &[String]) -> ExitCode {
             ..TokenClaims::default()
         };
         match auth.keys().sign_hs256(&claims) {
-            Ok(token) => {
-                log!("development token (account {DEV_ACCOUNT}, publish, valid 24h): {token}")
-            }
-            Err(e) => elog!("horizon serve: no development token: {e}"),
+            Ok(token) => dev_token_file = write_dev_token(&node, &token),
+            Err(e) => error!("no development token: {e}"),
         }
     }
     loop {
         match wait_for_signal(&signals) {
             libc::SIGHUP => match auth.reload() {
-                Ok(()) => log!("SIGHUP: auth file reloaded"),
+                Ok(()) => info!("SIGHUP: auth file reloaded"),
                 Err(e) => {
-                    elog!("SIGHUP: auth file not reloaded, the previous one stays in force: {e}")
+                    warn!("SIGHUP: auth file not reloaded, the previous one stays in force: {e}")
                 }
             },
             signal => {
@@ -315,7 +402,7 @@ fn serve(args: &[String]) -> ExitCode {
                 } else {
                     "SIGTERM"
                 };
-                log!(
+                info!(
                     "{name}: shutting down (close 1001 to every socket, up to {grace:?} to drain)"
                 );
                 break;
@@ -328,7 +415,10 @@ fn serve(args: &[String]) -> ExitCode {
     gateway.join();
     ingest.shutdown(Duration::from_secs(3));
     api.shutdown();
-    log!("stopped");
+    if let Some(path) = dev_token_file {
+        let _ = std::fs::remove_file(path);
+    }
+    info!("stopped");
     ExitCode::SUCCESS
 }
 
@@ -349,56 +439,46 @@ fn parse_ttl(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-fn token(args: &[String]) -> ExitCode {
-    const OWN: &[&str] = &[
-        "account_id",
-        "customer_id",
-        "agent_id",
-        "permissions",
-        "ttl",
-    ];
+/// The development token goes to a file only its owner may read, never into the log: the log
+/// is shipped and kept, the token grants publishing for a day. On a terminal it is also shown.
+fn write_dev_token(node: &str, token: &str) -> Option<PathBuf> {
+    use std::io::{IsTerminal, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(format!("horizon-dev-token-{node}"));
+    let _ = std::fs::remove_file(&path);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| writeln!(file, "{token}"));
+    match written {
+        Ok(()) => {
+            info!(
+                "development token (account {DEV_ACCOUNT}, publish, valid 24h) written to {}",
+                path.display()
+            );
+            if std::io::stderr().is_terminal() {
+                eprintln!("\n  development token: {token}\n  console: open /console on the API address above and paste it\n");
+            }
+            Some(path)
+        }
+        Err(e) => {
+            error!("no development token: cannot write {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn token(matches: &ArgMatches) -> ExitCode {
     let fail = |message: String| {
-        elog!("horizon token: {message}");
+        eprintln!("horizon token: {message}");
         ExitCode::from(2)
     };
-    // `--publish` and `--superduper-admin` take no value; everything else is `--key value`.
-    let mut publish = false;
-    let mut superduper_admin = false;
-    let rest: Vec<String> = args
-        .iter()
-        .filter(|a| match a.as_str() {
-            "--publish" => {
-                publish = true;
-                false
-            }
-            "--superduper-admin" => {
-                superduper_admin = true;
-                false
-            }
-            _ => true,
-        })
-        .cloned()
-        .collect();
-    let known: Vec<&str> = KEYS.iter().chain(OWN).copied().collect();
-    let pairs = match parse_flags(&rest, &known) {
-        Ok(pairs) => pairs,
-        Err(e) => return fail(e.to_string()),
-    };
-    let own = |key: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
-    let config_args: Vec<String> = pairs
-        .iter()
-        .filter(|(k, _)| !OWN.contains(&k.as_str()))
-        .flat_map(|(k, v)| [format!("--{}", k.replace('_', "-")), v.clone()])
-        .collect();
-    let config = match ServeConfig::load(&config_args, |key| std::env::var(key).ok()) {
-        Ok(config) => config,
-        Err(e) => return fail(e.to_string()),
+    let own = |key: &str| matches.get_one::<String>(key).cloned();
+    let config = match load_config(matches) {
+        Ok((config, _)) => config,
+        Err(e) => return fail(e),
     };
     let Some(account_id) = own("account_id") else {
         return fail("--account-id is required".into());
@@ -434,8 +514,8 @@ fn token(args: &[String]) -> ExitCode {
         customer_id: own("customer_id"),
         agent_id: own("agent_id"),
         permissions,
-        publish,
-        superduper_admin,
+        publish: matches.get_flag("publish"),
+        superduper_admin: matches.get_flag("superduper_admin"),
         expires_at: Some(expires_at),
     };
     match keys.sign_hs256(&claims) {
@@ -448,22 +528,148 @@ fn token(args: &[String]) -> ExitCode {
     }
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None | Some("help" | "-h" | "--help") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
+/// `check-config`: what `serve` would refuse at start, and whether the services it needs answer.
+fn check_config(matches: &ArgMatches) -> ExitCode {
+    let (config, origins) = match load_config(matches) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("horizon check-config: {e}");
+            return ExitCode::from(2);
         }
-        Some("version" | "-V" | "--version") => {
+    };
+    println!("config: ok");
+    if let Err(e) = horizon::log::filter(config.log_level.as_deref()) {
+        eprintln!("horizon check-config: log filter: {e}");
+        return ExitCode::from(2);
+    }
+    match load_auth(&config) {
+        Ok((auth, secret)) => {
+            let file = match &config.auth_file {
+                Some(path) => format!("auth file {} ({})", path.display(), auth.describe()),
+                None => "no auth file".to_string(),
+            };
+            let keys = match (secret.is_some(), config.jwt_rs256_public_key_file.is_some()) {
+                (true, true) => "HS256 and RS256 keys",
+                (true, false) => "an HS256 secret",
+                (false, true) => "an RS256 key",
+                (false, false) if development_mode(&config) => {
+                    "no JWT key (development mode: a secret for the run)"
+                }
+                (false, false) => "no JWT key: only the auth file's static tokens authenticate",
+            };
+            println!("auth: ok, {file}, {keys}");
+        }
+        Err(e) => {
+            eprintln!("horizon check-config: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut unreachable = false;
+    if !matches.get_flag("offline") {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("horizon check-config: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let checks = runtime.block_on(reach_services(&config));
+        for (what, result) in checks {
+            match result {
+                Ok(detail) => println!("{what}: ok, {detail}"),
+                Err(e) => {
+                    eprintln!("horizon check-config: {what}: {e}");
+                    unreachable = true;
+                }
+            }
+        }
+    }
+    println!("\n# effective configuration (# where each value came from; secrets masked)");
+    for key in OPTIONS {
+        let origin = origins
+            .iter()
+            .find(|(k, _)| *k == key.name)
+            .map(|(_, o)| *o);
+        let value = config.value_text(key.name);
+        let from = match origin {
+            Some(Origin::Flag) => "flag",
+            Some(Origin::Environment) => "environment",
+            Some(Origin::File) => "file",
+            Some(Origin::Default) | None => "default",
+        };
+        match value {
+            Some(value) if value.parse::<f64>().is_ok() || value == "true" || value == "false" => {
+                println!("{} = {value}  # {from}", key.name)
+            }
+            Some(value) => println!("{} = {:?}  # {from}", key.name, value),
+            None => println!("# {} is not set", key.name),
+        }
+    }
+    if unreachable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Reaches the broker (`amqp_url`) and the webhooks database, each within 5 s.
+async fn reach_services(config: &ServeConfig) -> Vec<(String, Result<String, String>)> {
+    let within = Duration::from_secs(5);
+    let mut out = Vec::new();
+    if let Some(url) = &config.amqp_url {
+        let what = format!("amqp_url {}", horizon::ingest::redact_url(url));
+        let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
+        let result = match tokio::time::timeout(within, connect).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close(200, "check-config".into()).await;
+                Ok("connected and authenticated".to_string())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {within:?}")),
+        };
+        out.push((what, result));
+    }
+    if config.webhooks_enabled {
+        let backend = Backend::parse(&config.webhooks_db);
+        let what = format!(
+            "webhooks_db {}",
+            horizon::ingest::redact_url(&config.webhooks_db)
+        );
+        let result = match backend {
+            Ok(backend) => {
+                match tokio::time::timeout(within, horizon::webhooks::store::reach(&backend)).await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {within:?}")),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        out.push((what, result));
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let matches = match cli().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => {
+            // `--help` and `--version` print and succeed; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match matches.subcommand() {
+        Some(("serve", m)) => serve(m),
+        Some(("check-config", m)) => check_config(m),
+        Some(("token", m)) => token(m),
+        Some(("version", _)) => {
             println!("horizon {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("serve") => serve(&args[1..]),
-        Some("token") => token(&args[1..]),
-        Some(other) => {
-            eprintln!("horizon: unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+        _ => ExitCode::from(2),
     }
 }

@@ -347,10 +347,10 @@ fn spawn_node(
     let (mut ws, mut api, mut node) = (None, None, None);
     while ws.is_none() || api.is_none() {
         let line = lines.next().expect("a log line").unwrap();
-        if let Some(rest) = line.strip_prefix("websocket: listening on ws://") {
+        if let Some((_, rest)) = line.split_once("websocket: listening on ws://") {
             ws = rest.split_whitespace().next().and_then(|a| a.parse().ok());
         }
-        if let Some(rest) = line.strip_prefix("api: listening on http://") {
+        if let Some((_, rest)) = line.split_once("api: listening on http://") {
             api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             node = rest
                 .split("(node ")

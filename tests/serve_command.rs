@@ -41,7 +41,7 @@ fn wait_for_line(
             .unwrap_or_else(|| panic!("log ended before `{prefix}`: {log:?}"))
             .unwrap();
         log.push(line.clone());
-        if let Some(rest) = line.strip_prefix(prefix) {
+        if let Some((_, rest)) = line.split_once(prefix) {
             return rest.to_string();
         }
     }
@@ -92,13 +92,16 @@ fn serve_runs_embedded_with_a_development_token_and_stops_cleanly_on_sigterm_and
             "{listening}"
         );
         let addr = listening.split_whitespace().next().unwrap().to_string();
-        let token = wait_for_line(
+        wait_for_line(
             &mut lines,
             "development token (account dev-account",
             &mut log,
         );
-        let token = token.rsplit(' ').next().unwrap().to_string();
-        assert!(log[0].starts_with("horizon "), "{log:?}");
+        let token = common::dev_token(log.last().unwrap()).expect("the token file");
+        assert!(
+            log[0].contains("horizon ") && log[0].contains(" starting"),
+            "{log:?}"
+        );
 
         // The development token works as a blackhole client would use it.
         let reply = runtime().block_on(one_command(
@@ -130,11 +133,14 @@ fn serve_runs_embedded_with_a_development_token_and_stops_cleanly_on_sigterm_and
         assert!(status.success(), "{name}: exit {status:?}");
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         assert!(
-            rest.iter()
-                .any(|l| l.starts_with(&format!("{name}: shutting down"))),
+            rest.iter().any(|l| l.contains(&format!(" INFO {}", ""))
+                && l.contains(&format!("{name}: shutting down"))),
             "{rest:?}"
         );
-        assert_eq!(rest.last().map(String::as_str), Some("stopped"));
+        assert!(
+            rest.last().is_some_and(|l| l.ends_with(" stopped")),
+            "{rest:?}"
+        );
         assert!(TcpStream::connect(&addr).is_err(), "the listener is gone");
     }
 }
@@ -204,7 +210,7 @@ fn horizon_token_mints_what_serve_accepts() {
 
     let (code, err) = run_to_exit(&["token"]);
     assert_eq!(code, Some(2));
-    assert_eq!(err.trim(), "horizon token: --account-id is required");
+    assert!(err.contains("--account-id"), "{err}");
     let (code, err) = run_to_exit(&["token", "--account-id", "a1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("no HS256 secret is configured"), "{err}");
@@ -276,10 +282,12 @@ fn sighup_reloads_the_auth_file_without_dropping_sockets() {
         std::fs::write(&file, "[[tokens]]\nbroken").unwrap();
         // SAFETY: as above.
         unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
-        let mut err = String::new();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        stderr.read_line(&mut err).unwrap();
-        assert!(err.starts_with("SIGHUP: auth file not reloaded"), "{err}");
+        let err = wait_for_line(&mut lines, "SIGHUP: auth file not reloaded", &mut log);
+        assert!(log.last().unwrap().contains(" WARN "), "{log:?}");
+        assert!(
+            err.contains("TOML parse error") && err.contains("\\n"),
+            "one line: {err}"
+        );
         assert!(one_command(&url, &subscribe("tok-two"))
             .await
             .contains("success"));
@@ -346,6 +354,347 @@ fn a_closed_stdout_does_not_take_the_gateway_down() {
         "still running without a log reader"
     );
     // SAFETY: kill on the child's own pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+/// `horizon` run to completion with `env` added: exit code, stdout, stderr.
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = common::horizon_command();
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run horizon");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_lists_every_option_with_its_default_and_its_variable() {
+    let (code, out, _) = run_with_env(&["--help"], &[]);
+    assert_eq!(code, Some(0));
+    for command in ["serve", "check-config", "token"] {
+        assert!(out.contains(command), "{out}");
+    }
+    for command in ["serve", "check-config"] {
+        let (code, out, err) = run_with_env(&[command, "--help"], &[]);
+        assert_eq!(code, Some(0), "{err}");
+        // clap wraps nothing here (no terminal): one option, one help line.
+        for key in horizon::config::OPTIONS {
+            let flag = format!("--{} <VALUE>", key.name.replace('_', "-"));
+            let at = out
+                .find(&flag)
+                .unwrap_or_else(|| panic!("{flag} missing:\n{out}"));
+            let help = out[at..].lines().nth(1).unwrap_or_default();
+            assert!(help.contains("[default: "), "{flag}: {help}");
+            let var = format!("[env: HORIZON_{}]", key.name.to_ascii_uppercase());
+            assert!(help.contains(&var), "{flag}: {help}");
+        }
+        assert!(out.contains("[env: HORIZON_CONFIG]"), "{out}");
+    }
+    let (code, out, _) = run_with_env(&["token", "--help"], &[]);
+    assert_eq!(code, Some(0));
+    for flag in [
+        "--account-id",
+        "--ttl",
+        "--publish",
+        "--jwt-hs256-secret",
+        "HORIZON_JWT_HS256_SECRET",
+    ] {
+        assert!(out.contains(flag), "{flag}: {out}");
+    }
+    let (code, _, err) = run_with_env(&["serve", "--shardz", "2"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--shardz") && err.contains("--shards"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_names_what_is_wrong_and_reaches_the_services() {
+    let dir = std::env::temp_dir().join(format!("horizon-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("horizon.toml");
+    let auth = dir.join("auth.toml");
+    let db = dir.join("hooks.db");
+    let db = db.to_str().unwrap();
+    std::fs::write(
+        &auth,
+        "[[accounts]]\nid = \"acct-a\"\n[[tokens]]\ntoken = \"t\"\naccount_id = \"acct-a\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "auth_file = {:?}\njwt_hs256_secret = \"very-secret\"\nwebhooks_db = {db:?}\n",
+            auth.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let amqp = common::amqp_url();
+
+    // All fine: the broker and the database answer; the effective configuration says where
+    // each value came from and masks secrets.
+    let (code, out, err) = run_with_env(
+        &[
+            "check-config",
+            "--config",
+            config,
+            "--shards",
+            "3",
+            "--webhooks-enabled",
+            "true",
+        ],
+        &[("HORIZON_AMQP_URL", &amqp)],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("auth: ok, auth file") && out.contains("1 accounts, 1 tokens"),
+        "{out}"
+    );
+    assert!(out.contains("connected and authenticated"), "{out}");
+    assert!(out.contains("serve will create it"), "{out}");
+    assert!(
+        !std::path::Path::new(db).exists(),
+        "check-config creates nothing"
+    );
+    assert!(out.contains("shards = 3  # flag"), "{out}");
+    assert!(
+        out.contains("amqp_url = ") && out.contains("# environment"),
+        "{out}"
+    );
+    assert!(
+        out.contains("jwt_hs256_secret = \"********\"  # file"),
+        "{out}"
+    );
+    assert!(!out.contains("very-secret"), "{out}");
+    assert!(
+        out.contains("ws_listen = \"127.0.0.1:5555\"  # default"),
+        "{out}"
+    );
+
+    // PostgreSQL too.
+    let postgres = common::webhooks::postgres_url("test");
+    let (code, out, err) = run_with_env(
+        &[
+            "check-config",
+            "--config",
+            config,
+            "--webhooks-enabled",
+            "on",
+            "--webhooks-db",
+            &postgres,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("webhooks_db postgres://") && out.contains("reachable"),
+        "{out}"
+    );
+
+    // A broker that does not answer: exit 1, named.
+    let (code, _, err) = run_with_env(
+        &[
+            "check-config",
+            "--config",
+            config,
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("amqp_url amqp://guest:***@127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("guest:guest"), "{err}");
+    // ...unless asked not to reach anything.
+    let (code, _, err) = run_with_env(
+        &[
+            "check-config",
+            "--offline",
+            "--config",
+            config,
+            "--amqp-url",
+            "amqp://127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    // A bad auth entry, a bad key in the file, a bad variable: exit 2, each named.
+    std::fs::write(
+        &auth,
+        "[[tokens]]\ntoken = \"t\"\naccount_id = \"no spaces allowed\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_with_env(&["check-config", "--offline", "--config", config], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains(auth.to_str().unwrap()), "{err}");
+    std::fs::write(dir.join("bad.toml"), "shardz = 2\n").unwrap();
+    let bad = dir.join("bad.toml");
+    let (code, _, err) = run_with_env(&["check-config", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown key `shardz`"), "{err}");
+    let (code, _, err) = run_with_env(
+        &["check-config", "--offline"],
+        &[("HORIZON_LOG_FORMAT", "xml")],
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("log_format"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `serve` with `args`, lets it run until its API answers, stops it: its whole stdout.
+fn run_briefly(args: &[&str]) -> Vec<String> {
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_addr = api.local_addr().unwrap().to_string();
+    drop(api);
+    let mut all = vec![
+        "serve",
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--api-listen",
+        &api_addr,
+    ];
+    all.extend_from_slice(args);
+    let (mut child, lines) = spawn(&all);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&api_addr).is_err() {
+        assert!(Instant::now() < deadline, "the API never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill on the child's own pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    lines.map_while(Result::ok).collect()
+}
+
+#[test]
+fn logs_are_json_or_text_with_time_level_and_node_and_never_a_token() {
+    let lines = run_briefly(&["--log-format", "json", "--node", "node-json"]);
+    assert!(lines.len() >= 5, "{lines:?}");
+    let mut token_file = None;
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(record["node"], "node-json", "{line}");
+        assert!(
+            record["ts"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z') && t.len() >= 20),
+            "{line}"
+        );
+        assert!(
+            ["INFO", "WARN", "ERROR"].contains(&record["level"].as_str().unwrap()),
+            "{line}"
+        );
+        assert!(
+            record["target"].as_str().unwrap().starts_with("horizon"),
+            "{line}"
+        );
+        let msg = record["msg"].as_str().unwrap();
+        if let Some((_, path)) = msg.split_once(" written to ") {
+            token_file = Some(path.to_string());
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("api: listening on http://")),
+        "{lines:?}"
+    );
+    // The development token is in a file only its owner may read, and in no line; the file
+    // is removed when the node stops.
+    let token_file = token_file.expect("the development token file is named");
+    assert!(
+        !std::path::Path::new(&token_file).exists(),
+        "removed on stop"
+    );
+
+    // Text: `<time> <LEVEL> <node> <target>: <message>`.
+    let lines = run_briefly(&["--node", "node-text"]);
+    let first = &lines[0];
+    let mut words = first.split_whitespace();
+    assert!(words.next().unwrap().ends_with('Z'), "{first}");
+    assert_eq!(words.next(), Some("INFO"), "{first}");
+    assert_eq!(words.next(), Some("node-text"), "{first}");
+
+    // A level filter: warn shows no INFO line; directives reach one module.
+    let lines = run_briefly(&["--log-level", "warn"]);
+    assert!(lines.iter().all(|l| !l.contains(" INFO ")), "{lines:?}");
+    let lines = run_with_filter_env();
+    assert!(
+        lines.iter().any(|l| l.contains("api: listening")),
+        "{lines:?}"
+    );
+}
+
+/// `RUST_LOG` is the filter when `log_level` is not set.
+fn run_with_filter_env() -> Vec<String> {
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_addr = api.local_addr().unwrap().to_string();
+    drop(api);
+    let child = common::horizon_command()
+        .args([
+            "serve",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--api-listen",
+            &api_addr,
+        ])
+        .env("RUST_LOG", "warn,horizon=info,horizon::api=off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&api_addr).is_err() {
+        assert!(Instant::now() < deadline, "the API never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill on the child's own pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn closed_stdout_and_stderr_do_not_take_the_gateway_down() {
+    let (mut child, lines) = spawn(&[
+        "serve",
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    drop(lines);
+    drop(child.stderr.take());
+    std::thread::sleep(Duration::from_millis(300));
+    // SIGHUP logs a line (nothing to reload): written into a broken pipe.
+    // SAFETY: kill on the child's own pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");

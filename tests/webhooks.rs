@@ -1257,11 +1257,8 @@ async fn a_fresh_serve_has_webhooks_on_its_embedded_database() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = node.log_text();
-            if let Some(token) = log.lines().find_map(|l| {
-                l.split_once("development token")
-                    .and_then(|(_, rest)| rest.rsplit(' ').next())
-            }) {
-                break token.to_string();
+            if let Some(token) = log.lines().find_map(common::dev_token) {
+                break token;
             }
             assert!(Instant::now() < deadline, "no development token in:\n{log}");
             tokio::time::sleep(Duration::from_millis(20)).await;

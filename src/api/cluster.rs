@@ -281,7 +281,7 @@ impl Cluster {
             return;
         };
         if self.key.is_none() {
-            crate::elog!(
+            tracing::warn!(
                 "cluster: no cluster_secret (nor a jwt_hs256_secret to derive one from): this node \
                  does not join the cluster, and its listings show its own sockets only"
             );
@@ -290,7 +290,7 @@ impl Cluster {
         let mut backoff = Duration::from_millis(100);
         loop {
             if let Err(e) = self.session(&url).await {
-                crate::elog!("cluster: control connection lost ({e}); reconnecting");
+                tracing::warn!("cluster: control connection lost ({e}); reconnecting");
             }
             self.state().channel = None;
             tokio::time::sleep(backoff).await;

@@ -184,7 +184,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
-            crate::elog!("api: cannot listen: {e}");
+            tracing::error!("api: cannot listen: {e}");
             return;
         }
     };
@@ -197,7 +197,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
             let webhooks = reload.clone();
             tokio::spawn(async move {
                 if let Err(e) = webhooks.reload().await {
-                    crate::elog!("webhooks: cannot reload the hooks: {e}");
+                    tracing::warn!("webhooks: cannot reload the hooks: {e}");
                 }
             });
         });
@@ -560,7 +560,7 @@ async fn publish(state: &State, env: &Envelope<'_>, request: Request<Incoming>) 
                         .handle(&exchange, &routing_key, &message, received, false)
                         .await
                     {
-                        crate::elog!(
+                        tracing::warn!(
                             "webhooks: cannot save deliveries of an embedded event: {}",
                             e.0
                         );

@@ -148,7 +148,7 @@ pub async fn route(
         _ => Ok(env.error(StatusCode::NOT_FOUND, "no such endpoint")),
     };
     result.unwrap_or_else(|e| {
-        crate::elog!("webhooks: database error: {e}");
+        tracing::error!("webhooks: database error: {e}");
         env.error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the webhooks database is unavailable",

@@ -165,6 +165,17 @@ impl Auth {
         &self.keys
     }
 
+    /// What the auth file holds, for `check-config`: `3 accounts, 2 tokens, 1 access key`.
+    pub fn describe(&self) -> String {
+        let d = self.snapshot();
+        format!(
+            "{} accounts, {} tokens, {} access keys",
+            d.parents.len(),
+            d.tokens.len(),
+            d.access_keys.len()
+        )
+    }
+
     /// The identity behind `token` (a static token of the auth file, or a JWT), valid at `now`.
     pub fn authenticate(&self, token: &str, now: SystemTime) -> Result<Identity, AuthError> {
         let result = self.check(token, now);

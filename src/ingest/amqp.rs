@@ -103,12 +103,12 @@ pub(super) async fn run(
                 node.counts.deactivate_all();
                 if node.status.connects.load(Ordering::Relaxed) != connects {
                     failures = 0;
-                    crate::elog!("amqp: connection lost ({why}); reconnecting");
+                    tracing::warn!("amqp: connection lost ({why}); reconnecting");
                     reported = Instant::now();
                 } else {
                     failures += 1;
                     if failures == 1 || reported.elapsed() >= Duration::from_secs(10) {
-                        crate::elog!(
+                        tracing::warn!(
                             "amqp: cannot connect ({why}); retrying ({failures} attempts so far)"
                         );
                         reported = Instant::now();
@@ -263,7 +263,7 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
         if !announced {
             // Consuming and every live binding is in place: ready.
             node.status.set_state(SourceState::Consuming);
-            crate::log!(
+            tracing::info!(
                 "amqp: consuming from {} on {} ({} bindings)",
                 node.queue,
                 redact(&node.config.url),
@@ -469,7 +469,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// The URL without its password, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
+        (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
             let userinfo = &url[scheme + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
@@ -487,5 +487,9 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(super::redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(
+            super::redact("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
     }
 }

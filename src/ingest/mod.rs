@@ -194,7 +194,7 @@ impl Ingest {
                 {
                     Ok(runtime) => runtime,
                     Err(e) => {
-                        crate::elog!("ingest: cannot start its runtime: {e}");
+                        tracing::warn!("ingest: cannot start its runtime: {e}");
                         return;
                     }
                 };
@@ -342,11 +342,11 @@ impl SkipLog {
         let more = self.unlogged[i] - 1;
         let key: String = routing_key.chars().take(200).collect();
         if more > 0 {
-            crate::elog!(
+            tracing::warn!(
                 "ingest: skipped a delivery on {exchange} / {key}: {skip} (and {more} more skipped for this reason since the last report)"
             );
         } else {
-            crate::elog!("ingest: skipped a delivery on {exchange} / {key}: {skip}");
+            tracing::warn!("ingest: skipped a delivery on {exchange} / {key}: {skip}");
         }
         self.last[i] = Some(Instant::now());
         self.unlogged[i] = 0;

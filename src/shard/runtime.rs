@@ -433,7 +433,7 @@ async fn poll_sockets(shard: Rc<ShardContext>) {
     let waitable = match waitable {
         Ok(waitable) => waitable,
         Err(e) => {
-            crate::elog!(
+            tracing::warn!(
                 "shard {}: cannot wait for socket readiness: {e}",
                 shard.index
             );
@@ -471,7 +471,7 @@ async fn poll_sockets(shard: Rc<ShardContext>) {
         if let Some(result) = woke {
             readable = None;
             if let Err(e) = result {
-                crate::elog!("shard {}: waiting for socket readiness: {e}", shard.index);
+                tracing::error!("shard {}: waiting for socket readiness: {e}", shard.index);
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -22,7 +22,7 @@ pub(super) async fn run(webhooks: Arc<Webhooks>, url: String) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if let Err(e) = session(&webhooks, &url).await {
-            crate::elog!("webhooks: broker session ended ({e}); reconnecting");
+            tracing::warn!("webhooks: broker session ended ({e}); reconnecting");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -83,7 +83,7 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
             FieldTable::default(),
         )
         .await?;
-    crate::log!("webhooks: consuming {queue} ({} bindings)", bound.len());
+    tracing::info!("webhooks: consuming {queue} ({} bindings)", bound.len());
     loop {
         let changed = webhooks.bindings_changed.notified();
         tokio::pin!(changed);
@@ -123,7 +123,7 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
                             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                         }
                         Err(super::StoreDown(e)) => {
-                            crate::elog!("webhooks: cannot save deliveries ({e}); the message goes back to the queue");
+                            tracing::error!("webhooks: cannot save deliveries ({e}); the message goes back to the queue");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             let _ = delivery
                                 .acker

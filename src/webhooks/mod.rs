@@ -263,7 +263,7 @@ impl Webhooks {
     /// the cluster.
     pub async fn changed(&self) {
         if let Err(e) = self.reload().await {
-            crate::elog!("webhooks: cannot reload the hooks: {e}");
+            tracing::warn!("webhooks: cannot reload the hooks: {e}");
         }
         if self.config.amqp_url.is_some() {
             let wanted = self.wanted_bindings.load(Ordering::SeqCst);
@@ -706,7 +706,7 @@ impl Webhooks {
         {
             Ok(true) => {
                 self.metrics.auto_disabled.fetch_add(1, Ordering::Relaxed);
-                crate::elog!(
+                tracing::warn!(
                     "webhooks: hook {} of account {} disabled: {DISABLE_REASON} ({} within {} s)",
                     hook.id,
                     hook.account_id,
@@ -716,7 +716,7 @@ impl Webhooks {
                 self.changed().await;
             }
             Ok(false) => {}
-            Err(e) => crate::elog!("webhooks: cannot count a failure of hook {}: {e}", hook.id),
+            Err(e) => tracing::warn!("webhooks: cannot count a failure of hook {}: {e}", hook.id),
         }
     }
 
@@ -754,13 +754,13 @@ impl Webhooks {
         match self.settle(&hook, &delivery, tries, outcome).await {
             Ok(Settled::Done) => {
                 if let Err(StoreDown(e)) = self.write_job(JobOp::Delete(job.id.clone())).await {
-                    crate::elog!("webhooks: cannot remove delivery {}: {e}", job.id);
+                    tracing::error!("webhooks: cannot remove delivery {}: {e}", job.id);
                 }
             }
             Ok(Settled::Scheduled) => {}
             Err(StoreDown(e)) => {
                 // The lease runs out and the delivery is tried again.
-                crate::elog!("webhooks: cannot save delivery {}: {e}", job.id)
+                tracing::error!("webhooks: cannot save delivery {}: {e}", job.id)
             }
         }
     }
@@ -781,7 +781,7 @@ impl Webhooks {
                 match self.store.claim_due(room, lease).await {
                     Ok(jobs) => jobs,
                     Err(e) => {
-                        crate::elog!("webhooks: cannot read pending retries: {e}");
+                        tracing::warn!("webhooks: cannot read pending retries: {e}");
                         Vec::new()
                     }
                 }
@@ -827,7 +827,7 @@ impl Webhooks {
                 }
             }
             if let Err(e) = self.store.log_attempts(&batch).await {
-                crate::elog!(
+                tracing::warn!(
                     "webhooks: cannot write {} attempts to the log: {e}",
                     batch.len()
                 );
@@ -866,7 +866,7 @@ impl Webhooks {
         loop {
             reload.tick().await;
             if let Err(e) = self.reload().await {
-                crate::elog!("webhooks: cannot reload the hooks: {e}");
+                tracing::warn!("webhooks: cannot reload the hooks: {e}");
             }
             if prune.elapsed() >= Duration::from_secs(60) {
                 prune = Instant::now();
@@ -875,7 +875,7 @@ impl Webhooks {
                     .prune(self.config.attempts_retention, self.config.failure_window)
                     .await
                 {
-                    crate::elog!("webhooks: cannot prune the attempts log: {e}");
+                    tracing::warn!("webhooks: cannot prune the attempts log: {e}");
                 }
             }
         }

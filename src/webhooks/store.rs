@@ -55,6 +55,46 @@ impl Backend {
     }
 }
 
+/// Reaches the database without changing it (for `check-config`): PostgreSQL must accept a
+/// connection and a query; a SQLite file must open read-only if it exists, or its directory must
+/// be writable so that `serve` can create it.
+pub async fn reach(backend: &Backend) -> Result<String, String> {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let url = match backend {
+        Backend::Postgres(url) => url.clone(),
+        Backend::Sqlite(path) => {
+            let file = std::path::Path::new(path);
+            if !file.exists() {
+                let dir = match file.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => std::path::Path::new("."),
+                };
+                let probe = dir.join(format!(".horizon-check-{}", std::process::id()));
+                return match std::fs::File::create(&probe) {
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(&probe);
+                        Ok(format!("{path} does not exist yet; serve will create it"))
+                    }
+                    Err(e) => Err(format!("cannot create {path}: {e}")),
+                };
+            }
+            format!("sqlite://{path}?mode=ro")
+        }
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hooks: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks")
+        .fetch_one(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    Ok(match hooks {
+        Ok(n) => format!("reachable, {n} hooks"),
+        Err(_) => "reachable, no schema yet (serve creates it)".to_string(),
+    })
+}
+
 /// One stored hook row.
 #[derive(Debug, Clone)]
 pub struct StoredHook {

@@ -170,3 +170,17 @@ pub async fn voipbin_broker() -> (lapin::Connection, lapin::Channel) {
     }
     (amqp, channel)
 }
+
+/// The development token a `serve` log line points at (`... written to PATH`): the token itself
+/// is never in the log.
+#[allow(dead_code)]
+pub fn dev_token(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("development token")?;
+    let (_, path) = rest.rsplit_once(" written to ")?;
+    let token = std::fs::read_to_string(path.trim()).ok()?;
+    assert!(
+        !line.contains(token.trim()),
+        "the token is in the log: {line}"
+    );
+    Some(token.trim().to_string())
+}

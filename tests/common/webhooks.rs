@@ -268,7 +268,7 @@ impl Node {
             std::thread::spawn(move || {
                 for line in std::io::BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(addr) = line.strip_prefix("api: listening on http://") {
+                    if let Some((_, addr)) = line.split_once("api: listening on http://") {
                         let addr = addr.split_whitespace().next().unwrap_or_default();
                         let _ = tx.send(addr.parse::<SocketAddr>().ok());
                     }
