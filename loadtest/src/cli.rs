@@ -1,6 +1,5 @@
-//! Command-line options: `--key value` pairs, every one with a default.
+//! Command-line options (clap): `--key value` pairs, every one with a default that `--help` shows.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -105,49 +104,96 @@ fn scenario_file(path: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Every scenario option: name, default (empty: see the help), help line.
+pub const FLAGS: &[(&str, &str, &str)] = &[
+    ("target", "horizon", "`horizon` (blackhole dialect) or `mqtt-ws` (RabbitMQ Web-MQTT)"),
+    ("url", "", "WebSocket endpoint on loopback [default: ws://127.0.0.1:5555/, mqtt-ws: ws://127.0.0.1:15675/ws]"),
+    ("amqp-url", "amqp://guest:guest@127.0.0.1:5672/%2f", "the broker events are published to"),
+    ("api", "127.0.0.1:8000", "Horizon's REST API (for --publish rest)"),
+    ("publish", "amqp", "`amqp` (through the broker) or `rest` (POST /v2/events)"),
+    ("jwt-secret", "loadtest-secret", "HS256 secret the client tokens are signed with (the gateway's jwt_hs256_secret)"),
+    ("mqtt-user", "guest", "Web-MQTT user"),
+    ("mqtt-password", "guest", "Web-MQTT password"),
+    ("connections", "1000", "WebSocket connections, over all processes"),
+    ("accounts", "100", "accounts the connections are spread over"),
+    ("processes", "1", "worker processes holding the connections"),
+    ("threads", "2", "client runtimes per worker process"),
+    ("source-ips", "127.0.0.1", "loopback source addresses, round-robin (e.g. 127.0.0.2-127.0.0.20)"),
+    ("rate", "1000", "events published per second"),
+    ("duration", "10", "seconds of publishing (1-3600)"),
+    ("payload-bytes", "1024", "event body size"),
+    ("ramp-rate", "0", "new connections per second (connect scenario; 0: as fast as possible)"),
+    ("hold", "5", "seconds idle connections are held (connect scenario)"),
+    ("churn-rate", "2", "subscribe/unsubscribe commands per second per connection (churn scenario)"),
+    ("gateway-match", "horizon serve", "processes whose CPU and memory are sampled (command line contains this)"),
+    ("out", "", "directory for report.json and report.html [default: none]"),
+    ("drain", "10", "seconds subscribers wait for the last events (1-600)"),
+    ("warmup", "0", "seconds between 'all subscribed' and the first publish"),
+    ("events", "CHANNEL_CREATE", "call events published round robin and subscribed to, comma-separated"),
+    ("resellers", "0", "reseller accounts (account a is a child of reseller a % resellers; 0: no tree)"),
+    ("reseller-every", "10", "with resellers, every n-th connection is a reseller console"),
+];
+
+/// The scenario options as clap arguments; `--help` shows each default.
+pub fn args_list() -> Vec<clap::Arg> {
+    let mut out = vec![clap::Arg::new("scenario")
+        .long("scenario")
+        .value_name("FILE")
+        .help("read options from `key = value` lines (flags given on the command line win)")];
+    for (name, default, help) in FLAGS {
+        let mut arg = clap::Arg::new(*name)
+            .long(*name)
+            .value_name("VALUE")
+            .help(*help);
+        if !default.is_empty() {
+            arg = arg.default_value(*default);
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// Expands `--scenario FILE` into the flags it holds, placed before the command line's own (so
+/// that those win).
+pub fn expand_scenario(args: &[String]) -> Result<Vec<String>, String> {
+    let mut all: Vec<String> = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--scenario" {
+            let path = rest.next().ok_or("--scenario needs a file")?;
+            all.splice(0..0, scenario_file(path)?);
+        } else if let Some(path) = arg.strip_prefix("--scenario=") {
+            all.splice(0..0, scenario_file(path)?);
+        } else {
+            all.push(arg.clone());
+        }
+    }
+    Ok(all)
+}
+
 impl Options {
+    /// Parses scenario options (as a worker process gets them).
     pub fn parse(args: &[String]) -> Result<Options, String> {
-        // `--scenario FILE`: the same options as `key = value` lines (flat TOML); flags given on
-        // the command line win.
-        let mut all: Vec<String> = Vec::new();
-        let mut rest = args.iter();
-        while let Some(arg) = rest.next() {
-            if arg == "--scenario" {
-                let path = rest.next().ok_or("--scenario needs a file")?;
-                all.splice(0..0, scenario_file(path)?);
-            } else if let Some(path) = arg.strip_prefix("--scenario=") {
-                all.splice(0..0, scenario_file(path)?);
-            } else {
-                all.push(arg.clone());
-            }
-        }
-        let args = &all;
-        let mut map: HashMap<String, String> = HashMap::new();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let key = arg
-                .strip_prefix("--")
-                .ok_or_else(|| format!("unexpected argument `{arg}`"))?;
-            let (key, value) = match key.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (
-                    key.to_string(),
-                    it.next()
-                        .cloned()
-                        .ok_or_else(|| format!("--{key} needs a value"))?,
-                ),
-            };
-            map.insert(key, value);
-        }
-        let out = map.remove("out");
-        let mut take =
-            |key: &str, default: &str| map.remove(key).unwrap_or_else(|| default.to_string());
-        let num = |key: &str, value: String| {
+        let matches = clap::Command::new("options")
+            .no_binary_name(true)
+            .args_override_self(true)
+            .args(args_list())
+            .try_get_matches_from(expand_scenario(args)?)
+            .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
+        Options::from_matches(&matches)
+    }
+
+    /// The options from parsed arguments (defaults filled in by clap).
+    pub fn from_matches(matches: &clap::ArgMatches) -> Result<Options, String> {
+        let get = |key: &str| matches.get_one::<String>(key).cloned();
+        let take = |key: &str| get(key).unwrap_or_default();
+        let num = |key: &str| {
+            let value = take(key);
             value
                 .parse::<u64>()
                 .map_err(|_| format!("--{key}: expected a number, got `{value}`"))
         };
-        let target = match take("target", "horizon").as_str() {
+        let target = match take("target").as_str() {
             "horizon" => Target::Horizon,
             "mqtt-ws" => Target::MqttWs,
             other => return Err(format!("--target: `horizon` or `mqtt-ws`, not `{other}`")),
@@ -156,7 +202,7 @@ impl Options {
             Target::Horizon => "ws://127.0.0.1:5555/",
             Target::MqttWs => "ws://127.0.0.1:15675/ws",
         };
-        let url = take("url", default_url);
+        let url = get("url").unwrap_or_else(|| default_url.to_string());
         let rest = url
             .strip_prefix("ws://")
             .ok_or("--url must start with ws://")?;
@@ -172,10 +218,8 @@ impl Options {
                     .into(),
             );
         }
-        let api: SocketAddr = take("api", "127.0.0.1:8000")
-            .parse()
-            .map_err(|_| "--api: expected ip:port")?;
-        let publish_rest = match take("publish", "amqp").as_str() {
+        let api: SocketAddr = take("api").parse().map_err(|_| "--api: expected ip:port")?;
+        let publish_rest = match take("publish").as_str() {
             "amqp" => false,
             "rest" => true,
             other => return Err(format!("--publish: `amqp` or `rest`, not `{other}`")),
@@ -184,36 +228,36 @@ impl Options {
             target,
             ws_addr,
             ws_path: path,
-            amqp_url: take("amqp-url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_url: take("amqp-url"),
             api_addr: api,
             publish_rest,
-            jwt_secret: take("jwt-secret", "loadtest-secret"),
-            mqtt_user: take("mqtt-user", "guest"),
-            mqtt_password: take("mqtt-password", "guest"),
-            connections: num("connections", take("connections", "1000"))? as usize,
-            accounts: num("accounts", take("accounts", "100"))?.max(1) as usize,
-            processes: num("processes", take("processes", "1"))?.max(1) as usize,
-            threads: num("threads", take("threads", "2"))?.max(1) as usize,
-            source_ips: ip_range(&take("source-ips", "127.0.0.1"))?,
-            rate: num("rate", take("rate", "1000"))?.max(1),
-            duration: Duration::from_secs(num("duration", take("duration", "10"))?.clamp(1, 3600)),
-            payload_bytes: num("payload-bytes", take("payload-bytes", "1024"))? as usize,
-            ramp_rate: num("ramp-rate", take("ramp-rate", "0"))?,
-            hold: Duration::from_secs(num("hold", take("hold", "5"))?.min(3600)),
-            churn_rate: take("churn-rate", "2")
+            jwt_secret: take("jwt-secret"),
+            mqtt_user: take("mqtt-user"),
+            mqtt_password: take("mqtt-password"),
+            connections: num("connections")? as usize,
+            accounts: num("accounts")?.max(1) as usize,
+            processes: num("processes")?.max(1) as usize,
+            threads: num("threads")?.max(1) as usize,
+            source_ips: ip_range(&take("source-ips"))?,
+            rate: num("rate")?.max(1),
+            duration: Duration::from_secs(num("duration")?.clamp(1, 3600)),
+            payload_bytes: num("payload-bytes")? as usize,
+            ramp_rate: num("ramp-rate")?,
+            hold: Duration::from_secs(num("hold")?.min(3600)),
+            churn_rate: take("churn-rate")
                 .parse()
                 .map_err(|_| "--churn-rate: expected a number")?,
-            gateway_match: Some(take("gateway-match", "horizon serve")).filter(|m| !m.is_empty()),
-            out,
-            drain: Duration::from_secs(num("drain", take("drain", "10"))?.clamp(1, 600)),
-            warmup: Duration::from_secs(num("warmup", take("warmup", "0"))?.min(600)),
-            events: take("events", "CHANNEL_CREATE")
+            gateway_match: Some(take("gateway-match")).filter(|m| !m.is_empty()),
+            out: get("out"),
+            drain: Duration::from_secs(num("drain")?.clamp(1, 600)),
+            warmup: Duration::from_secs(num("warmup")?.min(600)),
+            events: take("events")
                 .split(',')
                 .map(|e| e.trim().to_string())
                 .filter(|e| !e.is_empty())
                 .collect(),
-            resellers: num("resellers", take("resellers", "0"))? as usize,
-            reseller_every: num("reseller-every", take("reseller-every", "10"))?.max(1) as usize,
+            resellers: num("resellers")? as usize,
+            reseller_every: num("reseller-every")?.max(1) as usize,
         };
         if options.events.is_empty()
             || options
@@ -225,9 +269,6 @@ impl Options {
         }
         if options.resellers > options.accounts {
             return Err("--resellers cannot exceed --accounts".into());
-        }
-        if let Some(unknown) = map.keys().next() {
-            return Err(format!("unknown option --{unknown}"));
         }
         Ok(options)
     }

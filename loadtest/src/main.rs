@@ -34,9 +34,6 @@ use cli::{Options, Target};
 use report::Report;
 use worker::Scenario;
 
-const USAGE: &str =
-    "usage: horizon-loadtest <fanout|connect|churn|webhooks|auth-file> [--scenario FILE] [--option value ...]  (see loadtest/README.md)";
-
 #[derive(Default)]
 struct WorkerState {
     attempted: u64,
@@ -46,18 +43,77 @@ struct WorkerState {
     result: Option<String>,
 }
 
+/// The command line; every option's default is in `--help`.
+fn command() -> clap::Command {
+    use clap::{Arg, Command};
+    let scenario = |name: &'static str, about: &'static str| {
+        Command::new(name)
+            .about(about)
+            .args_override_self(true)
+            .args(cli::args_list())
+    };
+    Command::new("horizon-loadtest")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Load scenarios against Horizon, or RabbitMQ Web-MQTT with the same client code (see loadtest/README.md)")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(scenario("fanout", "Subscribers receive published events: rate, loss, duplication, latency, CPU"))
+        .subcommand(scenario("connect", "Open idle connections at a ramp rate and hold them: memory per socket"))
+        .subcommand(scenario("churn", "Subscribe/unsubscribe churn while events flow"))
+        .subcommand(webhooks::command())
+        .subcommand(
+            Command::new("auth-file")
+                .about("Print the auth file (account tree) a gateway needs for --resellers runs")
+                .arg(Arg::new("accounts").long("accounts").value_name("N").default_value("100").help("accounts"))
+                .arg(Arg::new("resellers").long("resellers").value_name("N").default_value("0").help("reseller accounts")),
+        )
+        .subcommand(
+            Command::new("worker")
+                .hide(true)
+                .arg(Arg::new("rest").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true)),
+        )
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("worker") => {
+    let mut args: Vec<String> = std::env::args().collect();
+    // `--scenario FILE` becomes the flags it holds, before the command line's own.
+    if args.len() > 2 && Scenario::parse(&args[1]).is_some() {
+        match cli::expand_scenario(&args[2..]) {
+            Ok(expanded) => args.splice(2.., expanded).for_each(drop),
+            Err(e) => {
+                eprintln!("horizon-loadtest: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let matches = match command().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    let number = |m: &clap::ArgMatches, key: &str| {
+        m.get_one::<String>(key)
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| format!("--{key}: expected a number"))
+    };
+    match matches.subcommand() {
+        Some(("worker", m)) => {
+            let rest: Vec<String> = m
+                .get_many::<String>("rest")
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             let (Some(scenario), Some(index)) = (
-                args.get(1).and_then(|s| Scenario::parse(s)),
-                args.get(2).and_then(|i| i.parse().ok()),
+                rest.first().and_then(|s| Scenario::parse(s)),
+                rest.get(1).and_then(|i| i.parse().ok()),
             ) else {
                 eprintln!("worker: bad arguments");
                 return ExitCode::from(2);
             };
-            match Options::parse(&args[3..]) {
+            match Options::parse(&rest[2..]) {
                 Ok(options) => ExitCode::from(worker::run(options, scenario, index) as u8),
                 Err(e) => {
                     eprintln!("worker: {e}");
@@ -65,32 +121,32 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("webhooks") => ExitCode::from(webhooks::main(&args[1..]) as u8),
-        Some("auth-file") => match Options::parse(&args[1..]) {
-            // The account tree a gateway needs for `--resellers` (JWTs carry only the account).
-            Ok(options) => {
-                print!("{}", events::auth_file(options.accounts, options.resellers));
+        Some(("webhooks", m)) => ExitCode::from(webhooks::main(m) as u8),
+        Some(("auth-file", m)) => match (number(m, "accounts"), number(m, "resellers")) {
+            (Ok(accounts), Ok(resellers)) if resellers <= accounts => {
+                print!("{}", events::auth_file(accounts.max(1), resellers));
                 ExitCode::SUCCESS
             }
-            Err(e) => {
+            (Err(e), _) | (_, Err(e)) => {
                 eprintln!("horizon-loadtest: {e}");
                 ExitCode::from(2)
             }
+            _ => {
+                eprintln!("horizon-loadtest: --resellers cannot exceed --accounts");
+                ExitCode::from(2)
+            }
         },
-        Some(name) if Scenario::parse(name).is_some() => {
+        Some((name, m)) => {
             let scenario = Scenario::parse(name).unwrap_or(Scenario::Fanout);
-            match Options::parse(&args[1..]) {
+            match Options::from_matches(m) {
                 Ok(options) => run(options, scenario),
                 Err(e) => {
-                    eprintln!("horizon-loadtest: {e}\n{USAGE}");
+                    eprintln!("horizon-loadtest {name}: {e}");
                     ExitCode::from(2)
                 }
             }
         }
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+        None => ExitCode::from(2),
     }
 }
 

@@ -32,49 +32,57 @@ struct Options {
     receiver: String,
 }
 
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        api: "127.0.0.1:8000".into(),
-        amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-        token: String::new(),
-        account: String::new(),
-        hooks: 1000,
-        retries: 5,
-        rate: 10,
-        duration: 10,
-        outage_at: None,
-        outage_secs: 0,
-        drain: 30,
-        receiver: "127.0.0.1:0".into(),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: expected a number"))
-        };
-        match flag.as_str() {
-            "--api" => o.api = value.clone(),
-            "--amqp-url" => o.amqp_url = value.clone(),
-            "--token" => o.token = value.clone(),
-            "--account" => o.account = value.clone(),
-            "--hooks" => o.hooks = number()? as usize,
-            "--retries" => o.retries = number()?,
-            "--rate" => o.rate = number()?.max(1),
-            "--duration" => o.duration = number()?,
-            "--outage-at" => o.outage_at = Some(number()?),
-            "--outage-secs" => o.outage_secs = number()?,
-            "--drain" => o.drain = number()?,
-            "--receiver" => o.receiver = value.clone(),
-            other => return Err(format!("unknown option {other}")),
+/// `horizon-loadtest webhooks` and its options; `--help` shows each default.
+pub fn command() -> clap::Command {
+    use clap::{Arg, Command};
+    let opt = |name: &'static str, default: Option<&'static str>, help: &'static str| {
+        let arg = Arg::new(name).long(name).value_name("VALUE").help(help);
+        match default {
+            Some(default) => arg.default_value(default),
+            None => arg,
         }
-    }
-    if o.token.is_empty() || o.account.is_empty() {
-        return Err("--token and --account are required".into());
-    }
-    Ok(o)
+    };
+    Command::new("webhooks")
+        .about("Hooks pointing at a loopback receiver; counts lost and duplicated deliveries, latency and rate")
+        .args_override_self(true)
+        .arg(opt("api", Some("127.0.0.1:8000"), "Horizon's REST API"))
+        .arg(opt("amqp-url", Some("amqp://guest:guest@127.0.0.1:5672/%2f"), "the broker events are published to"))
+        .arg(opt("token", None, "a token that may manage the account's hooks").required(true))
+        .arg(opt("account", None, "the account the hooks and events belong to").required(true))
+        .arg(opt("hooks", Some("1000"), "hooks created, all pointing at the receiver"))
+        .arg(opt("retries", Some("5"), "each hook's retries"))
+        .arg(opt("rate", Some("10"), "events published per second"))
+        .arg(opt("duration", Some("10"), "seconds of publishing"))
+        .arg(opt("outage-at", None, "close the receiver's port this many seconds in [default: no outage]"))
+        .arg(opt("outage-secs", Some("0"), "how long the receiver stays closed"))
+        .arg(opt("drain", Some("30"), "seconds to wait for the last deliveries"))
+        .arg(opt("receiver", Some("127.0.0.1:0"), "the receiver's listen address (loopback)"))
+}
+
+fn parse(m: &clap::ArgMatches) -> Result<Options, String> {
+    let text = |key: &str| m.get_one::<String>(key).cloned().unwrap_or_default();
+    let number = |key: &str| {
+        text(key)
+            .parse::<u64>()
+            .map_err(|_| format!("--{key}: expected a number"))
+    };
+    Ok(Options {
+        api: text("api"),
+        amqp_url: text("amqp-url"),
+        token: text("token"),
+        account: text("account"),
+        hooks: number("hooks")? as usize,
+        retries: number("retries")?,
+        rate: number("rate")?.max(1),
+        duration: number("duration")?,
+        outage_at: match m.get_one::<String>("outage-at") {
+            Some(_) => Some(number("outage-at")?),
+            None => None,
+        },
+        outage_secs: number("outage-secs")?,
+        drain: number("drain")?,
+        receiver: text("receiver"),
+    })
 }
 
 #[derive(Default)]
@@ -86,8 +94,8 @@ struct Seen {
     last: Option<Instant>,
 }
 
-pub fn main(args: &[String]) -> i32 {
-    let options = match parse(args) {
+pub fn main(matches: &clap::ArgMatches) -> i32 {
+    let options = match parse(matches) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("horizon-loadtest webhooks: {e}");

@@ -113,14 +113,16 @@ struct Shared {
 }
 
 /// A Horizon JWT (HS256) for `account`, valid for a day.
-pub fn jwt(secret: &str, account: &str, publish: bool) -> String {
+/// A client token for `account`; `publisher`: may publish for every account (the REST publisher
+/// publishes each account's events, which needs Kazoo's system-administrator flag).
+pub fn jwt(secret: &str, account: &str, publisher: bool) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
     use hmac::Mac as _;
     let exp = events::now_ns() / 1_000_000_000 + 86_400;
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = URL_SAFE_NO_PAD.encode(format!(
-        r#"{{"account_id":"{account}","publish":{publish},"exp":{exp}}}"#
+        r#"{{"account_id":"{account}","publish":{publisher},"superduper_admin":{publisher},"exp":{exp}}}"#
     ));
     let signed = format!("{header}.{claims}");
     let mut mac =
