@@ -329,6 +329,7 @@ fn serve(matches: &ArgMatches) -> ExitCode {
                 header_timeout: config.api_header_timeout,
                 cors_allowed_origins: config.cors_allowed_origins.clone(),
                 webhooks: webhooks_config(&config, &node),
+                ws_port: gateway.local_addr().port(),
             },
             auth.clone(),
             ingest.clone(),
@@ -359,6 +360,7 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         "api: listening on http://{} (node {node})",
         api.local_addr()
     );
+    info!("console: http://{}/console", api.local_addr());
     match webhooks_config(&config, &node) {
         Some(webhooks) => info!(
             "webhooks: on, hooks in {}; events from {}",

@@ -6,6 +6,7 @@
 //! crossbar envelope ([`http`]); `/metrics` is Prometheus text.
 
 pub mod cluster;
+mod console;
 mod http;
 mod metrics;
 mod webhooks;
@@ -59,6 +60,8 @@ pub struct ApiConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Webhooks on this node (`None`: off).
     pub webhooks: Option<WebhooksConfig>,
+    /// The WebSocket listener's port (the console's live tail connects to it).
+    pub ws_port: u16,
 }
 
 struct State {
@@ -71,6 +74,10 @@ struct State {
     cluster: Arc<Cluster>,
     draining: Arc<AtomicBool>,
     webhooks: Option<Arc<Webhooks>>,
+    ws_port: u16,
+    started: std::time::Instant,
+    /// The console's rate history.
+    history: console::History,
 }
 
 /// The running API.
@@ -113,6 +120,9 @@ impl Api {
             cluster,
             draining: draining.clone(),
             webhooks: None,
+            ws_port: config.ws_port,
+            started: console::started(),
+            history: console::History::default(),
         };
         let stopped = stop.clone();
         let (opened, outcome) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -189,6 +199,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
         }
     };
     tokio::spawn(state.cluster.clone().run());
+    tokio::spawn(console::sample(state.clone()));
     if let Some(webhooks) = &state.webhooks {
         let cluster = state.cluster.clone();
         webhooks.set_announcer(move || cluster.announce_hooks());
@@ -324,6 +335,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
             &[Method::GET]
         }
         ["v2", "events"] => &[Method::POST],
+        ["console"] | ["console", _] | ["v2", "console", "stats"] => &[Method::GET],
         _ if webhooks::methods(&segments).is_some() => webhooks::methods(&segments).unwrap_or(&[]),
         _ => {
             return env.error(
@@ -357,6 +369,13 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
             listing(&state, &env, &request, &account, Some(&socket)).await
         }
         ["v2", "events"] => publish(&state, &env, request).await,
+        ["v2", "console", "stats"] => console::stats(&state, &env, &request).await,
+        ["console"] | ["console", _] => console::asset(&segments).unwrap_or_else(|| {
+            env.error(
+                StatusCode::NOT_FOUND,
+                &format!("no such endpoint: {}", shorten(&path)),
+            )
+        }),
         _ => webhooks::route(&state, &env, request, &segments).await,
     }
 }

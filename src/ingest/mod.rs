@@ -221,6 +221,11 @@ impl Ingest {
         &self.shared.source
     }
 
+    /// The embedded bus (no broker).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.shared.source, Source::Embedded)
+    }
+
     pub fn status(&self) -> &IngestStatus {
         &self.shared.status
     }

@@ -167,6 +167,7 @@ impl Node {
                 cors_allowed_origins: cors,
                 // The in-process nodes test the sockets; webhooks are tested on `serve`.
                 webhooks: None,
+                ws_port: gateway.local_addr().port(),
             },
             auth.clone(),
             ingest.clone(),
