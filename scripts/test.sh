@@ -11,7 +11,12 @@
 #    postgres://postgres@127.0.0.1:5432, database `test`) for the webhook tests: starts an
 #    installed but stopped local server, installs one with apt when it is missing and we are root,
 #    and otherwise stops with a message. The webhook tests fail, never skip, without it.
-# 3. Checks formatting, runs every test of the workspace, and runs clippy on every target with
+# 3. Makes sure the test-only tools are installed: Chromium for the console's browser test
+#    (HORIZON_TEST_CHROMIUM, default /usr/bin/chromium), nginx and HAProxy for the proxy
+#    configurations in contrib/proxy, openssl for test certificates. Each is installed from
+#    Debian's packages with apt when it is missing and we are root; otherwise the script stops
+#    with a message. The tests that need them fail, never skip, without them.
+# 4. Checks formatting, runs every test of the workspace, and runs clippy on every target with
 #    warnings denied.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -135,8 +140,38 @@ scripts/test.sh again."
     say "PostgreSQL answers at ${pg_host}:${pg_port}"
 }
 
+export HORIZON_TEST_CHROMIUM="${HORIZON_TEST_CHROMIUM:-/usr/bin/chromium}"
+
+# ensure_tool BINARY PACKAGE WHAT-FOR: BINARY exists, or Debian's PACKAGE is installed with apt
+# (as root), or the script stops and says what to do.
+ensure_tool() {
+    if [ -x "$1" ]; then
+        say "$2 at $1"
+        return
+    fi
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "$2 is not installed: installing it with apt-get ($3)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "$2" >/dev/null
+        [ -x "$1" ] || die "apt-get installed $2, but $1 is missing"
+    else
+        die "$2 is not installed and this is not a root shell with apt-get.
+Install it (Debian: sudo apt-get install $2), then run scripts/test.sh again ($3)."
+    fi
+    say "$2 at $1"
+}
+
+ensure_tools() {
+    ensure_tool "$HORIZON_TEST_CHROMIUM" chromium "the console is tested in a real browser"
+    ensure_tool /usr/sbin/nginx nginx-light "the documented nginx configuration is tested"
+    ensure_tool /usr/sbin/haproxy haproxy "the documented HAProxy configuration is tested"
+    command -v openssl >/dev/null 2>&1 || ensure_tool /usr/bin/openssl openssl "test certificates"
+}
+
 ensure_broker
 ensure_postgres
+ensure_tools
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -8,64 +8,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A development node: its WebSocket and API addresses and its token.
-fn start_node() -> (Killed, SocketAddr, SocketAddr, String) {
-    let mut child = common::horizon_command()
-        .args([
-            "serve",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run horizon");
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut ws, mut api, mut token) = (None, None, None);
-    let mut log = Vec::new();
-    for line in lines.map_while(Result::ok) {
-        if let Some((_, rest)) = line.split_once("websocket: listening on ws://") {
-            ws = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if let Some((_, rest)) = line.split_once("api: listening on http://") {
-            api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if let Some(found) = common::dev_token(&line) {
-            token = Some(found);
-        }
-        log.push(line);
-        if ws.is_some() && api.is_some() && token.is_some() {
-            break;
-        }
-    }
-    let (Some(ws), Some(api), Some(token)) = (ws, api, token) else {
-        panic!("serve did not start: {log:?}");
-    };
-    (Killed(child), ws, api, token)
-}
 
 /// Debian's Chromium (`HORIZON_TEST_CHROMIUM` to use another).
 fn chromium() -> PathBuf {
@@ -81,7 +32,7 @@ fn chromium() -> PathBuf {
 }
 
 /// Headless Chromium on `url`, and its DevTools WebSocket address.
-fn start_browser(url: &str) -> (Killed, String, PathBuf) {
+fn start_browser(url: &str) -> (common::Killed, String, PathBuf) {
     let profile =
         std::env::temp_dir().join(format!("horizon-chromium-{}", horizon::ids::random_hex(6)));
     std::fs::create_dir_all(&profile).unwrap();
@@ -103,7 +54,7 @@ fn start_browser(url: &str) -> (Killed, String, PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start chromium");
-    let child = Killed(child);
+    let child = common::Killed(child);
     let file = profile.join("DevToolsActivePort");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -239,7 +190,7 @@ impl Page {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_signs_in_and_shows_a_live_socket_and_a_live_event() {
-    let (_node, ws, api, token) = start_node();
+    let (_node, ws, api, token) = common::start_dev_node();
 
     // The page is compiled into the binary; no other origin is allowed to run script.
     let answer = http_get(&api.to_string(), "/console");

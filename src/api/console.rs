@@ -192,6 +192,7 @@ pub async fn stats(
         "ready": super::ready(state).is_ok(),
         "event_source": if state.ingest.is_embedded() { "embedded bus" } else { "AMQP" },
         "websocket_port": state.ws_port,
+        "api_port": state.api_port,
         "you": {
             "account_id": identity.account_id,
             "superduper_admin": identity.superduper_admin,

@@ -75,6 +75,7 @@ struct State {
     draining: Arc<AtomicBool>,
     webhooks: Option<Arc<Webhooks>>,
     ws_port: u16,
+    api_port: u16,
     started: std::time::Instant,
     /// The console's rate history.
     history: console::History,
@@ -121,6 +122,7 @@ impl Api {
             draining: draining.clone(),
             webhooks: None,
             ws_port: config.ws_port,
+            api_port: local_addr.port(),
             started: console::started(),
             history: console::History::default(),
         };

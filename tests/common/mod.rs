@@ -184,3 +184,58 @@ pub fn dev_token(line: &str) -> Option<String> {
     );
     Some(token.trim().to_string())
 }
+
+/// A child process killed (and reaped) when dropped.
+#[allow(dead_code)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `horizon serve` in development mode (embedded bus, 2 shards): the process, its WebSocket and
+/// API addresses and its development token. The rest of its log is drained in the background.
+#[allow(dead_code)]
+pub fn start_dev_node() -> (Killed, std::net::SocketAddr, std::net::SocketAddr, String) {
+    use std::io::BufRead as _;
+    let mut child = horizon_command()
+        .args([
+            "serve",
+            "--ws-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run horizon");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut ws, mut api, mut token) = (None, None, None);
+    let mut log = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some((_, rest)) = line.split_once("websocket: listening on ws://") {
+            ws = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some((_, rest)) = line.split_once("api: listening on http://") {
+            api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some(found) = dev_token(&line) {
+            token = Some(found);
+        }
+        log.push(line);
+        if ws.is_some() && api.is_some() && token.is_some() {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let (Some(ws), Some(api), Some(token)) = (ws, api, token) else {
+        panic!("serve did not start: {log:?}");
+    };
+    (Killed(child), ws, api, token)
+}

@@ -234,8 +234,13 @@ async function signIn(token) {
     sessionStorage.setItem("horizon-token", token);
     $("login").hidden = true;
     $("main").hidden = false;
+    // Served straight from the node: its WebSocket port. Through a proxy (the page's port is not
+    // the API's): the same origin, where the proxy passes WebSocket upgrades on.
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    if (!$("ws-url").value) $("ws-url").value = `${scheme}://${location.hostname}:${s.websocket_port}/`;
+    const direct = (location.port || (location.protocol === "https:" ? "443" : "80")) === String(s.api_port);
+    if (!$("ws-url").value) {
+      $("ws-url").value = direct ? `${scheme}://${location.hostname}:${s.websocket_port}/` : `${scheme}://${location.host}/`;
+    }
     if (!$("account").value) $("account").value = s.you.account_id;
     showStats(s);
     refreshSockets();
