@@ -81,3 +81,19 @@ async fn every_metric_the_dashboard_queries_exists() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn docs_list_every_panel_of_the_dashboard() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/contrib/grafana/horizon.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let docs = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(
+            docs.contains(&format!("{title}:")) || docs.contains(&format!("**{title}**")),
+            "docs/metrics.md does not list the panel `{title}`"
+        );
+    }
+}
