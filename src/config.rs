@@ -1,6 +1,6 @@
 //! `serve` configuration: flags override `HORIZON_<KEY>` environment variables, which override the
 //! TOML file given with `--config FILE` (or `HORIZON_CONFIG`), which overrides the defaults
-//! (PROTOCOLS.md section 1). Every key has all three spellings: `ws_listen` in the file,
+//! (README, "Configuration"). Every key has all three spellings: `ws_listen` in the file,
 //! `HORIZON_WS_LISTEN` in the environment, `--ws-listen` on the command line.
 
 use std::net::SocketAddr;

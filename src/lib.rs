@@ -1,6 +1,6 @@
 //! Horizon: carries events from RabbitMQ topic exchanges to WebSocket subscribers and webhooks.
 //!
-//! The crate is laid out along the data path (see `../shared/DESIGN.md` and the README):
+//! The crate is laid out along the data path (see docs/architecture.md and the README):
 //! `ingest` -> `fanout` -> `shard` -> `ws` -> socket, with the pure matching core in [`binding`],
 //! the Kazoo event families in [`families`], identities in [`auth`] and the wire dialects in
 //! [`dialect`]. Only the rooms that exist are declared here; each arrives with the issue that

@@ -1,4 +1,4 @@
-//! The control plane: the crossbar-compatible REST API (PROTOCOLS.md section 5), metrics, health,
+//! The control plane: the crossbar-compatible REST API (docs/kazoo.md, "REST"), metrics, health,
 //! and cluster-wide socket listings, on a thread of its own with a tokio current-thread runtime.
 //!
 //! It reaches the shards only through their [`Registry`] (questions by message), the event

@@ -1,4 +1,4 @@
-//! The auth file (PROTOCOLS.md 2.1): the account tree and static bearer tokens, in TOML.
+//! The auth file (README, "The auth file"): the account tree and static bearer tokens, in TOML.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

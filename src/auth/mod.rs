@@ -1,4 +1,4 @@
-//! Who a token is, and which accounts it may see (PROTOCOLS.md section 2).
+//! Who a token is, and which accounts it may see (README, "The auth file").
 //!
 //! [`Auth`] is shared by every shard and the control plane. It holds the auth file's accounts and
 //! static tokens (re-read on SIGHUP: [`Auth::reload`] swaps a snapshot, so readers never wait on a
@@ -28,7 +28,7 @@ impl Permissions {
     pub const ADMIN: u32 = 0x0020;
     pub const MANAGER: u32 = 0x0040;
 
-    /// Parses the names of PROTOCOLS.md 2.1 (`super_admin`, `admin`, `manager`, `agent`).
+    /// Parses the permission names of the auth file (`super_admin`, `admin`, `manager`, `agent`).
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Permissions, String> {
         let mut bits = 0;
         for name in names {

@@ -1,4 +1,4 @@
-//! Kazoo's blackhole protocol (PROTOCOLS.md section 3), one [`BlackholeSession`] per socket.
+//! Kazoo's blackhole protocol (docs/kazoo.md), one [`BlackholeSession`] per socket.
 //!
 //! A command is one JSON object: `action` (`subscribe`, `unsubscribe`, `ping`), `auth_token`
 //! (required until the socket has an identity), `request_id` (echoed, or generated), `data`.
@@ -29,7 +29,7 @@ use crate::shard::{Filed, FrameEncoder, HttpRefusal, Reply, Session, Subscriptio
 use crate::ws::frame::encode;
 use crate::ws::handshake::Request;
 
-/// Per-socket limits (PROTOCOLS.md 3.2).
+/// Per-socket limits (docs/kazoo.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlackholeLimits {
     /// Commands a socket may send in a burst.

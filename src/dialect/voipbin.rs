@@ -1,4 +1,4 @@
-//! VoIPBin's `/v1.0/ws` dialect (PROTOCOLS.md section 4), one [`VoipbinSession`] per socket.
+//! VoIPBin's `/v1.0/ws` dialect (docs/voipbin.md), one [`VoipbinSession`] per socket.
 //!
 //! The credential comes with the upgrade, in VoIPBin's order: cookie `token`, `?token=`,
 //! `Authorization: Bearer`, then an access key (cookie `accesskey`, `?accesskey=`); without a

@@ -1,4 +1,4 @@
-//! Kazoo event families (PROTOCOLS.md 3.1, docs/kazoo.md): how a client binding becomes an
+//! Kazoo event families (docs/kazoo.md): how a client binding becomes an
 //! account-scoped internal pattern and the AMQP bindings that bring its events, and how an AMQP
 //! delivery becomes the internal key it is matched by.
 //!

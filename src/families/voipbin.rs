@@ -1,4 +1,4 @@
-//! VoIPBin's topics (PROTOCOLS.md section 4): `customer_id:<customer>[:resource[:id]]` and
+//! VoIPBin's topics (docs/voipbin.md): `customer_id:<customer>[:resource[:id]]` and
 //! `agent_id:<agent>[:...]`, matched by segment prefix on `:` boundaries.
 //!
 //! A client topic of N segments is the internal pattern `topic:#` (so `customer_id:X:call` covers

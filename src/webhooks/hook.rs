@@ -1,4 +1,4 @@
-//! Hook documents (PROTOCOLS.md 6): the hook types Kazoo offers, their modifiers, and the
+//! Hook documents (docs/webhooks.md): the hook types Kazoo offers, their modifiers, and the
 //! validation crossbar applies to a document before it is saved.
 //!
 //! A stored document keeps Kazoo's field names and meanings: `retries` is the total number of

@@ -1,4 +1,4 @@
-//! From a broker message to what a hook receives (PROTOCOLS.md 6, "Payloads"), and from that to
+//! From a broker message to what a hook receives (docs/webhooks.md), and from that to
 //! the bytes of a request: a query string, a form body or JSON.
 //!
 //! The shapes follow Kazoo's webhooks app: channel events are flattened into snake_case fields
