@@ -347,11 +347,12 @@ fn spawn_node(
     let (mut ws, mut api, mut node) = (None, None, None);
     while ws.is_none() || api.is_none() {
         let line = lines.next().expect("a log line").unwrap();
-        if let Some((_, rest)) = line.split_once("websocket: listening on ws://") {
-            ws = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        match common::listening(&line) {
+            Some(common::Listening::Ws(addr)) => ws = Some(addr),
+            Some(common::Listening::Api(addr)) => api = Some(addr),
+            None => {}
         }
         if let Some((_, rest)) = line.split_once("api: listening on http://") {
-            api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             node = rest
                 .split("(node ")
                 .nth(1)

@@ -128,11 +128,10 @@ fn serve(args: &[&str]) -> Served {
         let line = log
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("horizon serve starts within 20 s");
-        if let Some((_, rest)) = line.split_once("websocket: listening on ws://") {
-            ws = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if let Some((_, rest)) = line.split_once("api: listening on http://") {
-            api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        match common::listening(&line) {
+            Some(common::Listening::Ws(addr)) => ws = Some(addr),
+            Some(common::Listening::Api(addr)) => api = Some(addr),
+            None => {}
         }
     }
     Served {

@@ -554,8 +554,9 @@ fn check_config_names_what_is_wrong_and_reaches_the_services() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Starts `serve` with `args`, lets it run until its API answers, stops it: its whole stdout.
-fn run_briefly(args: &[&str]) -> Vec<String> {
+/// Starts `serve` with `args` (and `env` added), lets it run until its API answers, stops it:
+/// its whole stdout.
+fn run_briefly(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
     let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let api_addr = api.local_addr().unwrap().to_string();
     drop(api);
@@ -569,7 +570,16 @@ fn run_briefly(args: &[&str]) -> Vec<String> {
         &api_addr,
     ];
     all.extend_from_slice(args);
-    let (mut child, lines) = spawn(&all);
+    let mut command = common::horizon_command();
+    command
+        .args(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("run horizon");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(&api_addr).is_err() {
         assert!(Instant::now() < deadline, "the API never answered");
@@ -583,7 +593,7 @@ fn run_briefly(args: &[&str]) -> Vec<String> {
 
 #[test]
 fn logs_are_json_or_text_with_time_level_and_node_and_never_a_token() {
-    let lines = run_briefly(&["--log-format", "json", "--node", "node-json"]);
+    let lines = run_briefly(&["--log-format", "json", "--node", "node-json"], &[]);
     assert!(lines.len() >= 5, "{lines:?}");
     let mut token_file = None;
     for line in &lines {
@@ -624,7 +634,7 @@ fn logs_are_json_or_text_with_time_level_and_node_and_never_a_token() {
     );
 
     // Text: `<time> <LEVEL> <node> <target>: <message>`.
-    let lines = run_briefly(&["--node", "node-text"]);
+    let lines = run_briefly(&["--node", "node-text"], &[]);
     let first = &lines[0];
     let mut words = first.split_whitespace();
     assert!(words.next().unwrap().ends_with('Z'), "{first}");
@@ -632,47 +642,14 @@ fn logs_are_json_or_text_with_time_level_and_node_and_never_a_token() {
     assert_eq!(words.next(), Some("node-text"), "{first}");
 
     // A level filter: warn shows no INFO line; directives reach one module.
-    let lines = run_briefly(&["--log-level", "warn"]);
+    let lines = run_briefly(&["--log-level", "warn"], &[]);
     assert!(lines.iter().all(|l| !l.contains(" INFO ")), "{lines:?}");
-    let lines = run_with_filter_env();
+    // `RUST_LOG` is the filter when `log_level` is not set.
+    let lines = run_briefly(&[], &[("RUST_LOG", "warn,horizon=info,horizon::api=off")]);
     assert!(
         lines.iter().any(|l| l.contains("api: listening")),
         "{lines:?}"
     );
-}
-
-/// `RUST_LOG` is the filter when `log_level` is not set.
-fn run_with_filter_env() -> Vec<String> {
-    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let api_addr = api.local_addr().unwrap().to_string();
-    drop(api);
-    let child = common::horizon_command()
-        .args([
-            "serve",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--api-listen",
-            &api_addr,
-        ])
-        .env("RUST_LOG", "warn,horizon=info,horizon::api=off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&api_addr).is_err() {
-        assert!(Instant::now() < deadline, "the API never answered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: kill on the child's own pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

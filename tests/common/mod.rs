@@ -219,11 +219,10 @@ pub fn start_dev_node() -> (Killed, std::net::SocketAddr, std::net::SocketAddr, 
     let (mut ws, mut api, mut token) = (None, None, None);
     let mut log = Vec::new();
     for line in lines.by_ref().map_while(Result::ok) {
-        if let Some((_, rest)) = line.split_once("websocket: listening on ws://") {
-            ws = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if let Some((_, rest)) = line.split_once("api: listening on http://") {
-            api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        match listening(&line) {
+            Some(Listening::Ws(addr)) => ws = Some(addr),
+            Some(Listening::Api(addr)) => api = Some(addr),
+            None => {}
         }
         if let Some(found) = dev_token(&line) {
             token = Some(found);
@@ -238,4 +237,22 @@ pub fn start_dev_node() -> (Killed, std::net::SocketAddr, std::net::SocketAddr, 
         panic!("serve did not start: {log:?}");
     };
     (Killed(child), ws, api, token)
+}
+
+/// What a `serve` log line says about a listener.
+#[allow(dead_code)]
+pub enum Listening {
+    Ws(std::net::SocketAddr),
+    Api(std::net::SocketAddr),
+}
+
+/// The listener a `serve` log line announces, if it announces one.
+#[allow(dead_code)]
+pub fn listening(line: &str) -> Option<Listening> {
+    let addr = |rest: &str| rest.split_whitespace().next().and_then(|a| a.parse().ok());
+    if let Some((_, rest)) = line.split_once("websocket: listening on ws://") {
+        return addr(rest).map(Listening::Ws);
+    }
+    let (_, rest) = line.split_once("api: listening on http://")?;
+    addr(rest).map(Listening::Api)
 }
