@@ -134,7 +134,16 @@ pub const FLAGS: &[(&str, &str, &str)] = &[
     ("reseller-every", "10", "with resellers, every n-th connection is a reseller console"),
 ];
 
-/// The scenario options as clap arguments; `--help` shows each default.
+/// The environment variable of an option: `HORIZON_LOADTEST_` and its name (`--amqp-url`:
+/// `HORIZON_LOADTEST_AMQP_URL`). A flag beats its variable.
+pub fn env_name(option: &str) -> String {
+    format!(
+        "HORIZON_LOADTEST_{}",
+        option.replace('-', "_").to_ascii_uppercase()
+    )
+}
+
+/// The scenario options as clap arguments; `--help` shows each default and variable.
 pub fn args_list() -> Vec<clap::Arg> {
     let mut out = vec![clap::Arg::new("scenario")
         .long("scenario")
@@ -144,6 +153,7 @@ pub fn args_list() -> Vec<clap::Arg> {
         let mut arg = clap::Arg::new(*name)
             .long(*name)
             .value_name("VALUE")
+            .env(env_name(name))
             .help(*help);
         if !default.is_empty() {
             arg = arg.default_value(*default);

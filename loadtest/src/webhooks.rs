@@ -36,7 +36,11 @@ struct Options {
 pub fn command() -> clap::Command {
     use clap::{Arg, Command};
     let opt = |name: &'static str, default: Option<&'static str>, help: &'static str| {
-        let arg = Arg::new(name).long(name).value_name("VALUE").help(help);
+        let arg = Arg::new(name)
+            .long(name)
+            .value_name("VALUE")
+            .env(crate::cli::env_name(name))
+            .help(help);
         match default {
             Some(default) => arg.default_value(default),
             None => arg,
@@ -47,8 +51,8 @@ pub fn command() -> clap::Command {
         .args_override_self(true)
         .arg(opt("api", Some("127.0.0.1:8000"), "Horizon's REST API"))
         .arg(opt("amqp-url", Some("amqp://guest:guest@127.0.0.1:5672/%2f"), "the broker events are published to"))
-        .arg(opt("token", None, "a token that may manage the account's hooks").required(true))
-        .arg(opt("account", None, "the account the hooks and events belong to").required(true))
+        .arg(opt("token", None, "a token that may manage the account's hooks (required)").required(true))
+        .arg(opt("account", None, "the account the hooks and events belong to (required)").required(true))
         .arg(opt("hooks", Some("1000"), "hooks created, all pointing at the receiver"))
         .arg(opt("retries", Some("5"), "each hook's retries"))
         .arg(opt("rate", Some("10"), "events published per second"))
