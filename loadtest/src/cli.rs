@@ -43,6 +43,9 @@ pub struct Options {
     pub churn_rate: f64,
     /// Processes whose CPU time and memory are sampled (`/proc/<pid>/cmdline` contains this).
     pub gateway_match: Option<String>,
+    /// The broker's processes (`/proc/<pid>/cmdline` contains this): every event of either
+    /// target passes through the broker, so "deliveries per system CPU-second" counts it too.
+    pub broker_match: Option<String>,
     /// Where `report.json` and `report.html` go.
     pub out: Option<String>,
     /// How long subscribers wait for the last events after publishing ends.
@@ -126,6 +129,7 @@ pub const FLAGS: &[(&str, &str, &str)] = &[
     ("hold", "5", "seconds idle connections are held (connect scenario)"),
     ("churn-rate", "2", "subscribe/unsubscribe commands per second per connection (churn scenario)"),
     ("gateway-match", "horizon serve", "processes whose CPU and memory are sampled (command line contains this)"),
+    ("broker-match", "beam.smp", "the broker's processes: their CPU is added to the gateway's for the system figure (empty: none)"),
     ("out", "", "directory for report.json and report.html [default: none]"),
     ("drain", "10", "seconds subscribers wait for the last events (1-600)"),
     ("warmup", "0", "seconds between 'all subscribed' and the first publish"),
@@ -258,6 +262,7 @@ impl Options {
                 .parse()
                 .map_err(|_| "--churn-rate: expected a number")?,
             gateway_match: Some(take("gateway-match")).filter(|m| !m.is_empty()),
+            broker_match: Some(take("broker-match")).filter(|m| !m.is_empty()),
             out: get("out"),
             drain: Duration::from_secs(num("drain")?.clamp(1, 600)),
             warmup: Duration::from_secs(num("warmup")?.min(600)),
@@ -317,6 +322,10 @@ impl Options {
             (
                 "gateway-match",
                 self.gateway_match.clone().unwrap_or_default(),
+            ),
+            (
+                "broker-match",
+                self.broker_match.clone().unwrap_or_default(),
             ),
         ];
         if self.publish_rest {

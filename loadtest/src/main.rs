@@ -177,6 +177,18 @@ fn run(options: Options, scenario: Scenario) -> ExitCode {
     if pids.is_empty() {
         eprintln!("note: no process matches --gateway-match {:?}; CPU and memory of the system under test are not sampled", options.gateway_match);
     }
+    // Gateway and broker together, each process once (for Web-MQTT they are the same).
+    let mut system_pids = pids.clone();
+    for pid in options
+        .broker_match
+        .as_deref()
+        .map(procstat::find)
+        .unwrap_or_default()
+    {
+        if !system_pids.contains(&pid) {
+            system_pids.push(pid);
+        }
+    }
     let (_, rss_before) = procstat::sample(&pids);
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -256,6 +268,7 @@ fn run(options: Options, scenario: Scenario) -> ExitCode {
     // Give the server a moment to settle its accounting before measuring memory.
     std::thread::sleep(Duration::from_millis(500));
     let (cpu_connected, rss_connected) = procstat::sample(&pids);
+    let (system_cpu_connected, _) = procstat::sample(&system_pids);
     eprintln!();
 
     let send_all = |children: &mut Vec<std::process::Child>, line: &str| {
@@ -318,6 +331,7 @@ fn run(options: Options, scenario: Scenario) -> ExitCode {
     }
     let run_seconds = run_started.elapsed().as_secs_f64();
     let (cpu_after, _) = procstat::sample(&pids);
+    let (system_cpu_after, _) = procstat::sample(&system_pids);
     eprintln!();
     for mut child in children {
         drop(child.stdin.take());
@@ -341,6 +355,12 @@ fn run(options: Options, scenario: Scenario) -> ExitCode {
             0.0
         } else {
             cpu_after - cpu_connected
+        },
+        system_pids: system_pids.clone(),
+        system_cpu_seconds: if scenario == Scenario::Connect {
+            0.0
+        } else {
+            system_cpu_after - system_cpu_connected
         },
         gateway_rss_before: rss_before,
         gateway_rss_connected: rss_connected,

@@ -32,6 +32,9 @@ pub struct Report {
     pub connect_retries: u64,
     pub gateway_pids: Vec<u32>,
     pub gateway_cpu_seconds: f64,
+    /// The gateway's and the broker's processes, each once.
+    pub system_pids: Vec<u32>,
+    pub system_cpu_seconds: f64,
     pub gateway_rss_before: u64,
     pub gateway_rss_connected: u64,
     pub run_seconds: f64,
@@ -74,6 +77,13 @@ impl Report {
     pub fn deliveries_per_cpu_second(&self) -> Option<f64> {
         (self.gateway_cpu_seconds > 0.0 && self.received > 0)
             .then(|| self.received as f64 / self.gateway_cpu_seconds)
+    }
+
+    /// Deliveries per CPU-second of the gateway and the broker together: the figure that
+    /// compares Horizon (broker -> Horizon -> clients) with Web-MQTT (the broker is the gateway).
+    pub fn deliveries_per_system_cpu_second(&self) -> Option<f64> {
+        (self.system_cpu_seconds > 0.0 && self.received > 0)
+            .then(|| self.received as f64 / self.system_cpu_seconds)
     }
 
     pub fn bytes_per_connection(&self) -> Option<f64> {
@@ -136,6 +146,13 @@ impl Report {
                 self.gateway_cpu_seconds, d
             );
         }
+        if let Some(d) = self.deliveries_per_system_cpu_second() {
+            let _ = writeln!(
+                out,
+                "system CPU (gateway + broker): {:.2}s -> {:.0} deliveries per CPU-second",
+                self.system_cpu_seconds, d
+            );
+        }
         for (name, h) in [
             ("latency (publish -> receive)", &self.latency),
             ("connect + upgrade", &self.connect_latency),
@@ -175,7 +192,7 @@ impl Report {
             "{{\"scenario\":{},\"target\":{},\"processes\":{},\"accounts\":{},\"connections\":{},\"connected\":{},\"failed\":{},\"closed\":{},\
 \"connect_seconds\":{:.3},\"connect_retries\":{},\"published\":{},\"publish_seconds\":{:.3},\"not_confirmed\":{},\"expected\":{},\"received\":{},\"lost\":{},\"silent_connections\":{},\
 \"duplicated\":{},\"reordered\":{},\"cross_tenant\":{},\"commands\":{},\"command_errors\":{},\"gateway_pids\":{:?},\"gateway_cpu_seconds\":{:.3},\
-\"deliveries_per_cpu_second\":{},\"gateway_rss_before\":{},\"gateway_rss_connected\":{},\"bytes_per_connection\":{},\
+\"deliveries_per_cpu_second\":{},\"system_pids\":{:?},\"system_cpu_seconds\":{:.3},\"deliveries_per_system_cpu_second\":{},\"gateway_rss_before\":{},\"gateway_rss_connected\":{},\"bytes_per_connection\":{},\
 \"latency_ms\":{},\"connect_latency_ms\":{},\"command_latency_ms\":{},\"timeline_per_100ms\":[{}],\"errors\":[{}]}}",
             json_str(&self.scenario),
             json_str(&self.target),
@@ -202,6 +219,9 @@ impl Report {
             self.gateway_pids,
             self.gateway_cpu_seconds,
             opt(self.deliveries_per_cpu_second()),
+            self.system_pids,
+            self.system_cpu_seconds,
+            opt(self.deliveries_per_system_cpu_second()),
             self.gateway_rss_before,
             self.gateway_rss_connected,
             opt(self.bytes_per_connection()),
