@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::connection::Conn;
+use super::conn::Conn;
 use crate::binding::{BindingAutomaton, BindingError, Separator, SubscriptionId};
 use crate::fanout::Event;
 

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::bindings::{BindingTable, Subscriptions};
-use super::connection::Conn;
+use super::conn::Conn;
 use super::session::{Reply, Session, SessionFactory};
 use crate::ws::handshake::Request;
 

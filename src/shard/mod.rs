@@ -11,7 +11,9 @@
 //! - `bindings`: which sockets want which events; the delivery hot path.
 
 mod bindings;
+mod conn;
 mod connection;
+mod context;
 pub mod control;
 #[doc(hidden)]
 pub mod harness;
@@ -24,7 +26,7 @@ pub mod session;
 mod sockets;
 
 pub use bindings::{Delivered, FrameEncoder, Subscriptions};
-pub use connection::Conn;
+pub use conn::Conn;
 pub use control::{Filed, ShardStats, SocketInfo};
 pub use limits::{Admission, ConnectionLimits};
 pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};

@@ -7,7 +7,6 @@
 //! shard stop accepting, send close 1001 `going away` to its sockets, give them
 //! `shutdown_grace` to answer and drain, cut whatever is left, and exit; `join` waits for that.
 
-use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
@@ -23,13 +22,12 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 use monoio::net::{ListenerOpts, TcpListener};
 
-use super::bindings::BindingTable;
 use super::connection;
+use super::context::ShardContext;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
 use super::limits::ConnectionLimits;
 use super::poller::{self, Poller, EVENTS_PER_WAIT};
 use super::session::SessionFactory;
-use super::sockets::SocketTable;
 use crate::config::ServeConfig;
 use crate::fanout::{self, Consumer, Event, Producer, Publisher, Recv};
 use crate::ws::CloseCode;
@@ -227,42 +225,6 @@ impl Drop for Gateway {
     }
 }
 
-/// What every task of one shard shares. Single-threaded: `Rc`, `Cell`, `RefCell`.
-pub(crate) struct ShardContext {
-    pub index: usize,
-    pub config: ServeConfig,
-    pub factory: Arc<dyn SessionFactory>,
-    /// Connection admission, shared by every shard of the node.
-    pub limits: Arc<ConnectionLimits>,
-    /// This gateway instance's random id (see `SocketInfo::instance`).
-    pub instance: u64,
-    /// Where sockets read into; never borrowed across an await.
-    pub scratch: RefCell<Vec<u8>>,
-    /// The shard's socket registry.
-    pub(crate) sockets: RefCell<SocketTable>,
-    /// The readiness set of every socket in the registry.
-    pub(crate) poller: Poller,
-    /// The shard's bindings and automata.
-    pub(crate) bindings: RefCell<BindingTable>,
-    pub(crate) counters: Counters,
-    next_id: Cell<u64>,
-    started: Instant,
-}
-
-impl ShardContext {
-    /// Unique across shards: the shard index in the top 16 bits.
-    pub fn next_socket_id(&self) -> u64 {
-        let n = self.next_id.get() + 1;
-        self.next_id.set(n);
-        ((self.index as u64) << 48) | n
-    }
-
-    /// Seconds since the shard started: a 4-byte clock for per-socket timestamps.
-    pub fn clock(&self) -> u32 {
-        self.started.elapsed().as_secs() as u32
-    }
-}
-
 /// The shard's keepalive sweep: every second, pings each socket whose last ping is
 /// `ping_interval` old, closes (1008 `output blocked`) each one whose reading has been paused for
 /// `blocked_close`, closes (1001 `idle timeout`) each one not heard from for `idle_timeout`,
@@ -370,20 +332,15 @@ fn shard_thread(
             }
         };
         let _ = bound.send(listener.local_addr());
-        let shard = Rc::new(ShardContext {
+        let shard = Rc::new(ShardContext::new(
             index,
             config,
             factory,
             limits,
             instance,
-            scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-            sockets: RefCell::new(SocketTable::default()),
             poller,
-            bindings: RefCell::new(BindingTable::default()),
-            counters: Counters::default(),
-            next_id: Cell::new(0),
-            started: Instant::now(),
-        });
+            SCRATCH_BYTES,
+        ));
         // The sweep, delivery and control tasks run until this `block_on` returns and the
         // runtime, with its tasks, is dropped.
         monoio::spawn(keepalive(shard.clone()));

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::connection::Conn;
+use super::conn::Conn;
 use super::poller::Token;
 use super::session::Session;
 use crate::ws::frame::Reader;

@@ -1,0 +1,222 @@
+//! A connection's record: what the rest of its shard (registry, bindings, keepalive, shutdown,
+//! fan-out) sees of a socket, and the one close state every path out of it consults. The event
+//! handlers that drive it are in `connection.rs`; this module depends on neither them nor the
+//! bindings, so the shard's modules import each other without a cycle.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::io::{self, Flushed};
+use super::outbound::Outbound;
+use super::poller::{self, Poller, Token};
+use crate::ws::frame::encode;
+use crate::ws::CloseCode;
+
+/// A live socket as the rest of its shard sees it (registry, shutdown, fan-out).
+pub struct Conn {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    /// The socket's descriptor; -1 once the connection has ended (a stale handle, such as a reply
+    /// resolved after the client left, then writes nowhere).
+    pub(super) fd: RawFd,
+    /// The socket's place in the registry and the readiness set.
+    pub(super) token: Token,
+    pub(crate) outbound: Outbound,
+    /// Shard clock second of the accept (the handshake deadline counts from it).
+    pub(super) opened: u32,
+    /// Shard clock second at which the client was last heard from (any bytes).
+    pub(crate) last_heard: u32,
+    /// Shard clock second of the last keepalive ping.
+    pub(crate) last_ping: u32,
+    /// Shard clock second at which the session's credentials expire (0: never); the keepalive
+    /// sweep closes the socket with 4001 then.
+    pub(crate) expires_at: u32,
+    /// The upgrade was accepted: the socket speaks WebSocket.
+    pub(super) upgraded: bool,
+    pub(super) phase: Phase,
+    /// Read interest is withdrawn: the queue is over its bound because the client does not read.
+    pub(super) read_paused: bool,
+    /// Write interest is registered (the send buffer was full).
+    pub(super) write_armed: bool,
+    /// Non-zero: the upgrade is to be refused with this HTTP status (a connection limit), and
+    /// the connection was not counted against the limits.
+    pub(super) refusal: u16,
+    /// On the shard's service list.
+    pub(super) scheduled: bool,
+    /// Ids of the shard bindings this socket is in (see `bindings.rs`).
+    pub(crate) bindings: Vec<u32>,
+    /// The client's name and metadata for the socket, if it gave any (boxed: most sockets have
+    /// none, and an idle socket's every byte counts).
+    pub(crate) labels: Option<Box<Labels>>,
+}
+
+/// Where a connection is in its close: the one piece of state every path out of it consults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Handshake or open: input is parsed and handed to the session.
+    Open,
+    /// Our close frame is queued and we wait for the client's (graceful shutdown, an expired
+    /// token): input is parsed only for that close frame.
+    Closing,
+    /// Write what is queued, then end: input is read only to be discarded (after a violation,
+    /// the client's close, a refusal, or a close that does not wait for the client).
+    Ending,
+}
+
+/// What a client may call its socket (Kazoo's `name` and `metadata`).
+#[derive(Debug, Default)]
+pub(crate) struct Labels {
+    pub name: Option<String>,
+    pub metadata: Option<String>,
+    /// Accounts the socket is listed under now, with its bindings for each (see
+    /// `SocketInfo::filed`).
+    pub filed: Vec<super::control::Filed>,
+}
+
+impl Conn {
+    /// Queues a reply or control frame for the poller to write. It is never dropped, but it
+    /// counts against the queue's bound: past the bound the socket is no longer read, so a client
+    /// that does not read cannot make the shard hold more than one bound's worth.
+    pub fn queue(&mut self, frame: Bytes) {
+        if self.phase == Phase::Open {
+            self.outbound.push_control(frame);
+            self.schedule();
+        }
+    }
+
+    /// Queues the close frame; the connection ends once it is sent (and, when the server
+    /// initiated it politely, once the client answers or the shard's deadline passes).
+    pub fn queue_close(&mut self, code: CloseCode, reason: &str) {
+        if self.phase == Phase::Open {
+            self.outbound
+                .push_control(Bytes::from(encode::close(code, reason)));
+            self.phase = Phase::Closing;
+            self.schedule();
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.phase != Phase::Open
+    }
+
+    /// Whether reading is paused because the client does not read its output.
+    pub(crate) fn is_read_paused(&self) -> bool {
+        self.read_paused
+    }
+
+    /// Sets the socket's readiness interest (input: not paused; output: waiting for room in the
+    /// send buffer) and records it.
+    pub(super) fn set_interest(
+        &mut self,
+        poller: &Poller,
+        input: bool,
+        output: bool,
+    ) -> std::io::Result<()> {
+        poller.interest(self.fd, self.token, input, output)?;
+        self.read_paused = !input;
+        self.write_armed = output;
+        Ok(())
+    }
+
+    /// Whether the queue holds a bound's worth: the socket is not read until it drains.
+    pub(super) fn over_bound(&self) -> bool {
+        self.outbound.queued_bytes() >= self.outbound.limit()
+    }
+
+    /// Whether the socket has completed its upgrade (before that it is not listed, pinged or sent
+    /// close frames).
+    pub fn is_upgraded(&self) -> bool {
+        self.upgraded
+    }
+
+    /// Closes without waiting for the client's answer (idle timeout, slow consumer).
+    pub(crate) fn close_now(&mut self, code: CloseCode, reason: &str) {
+        self.queue_close(code, reason);
+        self.phase = Phase::Ending;
+        self.schedule();
+    }
+
+    /// Closes a socket whose client has not read its output for too long: the close frame
+    /// replaces what is queued (the client would never get to it) and the socket is cut.
+    pub(crate) fn close_blocked(&mut self) {
+        self.outbound.clear();
+        self.outbound.push_control(Bytes::from(encode::close(
+            CloseCode::POLICY,
+            "output blocked",
+        )));
+        let _ = io::flush(self.fd, &mut self.outbound);
+        self.phase = Phase::Ending;
+        self.cut();
+    }
+
+    /// Writes what is queued right away; if the socket cannot take it all, or something must
+    /// follow (a lag notice, the end, reading to resume), leaves the rest to the poller. Called by
+    /// the delivery loop after each batch.
+    pub(crate) fn flush_or_wake(&mut self) {
+        match io::flush(self.fd, &mut self.outbound) {
+            Ok(Flushed::All)
+                if self.outbound.lagged() == 0
+                    && self.phase != Phase::Ending
+                    && !self.read_paused => {}
+            _ => self.schedule(),
+        }
+    }
+
+    /// Shuts both directions down: the poller then sees end of stream and ends the connection
+    /// (the handshake deadline, an unanswered close, the last resort of shutdown).
+    pub(crate) fn cut(&self) {
+        if self.fd >= 0 {
+            io::shutdown(self.fd);
+        }
+    }
+
+    /// Puts the socket on the shard's service list (once).
+    pub(super) fn schedule(&mut self) {
+        if !self.scheduled && self.fd >= 0 {
+            self.scheduled = true;
+            poller::schedule(self.token);
+        }
+    }
+}
+
+impl Conn {
+    /// A connection with no socket behind it (what it queues is never written): for driving a
+    /// session without I/O, as the fuzzing harness does.
+    pub(crate) fn detached(outbound_limit: usize) -> Conn {
+        Conn {
+            id: 1,
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            connected_at: SystemTime::now(),
+            fd: -1,
+            token: Token {
+                slot: 0,
+                generation: 0,
+            },
+            outbound: Outbound::new(outbound_limit, Default::default()),
+            opened: 0,
+            last_heard: 0,
+            last_ping: 0,
+            expires_at: 0,
+            upgraded: true,
+            phase: Phase::Open,
+            read_paused: false,
+            write_armed: false,
+            refusal: 0,
+            scheduled: false,
+            bindings: Vec::new(),
+            labels: None,
+        }
+    }
+}
+
+impl Drop for Conn {
+    /// A connection still open when its shard stops (past the shutdown grace and the cut) closes
+    /// its descriptor with it; one that ended normally closed it already.
+    fn drop(&mut self) {
+        io::close(std::mem::replace(&mut self.fd, -1));
+    }
+}

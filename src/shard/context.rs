@@ -1,0 +1,76 @@
+//! What every part of one shard shares: its configuration, registry, readiness set, bindings and
+//! counters. The event handlers (`connection.rs`) and the tasks (`runtime.rs`) both take it; it
+//! depends on neither.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::bindings::BindingTable;
+use super::control::Counters;
+use super::limits::ConnectionLimits;
+use super::poller::Poller;
+use super::session::SessionFactory;
+use super::sockets::SocketTable;
+use crate::config::ServeConfig;
+
+/// What every task of one shard shares. Single-threaded: `Rc`, `Cell`, `RefCell`.
+pub(crate) struct ShardContext {
+    pub index: usize,
+    pub config: ServeConfig,
+    pub factory: Arc<dyn SessionFactory>,
+    /// Connection admission, shared by every shard of the node.
+    pub limits: Arc<ConnectionLimits>,
+    /// This gateway instance's random id (see `SocketInfo::instance`).
+    pub instance: u64,
+    /// Where sockets read into; never borrowed across an await.
+    pub scratch: RefCell<Vec<u8>>,
+    /// The shard's socket registry.
+    pub(crate) sockets: RefCell<SocketTable>,
+    /// The readiness set of every socket in the registry.
+    pub(crate) poller: Poller,
+    /// The shard's bindings and automata.
+    pub(crate) bindings: RefCell<BindingTable>,
+    pub(crate) counters: Counters,
+    next_id: Cell<u64>,
+    started: Instant,
+}
+
+impl ShardContext {
+    pub fn new(
+        index: usize,
+        config: ServeConfig,
+        factory: Arc<dyn SessionFactory>,
+        limits: Arc<ConnectionLimits>,
+        instance: u64,
+        poller: Poller,
+        scratch_bytes: usize,
+    ) -> ShardContext {
+        ShardContext {
+            index,
+            config,
+            factory,
+            limits,
+            instance,
+            scratch: RefCell::new(vec![0; scratch_bytes]),
+            sockets: RefCell::new(SocketTable::default()),
+            poller,
+            bindings: RefCell::new(BindingTable::default()),
+            counters: Counters::default(),
+            next_id: Cell::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Unique across shards: the shard index in the top 16 bits.
+    pub fn next_socket_id(&self) -> u64 {
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        ((self.index as u64) << 48) | n
+    }
+
+    /// Seconds since the shard started: a 4-byte clock for per-socket timestamps.
+    pub fn clock(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+}
