@@ -35,9 +35,8 @@ pub struct Conn {
     /// Shard clock second at which the session's credentials expire (0: never); the keepalive
     /// sweep closes the socket with 4001 then.
     pub(crate) expires_at: u32,
-    /// The upgrade was accepted: the socket speaks WebSocket.
-    pub(super) upgraded: bool,
-    pub(super) phase: Phase,
+    /// Where the connection is in its life: the one state every path through it consults.
+    pub(super) stage: Stage,
     /// Read interest is withdrawn: the queue is over its bound because the client does not read.
     pub(super) read_paused: bool,
     /// Write interest is registered (the send buffer was full).
@@ -54,17 +53,25 @@ pub struct Conn {
     pub(crate) labels: Option<Box<Labels>>,
 }
 
-/// Where a connection is in its close: the one piece of state every path out of it consults.
+/// Where a connection is in its life. Handshake -> Open -> Closing -> Ending, or straight to
+/// Ending (a refusal, a violation, the client's close, a close that does not wait). The readiness
+/// interest and the service-list mark beside it are I/O bookkeeping, not lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// Handshake or open: input is parsed and handed to the session.
+pub(super) enum Stage {
+    /// The upgrade request is being read; the keepalive sweep cuts it after [`HANDSHAKE_SECS`].
+    /// Nothing is queued for it but the answer to the request.
+    ///
+    /// [`HANDSHAKE_SECS`]: super::connection::HANDSHAKE_SECS
+    Handshake,
+    /// Upgraded: input is parsed and handed to the session; replies, events and pings are
+    /// queued.
     Open,
     /// Our close frame is queued and we wait for the client's (graceful shutdown, an expired
     /// token): input is parsed only for that close frame.
     Closing,
-    /// Write what is queued, then end: input is read only to be discarded (after a violation,
-    /// the client's close, a refusal, or a close that does not wait for the client).
-    Ending,
+    /// Write what is queued, then end: input is read only to be discarded. `upgraded`: whether
+    /// the socket got as far as speaking WebSocket.
+    Ending { upgraded: bool },
 }
 
 /// What a client may call its socket (Kazoo's `name` and `metadata`).
@@ -82,7 +89,7 @@ impl Conn {
     /// counts against the queue's bound: past the bound the socket is no longer read, so a client
     /// that does not read cannot make the shard hold more than one bound's worth.
     pub fn queue(&mut self, frame: Bytes) {
-        if self.phase == Phase::Open {
+        if self.stage == Stage::Open {
             self.outbound.push_control(frame);
             self.schedule();
         }
@@ -91,16 +98,33 @@ impl Conn {
     /// Queues the close frame; the connection ends once it is sent (and, when the server
     /// initiated it politely, once the client answers or the shard's deadline passes).
     pub fn queue_close(&mut self, code: CloseCode, reason: &str) {
-        if self.phase == Phase::Open {
+        if self.stage == Stage::Open {
             self.outbound
                 .push_control(Bytes::from(encode::close(code, reason)));
-            self.phase = Phase::Closing;
+            self.stage = Stage::Closing;
             self.schedule();
         }
     }
 
+    /// Closing or ending (a socket in its handshake is neither).
     pub fn is_closing(&self) -> bool {
-        self.phase != Phase::Open
+        matches!(self.stage, Stage::Closing | Stage::Ending { .. })
+    }
+
+    /// Input is parsed (the upgrade request, or frames for the session).
+    pub(super) fn is_parsing(&self) -> bool {
+        matches!(self.stage, Stage::Handshake | Stage::Open)
+    }
+
+    pub(super) fn is_ending(&self) -> bool {
+        matches!(self.stage, Stage::Ending { .. })
+    }
+
+    /// From now on: write what is queued, then end; input is discarded.
+    pub(super) fn set_ending(&mut self) {
+        self.stage = Stage::Ending {
+            upgraded: self.is_upgraded(),
+        };
     }
 
     /// Whether reading is paused because the client does not read its output.
@@ -130,13 +154,17 @@ impl Conn {
     /// Whether the socket has completed its upgrade (before that it is not listed, pinged or sent
     /// close frames).
     pub fn is_upgraded(&self) -> bool {
-        self.upgraded
+        match self.stage {
+            Stage::Handshake => false,
+            Stage::Open | Stage::Closing => true,
+            Stage::Ending { upgraded } => upgraded,
+        }
     }
 
     /// Closes without waiting for the client's answer (idle timeout, slow consumer).
     pub(crate) fn close_now(&mut self, code: CloseCode, reason: &str) {
         self.queue_close(code, reason);
-        self.phase = Phase::Ending;
+        self.set_ending();
         self.schedule();
     }
 
@@ -149,7 +177,7 @@ impl Conn {
             "output blocked",
         )));
         let _ = io::flush(self.fd, &mut self.outbound);
-        self.phase = Phase::Ending;
+        self.set_ending();
         self.cut();
     }
 
@@ -159,9 +187,7 @@ impl Conn {
     pub(crate) fn flush_or_wake(&mut self) {
         match io::flush(self.fd, &mut self.outbound) {
             Ok(Flushed::All)
-                if self.outbound.lagged() == 0
-                    && self.phase != Phase::Ending
-                    && !self.read_paused => {}
+                if self.outbound.lagged() == 0 && !self.is_ending() && !self.read_paused => {}
             _ => self.schedule(),
         }
     }
@@ -201,8 +227,7 @@ impl Conn {
             last_heard: 0,
             last_ping: 0,
             expires_at: 0,
-            upgraded: true,
-            phase: Phase::Open,
+            stage: Stage::Open,
             read_paused: false,
             write_armed: false,
             refusal: 0,

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::bindings::Subscriptions;
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Stage};
 use super::context::ShardContext;
 use super::control::Counters;
 use super::io::{self, Flushed};
@@ -91,8 +91,7 @@ pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) 
         last_heard: now,
         last_ping: now,
         expires_at: 0,
-        upgraded: false,
-        phase: Phase::Open,
+        stage: Stage::Handshake,
         read_paused: false,
         write_armed: false,
         refusal,
@@ -113,7 +112,7 @@ pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) 
 /// The keepalive sweep's part for a socket still in its handshake: cut it once its deadline has
 /// passed. Returns whether the socket is still in its handshake.
 pub(crate) fn handshake_overdue(conn: &Conn, now: u32) -> bool {
-    if conn.upgraded {
+    if conn.is_upgraded() {
         return false;
     }
     if now.saturating_sub(conn.opened) > HANDSHAKE_SECS {
@@ -143,7 +142,7 @@ fn handle_readable(shard: &ShardContext, token: Token) -> bool {
         Next::Continue => {}
         Next::FlushAndEnd => {
             if let Some(socket) = shard.sockets.borrow().get(token) {
-                socket.conn.borrow_mut().phase = Phase::Ending;
+                socket.conn.borrow_mut().set_ending();
             }
         }
         Next::End => {
@@ -203,7 +202,7 @@ fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
             Ok(flushed) => flushed,
         };
         let resume = conn.read_paused
-            && conn.phase != Phase::Ending
+            && !conn.is_ending()
             && conn.outbound.queued_bytes() <= conn.outbound.limit() / 2;
         let output = flushed == Flushed::WouldBlock;
         let input = !conn.read_paused || resume;
@@ -216,7 +215,7 @@ fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
             Flushed::WouldBlock if resume => return Serviced::Resumed,
             Flushed::WouldBlock => return Serviced::Waiting,
             Flushed::All => {
-                if conn.phase == Phase::Ending {
+                if conn.is_ending() {
                     return Serviced::Done;
                 }
                 if resume {
@@ -229,7 +228,7 @@ fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
                     .take_lag()
                     .and_then(|skipped| session?.lag_notice(skipped));
                 match notice {
-                    Some(notice) if conn.phase == Phase::Open => {
+                    Some(notice) if conn.stage == Stage::Open => {
                         conn.queue(Bytes::from(encode::text(notice.as_bytes())))
                     }
                     _ => {
@@ -254,7 +253,7 @@ fn end(shard: &ShardContext, token: Token) {
     // on a descriptor number the kernel may hand out again.
     shard.bindings.borrow_mut().unsubscribe_all(&socket.conn);
     let mut conn = socket.conn.borrow_mut();
-    conn.phase = Phase::Ending;
+    conn.set_ending();
     conn.outbound.clear();
     if conn.refusal == 0 {
         shard.limits.release(conn.peer.ip());
@@ -292,7 +291,7 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
             Err(_) => return Next::End,
         };
         heard = true;
-        if conn.borrow().phase == Phase::Ending || next != Next::Continue {
+        if conn.borrow().is_ending() || next != Next::Continue {
             // After a violation, the client's close or a refusal: read only to see the end of
             // the stream; nothing is parsed and nothing kept.
             input.partial = Vec::new();
@@ -359,7 +358,7 @@ fn pause_if_over_bound(shard: &ShardContext, conn: &mut Conn) -> Result<bool, ()
     if conn.read_paused {
         return Ok(true);
     }
-    if conn.phase != Phase::Open || !conn.over_bound() {
+    if !conn.is_parsing() || !conn.over_bound() {
         return Ok(false);
     }
     let output = conn.write_armed;
@@ -432,7 +431,7 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         let mut conn = conn.borrow_mut();
         conn.outbound
             .push_control(Bytes::from(handshake::accept(&request)));
-        conn.upgraded = true;
+        conn.stage = Stage::Open;
     }
     if let Some(left) = session.expires_in() {
         Subscriptions {
