@@ -31,6 +31,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// The broker; `None` runs the embedded event bus.
     pub amqp_url: Option<String>,
+    /// amqps: CA file, client certificate and key (PEM).
+    pub amqp_tls_ca_file: Option<PathBuf>,
+    pub amqp_tls_cert_file: Option<PathBuf>,
+    pub amqp_tls_key_file: Option<PathBuf>,
     /// This node's id: in its queue name (`horizon.<node>.<random>`), in REST envelopes and as
     /// the `destination` of its sockets. Default: the host name and a random suffix, so that
     /// several nodes on one machine stay distinct.
@@ -143,6 +147,9 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             amqp_url: None,
+            amqp_tls_ca_file: None,
+            amqp_tls_cert_file: None,
+            amqp_tls_key_file: None,
             node: None,
             amqp_prefetch: 1000,
             amqp_queue_expires: Duration::from_secs(60),
@@ -246,7 +253,19 @@ pub const OPTIONS: &[Key] = &[
     },
     Key {
         name: "amqp_url",
-        help: "the broker, amqp://user:pass@host:port/vhost; empty runs the embedded bus",
+        help: "the broker, amqp:// or amqps://user:pass@host:port/vhost; empty runs the embedded bus",
+    },
+    Key {
+        name: "amqp_tls_ca_file",
+        help: "amqps: CA certificates (PEM) the broker's chain may end in, besides the public roots",
+    },
+    Key {
+        name: "amqp_tls_cert_file",
+        help: "amqps: client certificate chain (PEM), for brokers that ask for one",
+    },
+    Key {
+        name: "amqp_tls_key_file",
+        help: "amqps: the client certificate's private key (PEM)",
     },
     Key {
         name: "node",
@@ -581,6 +600,9 @@ impl ServeConfig {
             "amqp_prefetch" => Some(self.amqp_prefetch.to_string()),
             "amqp_queue_expires_secs" => secs(self.amqp_queue_expires),
             "auth_file" => path(&self.auth_file),
+            "amqp_tls_ca_file" => path(&self.amqp_tls_ca_file),
+            "amqp_tls_cert_file" => path(&self.amqp_tls_cert_file),
+            "amqp_tls_key_file" => path(&self.amqp_tls_key_file),
             "jwt_hs256_secret" => masked(&self.jwt_hs256_secret),
             "jwt_hs256_secret_file" => path(&self.jwt_hs256_secret_file),
             "jwt_rs256_public_key_file" => path(&self.jwt_rs256_public_key_file),
@@ -676,9 +698,12 @@ impl ServeConfig {
             "idle_timeout_secs" => self.idle_timeout = seconds()?,
             "shutdown_grace_secs" => self.shutdown_grace = seconds()?,
             "amqp_url" => {
-                if !value.is_empty() && !value.starts_with("amqp://") {
+                if !value.is_empty()
+                    && !value.starts_with("amqp://")
+                    && !value.starts_with("amqps://")
+                {
                     return Err(invalid(
-                        "expected amqp://user:pass@host:port/vhost (TLS is not built in)",
+                        "expected amqp://user:pass@host:port/vhost or amqps://...",
                     ));
                 }
                 self.amqp_url = optional(value)
@@ -698,6 +723,9 @@ impl ServeConfig {
             }
             "amqp_queue_expires_secs" => self.amqp_queue_expires = seconds()?,
             "auth_file" => self.auth_file = optional(value).map(PathBuf::from),
+            "amqp_tls_ca_file" => self.amqp_tls_ca_file = optional(value).map(PathBuf::from),
+            "amqp_tls_cert_file" => self.amqp_tls_cert_file = optional(value).map(PathBuf::from),
+            "amqp_tls_key_file" => self.amqp_tls_key_file = optional(value).map(PathBuf::from),
             "jwt_hs256_secret" => self.jwt_hs256_secret = optional(value),
             "jwt_hs256_secret_file" => {
                 self.jwt_hs256_secret_file = optional(value).map(PathBuf::from)
@@ -905,6 +933,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("shutdown_grace_secs"), "{err}");
+        assert!(ServeConfig::load(&args(&["--amqp-url", "amqps://h:5671/%2f"]), |_| None).is_ok());
         let err = ServeConfig::load(&args(&["--amqp-url", "http://x"]), |_| None).unwrap_err();
         assert!(err.to_string().contains("amqp_url"), "{err}");
     }

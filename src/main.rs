@@ -220,6 +220,26 @@ fn development_mode(config: &ServeConfig) -> bool {
         && config.jwt_hs256_secret_file.is_none()
 }
 
+/// The amqps files, read and checked; the error names the key and the file. TLS files with an
+/// `amqp://` URL would silently do nothing: refused.
+fn amqp_tls(config: &ServeConfig) -> Result<horizon::ingest::tls::AmqpTls, String> {
+    let any = config.amqp_tls_ca_file.is_some()
+        || config.amqp_tls_cert_file.is_some()
+        || config.amqp_tls_key_file.is_some();
+    let amqps = config
+        .amqp_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("amqps://"));
+    if any && !amqps {
+        return Err("amqp_tls_* files are set but amqp_url is not amqps://".into());
+    }
+    horizon::ingest::tls::load(
+        config.amqp_tls_ca_file.as_deref(),
+        config.amqp_tls_cert_file.as_deref(),
+        config.amqp_tls_key_file.as_deref(),
+    )
+}
+
 /// The auth directory and keys the configuration names; the error names the key or entry.
 fn load_auth(config: &ServeConfig) -> Result<(Auth, Option<Vec<u8>>), String> {
     let secret = jwt_secret(config)?;
@@ -262,6 +282,10 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         Err(e) => return fatal(e, 2),
     };
     let auth = Arc::new(auth);
+    match amqp_tls(&config) {
+        Ok(tls) => horizon::ingest::tls::install(tls),
+        Err(e) => return fatal(e, 2),
+    }
     let cluster_key = horizon::api::cluster::cluster_key(
         config.cluster_secret.as_deref().map(str::as_bytes),
         secret.as_deref(),
@@ -566,6 +590,34 @@ fn check_config(matches: &ArgMatches) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    match amqp_tls(&config) {
+        Ok(tls) => {
+            if config
+                .amqp_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("amqps://"))
+            {
+                println!(
+                    "amqps: ok, {}, {}",
+                    if tls.ca_pem.is_some() {
+                        "CA file and public roots"
+                    } else {
+                        "public roots"
+                    },
+                    if tls.identity.is_some() {
+                        "client certificate"
+                    } else {
+                        "no client certificate"
+                    }
+                );
+            }
+            horizon::ingest::tls::install(tls);
+        }
+        Err(e) => {
+            eprintln!("horizon check-config: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let mut unreachable = false;
     if !matches.get_flag("offline") {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -623,7 +675,7 @@ async fn reach_services(config: &ServeConfig) -> Vec<(String, Result<String, Str
     let mut out = Vec::new();
     if let Some(url) = &config.amqp_url {
         let what = format!("amqp_url {}", horizon::ingest::redact_url(url));
-        let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
+        let connect = horizon::ingest::tls::connect(url);
         let result = match tokio::time::timeout(within, connect).await {
             Ok(Ok(connection)) => {
                 let _ = connection.close(200, "check-config".into()).await;

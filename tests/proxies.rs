@@ -33,80 +33,6 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1: (CA, cert, key,
-/// cert+key) files.
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    let file = |name: &str| dir.join(name);
-    let run = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl runs");
-        assert!(status.success(), "openssl {args:?} failed");
-    };
-    std::fs::write(
-        file("leaf.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=horizon-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "leaf.csr",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "cert.pem",
-    ]);
-    let mut pem = std::fs::read(file("cert.pem")).unwrap();
-    pem.extend(std::fs::read(file("key.pem")).unwrap());
-    std::fs::write(file("both.pem"), pem).unwrap();
-    (
-        file("ca.pem"),
-        file("cert.pem"),
-        file("key.pem"),
-        file("both.pem"),
-    )
-}
-
 /// `text` with each `(from, to)` swapped; every `from` must be there (the snippet is what the
 /// documentation shows).
 fn swap(text: &str, swaps: &[(&str, String)]) -> String {
@@ -223,7 +149,7 @@ async fn the_documented_nginx_and_haproxy_configurations_carry_wss_and_the_api()
     let (_node, ws, api, token) = common::start_dev_node();
     let dir = std::env::temp_dir().join(format!("horizon-proxies-{}", horizon::ids::random_hex(6)));
     std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key, both) = certificates(&dir);
+    let (ca, cert, key, both) = common::certificates(&dir, "DNS:localhost,IP:127.0.0.1", "leaf");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/proxy");
     let text = |p: &Path| p.display().to_string();
     let addr = |a: SocketAddr| a.to_string();

@@ -27,7 +27,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 use tokio::sync::Notify;
 
 use hmac::{Hmac, Mac};
@@ -299,7 +299,7 @@ impl Cluster {
     }
 
     async fn session(self: &Arc<Self>, url: &str) -> Result<(), lapin::Error> {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let connection = crate::ingest::tls::connect(url).await?;
         let channel = connection.create_channel().await?;
         channel
             .exchange_declare(

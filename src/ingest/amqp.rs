@@ -24,7 +24,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -211,7 +211,7 @@ pub(crate) async fn ensure_exchange(
 
 /// One connection's life. Returns why it ended.
 async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command>) -> Ended {
-    let connect = Connection::connect(&node.config.url, ConnectionProperties::default());
+    let connect = super::tls::connect(&node.config.url);
     let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => return e.into(),

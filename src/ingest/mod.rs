@@ -27,6 +27,7 @@ use crate::fanout::{Event, Publisher};
 
 pub(crate) use amqp::ensure_exchange;
 pub use amqp::{redact as redact_url, AmqpConfig};
+pub mod tls;
 
 /// Which source feeds the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 
 use super::Webhooks;
 
@@ -62,7 +62,7 @@ async fn session(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), String> {
 }
 
 async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Error> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let connection = crate::ingest::tls::connect(url).await?;
     let queue = webhooks.config.queue.clone();
     for exchange in super::exchanges() {
         crate::ingest::ensure_exchange(&connection, exchange).await?;

@@ -256,3 +256,98 @@ pub fn listening(line: &str) -> Option<Listening> {
     let (_, rest) = line.split_once("api: listening on http://")?;
     addr(rest).map(Listening::Api)
 }
+
+/// A test CA (made once per `dir`) and a certificate it signed for `sans` (e.g.
+/// `DNS:localhost,IP:127.0.0.1`), named `name`: (CA, cert, key, cert+key) files. Made with
+/// `openssl`; `extendedKeyUsage` covers servers and clients.
+#[allow(dead_code)]
+pub fn certificates(
+    dir: &std::path::Path,
+    sans: &str,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    use std::process::{Command, Stdio};
+    let file = |name: &str| dir.join(name);
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    let (key_name, csr_name, ext_name, cert_name, both_name) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.pem"),
+        format!("{name}-both.pem"),
+    );
+    std::fs::write(
+        file(&ext_name),
+        format!("subjectAltName={sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n"),
+    )
+    .unwrap();
+    if !file("ca.pem").exists() {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=horizon-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+    }
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key_name,
+        "-out",
+        &csr_name,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr_name,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext_name,
+        "-out",
+        &cert_name,
+    ]);
+    let mut pem = std::fs::read(file(&cert_name)).unwrap();
+    pem.extend(std::fs::read(file(&key_name)).unwrap());
+    std::fs::write(file(&both_name), pem).unwrap();
+    (
+        file("ca.pem"),
+        file(&cert_name),
+        file(&key_name),
+        file(&both_name),
+    )
+}
