@@ -104,13 +104,7 @@ async fn a_node_consumes_from_an_amqps_broker_and_says_what_is_wrong_with_tls() 
     let tenants = Tenants::new();
     let auth = common::temp_file("amqps-auth", &tenants.auth_toml());
     let mut child = common::horizon_command()
-        .args([
-            "serve",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
+        .args(common::SERVE_EPHEMERAL)
         .args(["--shards", "1", "--cluster-secret", "amqps-test"])
         .args(["--amqp-url", &url, "--amqp-tls-ca-file", path(&ca)])
         .args(["--auth-file", path(&auth)])

@@ -364,13 +364,7 @@ fn a_bad_auth_file_on_sighup_is_refused_and_the_node_lives_on() {
 fn configuration_that_would_overflow_a_clock_is_refused_at_start() {
     // Before: accepted, and the shutdown deadline overflowed (a panic) on the first SIGTERM.
     let mut child = Command::new(env!("CARGO_BIN_EXE_horizon"))
-        .args([
-            "serve",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
+        .args(common::SERVE_EPHEMERAL)
         .args(["--shutdown-grace-secs", "18446744073709551615"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -185,6 +185,16 @@ pub fn dev_token(line: &str) -> Option<String> {
     Some(token.trim().to_string())
 }
 
+/// `serve` on ephemeral loopback ports (the log says which).
+#[allow(dead_code)]
+pub const SERVE_EPHEMERAL: [&str; 5] = [
+    "serve",
+    "--ws-listen",
+    "127.0.0.1:0",
+    "--api-listen",
+    "127.0.0.1:0",
+];
+
 /// A child process killed (and reaped) when dropped.
 #[allow(dead_code)]
 pub struct Killed(pub std::process::Child);
@@ -202,15 +212,8 @@ impl Drop for Killed {
 pub fn start_dev_node() -> (Killed, std::net::SocketAddr, std::net::SocketAddr, String) {
     use std::io::BufRead as _;
     let mut child = horizon_command()
-        .args([
-            "serve",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ])
+        .args(SERVE_EPHEMERAL)
+        .args(["--shards", "2"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
