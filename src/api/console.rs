@@ -16,7 +16,6 @@ use serde_json::json;
 
 use super::http::{respond, Body, Envelope};
 use super::State;
-use crate::shard::ShardStats;
 
 /// How often the rates are sampled, and how many samples are kept (ten minutes).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -125,7 +124,7 @@ pub async fn sample(state: Arc<State>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(stats) = shard_stats(&state).await else {
+        let Some(stats) = state.shard_stats().await else {
             continue;
         };
         state.history.push(Sample {
@@ -136,13 +135,6 @@ pub async fn sample(state: Arc<State>) {
             subscriptions: stats.iter().map(|s| s.bindings).sum(),
         });
     }
-}
-
-async fn shard_stats(state: &State) -> Option<Vec<ShardStats>> {
-    state
-        .cluster
-        .with_registry(|registry| registry.stats(Duration::from_secs(1)).0)
-        .await
 }
 
 /// `GET /v2/console/stats`: any valid token (the figures are the node-wide totals `/metrics`
@@ -156,7 +148,8 @@ pub async fn stats(
         Ok(identity) => identity,
         Err(response) => return *response,
     };
-    let shards: Vec<serde_json::Value> = shard_stats(state)
+    let shards: Vec<serde_json::Value> = state
+        .shard_stats()
         .await
         .unwrap_or_default()
         .iter()

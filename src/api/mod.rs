@@ -403,12 +403,17 @@ fn readyz(state: &State, env: &Envelope<'_>) -> Response<Body> {
     }
 }
 
+impl State {
+    /// Every shard's counters, asked through the registry (`None`: the registry did not answer).
+    async fn shard_stats(&self) -> Option<Vec<crate::shard::ShardStats>> {
+        self.cluster
+            .with_registry(|registry| registry.stats(Duration::from_secs(1)).0)
+            .await
+    }
+}
+
 async fn metrics_text(state: &State) -> Response<Body> {
-    let stats = state
-        .cluster
-        .with_registry(|registry| registry.stats(Duration::from_secs(1)).0)
-        .await
-        .unwrap_or_default();
+    let stats = state.shard_stats().await.unwrap_or_default();
     let mut text = metrics::render(
         &stats,
         state.ingest.status(),
