@@ -2,7 +2,7 @@
 //! connections on loopback, counted as deliveries per gateway CPU-second.
 //!
 //! Run: `cargo bench --bench fanout` (io_uring) and
-//! `MONOIO_FORCE_LEGACY_DRIVER=1 cargo bench --bench fanout` (epoll). Knobs:
+//! `HORIZON_IO_BACKEND=epoll cargo bench --bench fanout` (epoll). Knobs:
 //! `HORIZON_FANOUT_CONNECTIONS` (10000), `HORIZON_FANOUT_EVENTS` (200), `HORIZON_FANOUT_BYTES`
 //! (1024, the event frame size).
 //!
@@ -222,6 +222,10 @@ fn main() {
         slow_consumer: SlowConsumerPolicy::Close,
         ping_interval: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(1200),
+        io_backend: std::env::var("HORIZON_IO_BACKEND")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
         ..ServeConfig::default()
     };
     let mut gateway = Gateway::start(config, Arc::new(Factory)).expect("gateway");

@@ -1,7 +1,7 @@
 //! Memory per idle WebSocket connection, measured on the real shard runtime.
 //!
 //! Run: `cargo bench --bench idle_connections` (15,000 connections; `HORIZON_IDLE_CONNECTIONS=N`
-//! to change it, `MONOIO_FORCE_LEGACY_DRIVER=1` for the epoll driver).
+//! to change it, `HORIZON_IO_BACKEND=epoll` for the epoll backend).
 //!
 //! The gateway runs in this process; the clients run in a second process (this same binary,
 //! re-executed) so that their memory is not counted. Once every client has completed its handshake
@@ -100,6 +100,10 @@ fn main() {
         // Long enough that no ping is in flight during the measurement.
         ping_interval: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(1200),
+        io_backend: std::env::var("HORIZON_IO_BACKEND")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
         ..ServeConfig::default()
     };
     let gateway = Gateway::start(config, Arc::new(IdleFactory)).expect("gateway");

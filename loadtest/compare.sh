@@ -87,7 +87,7 @@ run() { # name, then horizon-loadtest arguments
 for driver in io_uring epoll; do
     EXTRA=0
     settle "$BASE"
-    if [ "$driver" = epoll ]; then start_horizon MONOIO_FORCE_LEGACY_DRIVER=1; else start_horizon HORIZON_LOADTEST=1; fi
+    start_horizon HORIZON_IO_BACKEND="$driver"
     sleep 1
     EXTRA=$(($(broker_connections) - BASE)) # the gateway's own connections (ingest, cluster)
     run "horizon-$driver-connect" connect --jwt-secret "$SECRET" --connections "$IDLE" --ramp-rate 3000 --hold 5

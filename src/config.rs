@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::shard::SlowConsumerPolicy;
+use crate::shard::{IoBackend, SlowConsumerPolicy};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +18,9 @@ pub struct ServeConfig {
     pub api_listen: SocketAddr,
     /// Thread-per-core shards (default: online CPUs).
     pub shards: usize,
+    /// The shards' socket I/O: native io_uring, epoll, or `auto` (io_uring where the kernel
+    /// allows it).
+    pub io_backend: IoBackend,
     /// Largest inbound message; larger closes the socket with 1009.
     pub max_message_bytes: usize,
     /// Outbound bytes that may wait for one socket before the slow-consumer policy applies.
@@ -140,6 +143,7 @@ impl Default for ServeConfig {
             shards: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            io_backend: IoBackend::Auto,
             max_message_bytes: 64 * 1024,
             outbound_queue_bytes: 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Drop,
@@ -226,6 +230,10 @@ pub const OPTIONS: &[Key] = &[
     Key {
         name: "shards",
         help: "thread-per-core shards",
+    },
+    Key {
+        name: "io_backend",
+        help: "socket I/O of the shards: `io_uring` (native ring), `epoll`, or `auto` (io_uring where the kernel allows it, else epoll)",
     },
     Key {
         name: "max_message_bytes",
@@ -583,6 +591,7 @@ impl ServeConfig {
             "ws_listen" => Some(self.ws_listen.to_string()),
             "api_listen" => Some(self.api_listen.to_string()),
             "shards" => Some(self.shards.to_string()),
+            "io_backend" => Some(self.io_backend.to_string()),
             "max_message_bytes" => Some(self.max_message_bytes.to_string()),
             "outbound_queue_bytes" => Some(self.outbound_queue_bytes.to_string()),
             "slow_consumer" => Some(
@@ -681,6 +690,11 @@ impl ServeConfig {
                 self.api_listen = value.parse().map_err(|_| invalid("expected host:port"))?
             }
             "shards" => self.shards = positive("expected a positive number")? as usize,
+            "io_backend" => {
+                self.io_backend = value
+                    .parse()
+                    .map_err(|()| invalid("expected `auto`, `io_uring` or `epoll`"))?
+            }
             "max_message_bytes" => {
                 self.max_message_bytes = positive("expected bytes > 0")? as usize
             }

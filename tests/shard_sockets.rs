@@ -82,10 +82,19 @@ fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Gateway {
         ws_listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         max_message_bytes: 1024,
+        io_backend: io_backend(),
         ..ServeConfig::default()
     };
     tweak(&mut config);
     Gateway::start(config, Arc::new(EchoFactory)).expect("gateway starts")
+}
+
+/// The backend the suite runs on: `HORIZON_IO_BACKEND` (`scripts/test.sh` runs it on both).
+fn io_backend() -> horizon::shard::IoBackend {
+    std::env::var("HORIZON_IO_BACKEND")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_default()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -354,21 +363,24 @@ fn a_frame_dribbled_in_byte_by_byte_arrives_whole() {
 }
 
 #[test]
-fn the_driver_in_use_is_reported() {
-    let gateway = start(|_| {});
-    let forced = std::env::var("MONOIO_FORCE_LEGACY_DRIVER").is_ok_and(|v| v == "1");
-    if forced {
-        assert_eq!(gateway.driver(), horizon::shard::Driver::Epoll);
-    } else {
-        // Development and CI machines have io_uring (see the README); elsewhere this says which.
-        assert_eq!(
-            gateway.driver(),
-            horizon::shard::Driver::IoUring,
-            "io_uring unavailable here?"
-        );
+fn each_backend_runs_when_asked_and_auto_takes_io_uring_here() {
+    use horizon::shard::{Driver, IoBackend};
+    for (asked, runs) in [
+        (IoBackend::Epoll, Driver::Epoll),
+        (IoBackend::IoUring, Driver::IoUring),
+        // Development and CI machines have io_uring (Linux 6.x, see the README).
+        (IoBackend::Auto, Driver::IoUring),
+    ] {
+        let gateway = start(|c| c.io_backend = asked);
+        assert_eq!(gateway.driver(), runs, "io_backend = {asked}");
+        runtime().block_on(async {
+            let mut client = Raw::connect(gateway.local_addr()).await;
+            client.send(true, 0x1, b"hello", true).await;
+            assert_eq!(client.recv().await, (0x1, b"echo:hello".to_vec()));
+        });
+        gateway.shutdown();
+        gateway.join();
     }
-    gateway.shutdown();
-    gateway.join();
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use super::backend::SocketIo;
 use super::conn::Conn;
 use crate::binding::{BindingAutomaton, BindingError, Separator, SubscriptionId};
 use crate::fanout::Event;
@@ -207,6 +208,7 @@ impl BindingTable {
         &mut self,
         event: &Event,
         dirty: &mut Vec<Rc<RefCell<Conn>>>,
+        io: &SocketIo,
     ) -> Delivered {
         let mut matched = std::mem::take(&mut self.matched);
         matched.clear();
@@ -241,7 +243,7 @@ impl BindingTable {
                 if !socket.outbound.fits(frame.len()) {
                     // Full only in user space, perhaps: give the kernel what it takes before
                     // calling the socket slow.
-                    socket.flush_or_wake();
+                    io.make_room(&mut socket);
                 }
                 let was_idle = socket.outbound.is_empty();
                 match socket.outbound.push_event(frame.clone()) {
@@ -252,7 +254,7 @@ impl BindingTable {
                         } else if socket.outbound.queued_bytes() >= socket.outbound.limit() / 4 {
                             // A burst must not overrun a socket that keeps up: write now rather
                             // than at the end of the batch.
-                            socket.flush_or_wake();
+                            io.make_room(&mut socket);
                         }
                     }
                     super::Enqueued::Dropped => report.dropped += 1,

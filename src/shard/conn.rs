@@ -9,9 +9,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::io::{self, Flushed};
+use super::io;
 use super::outbound::Outbound;
-use super::poller::{self, Poller, Token};
+use super::poller::{self, Token};
 use crate::ws::frame::encode;
 use crate::ws::CloseCode;
 
@@ -39,8 +39,12 @@ pub struct Conn {
     pub(super) stage: Stage,
     /// Read interest is withdrawn: the queue is over its bound because the client does not read.
     pub(super) read_paused: bool,
-    /// Write interest is registered (the send buffer was full).
+    /// Write interest is registered (epoll: the send buffer was full).
     pub(super) write_armed: bool,
+    /// A send is in flight (io_uring): nothing else is written until it completes.
+    pub(crate) send_in_flight: bool,
+    /// The socket's receive in flight (io_uring; its `user_data`, 0 when none).
+    pub(super) recv_op: u64,
     /// Non-zero: the upgrade is to be refused with this HTTP status (a connection limit), and
     /// the connection was not counted against the limits.
     pub(super) refusal: u16,
@@ -132,20 +136,6 @@ impl Conn {
         self.read_paused
     }
 
-    /// Sets the socket's readiness interest (input: not paused; output: waiting for room in the
-    /// send buffer) and records it.
-    pub(super) fn set_interest(
-        &mut self,
-        poller: &Poller,
-        input: bool,
-        output: bool,
-    ) -> std::io::Result<()> {
-        poller.interest(self.fd, self.token, input, output)?;
-        self.read_paused = !input;
-        self.write_armed = output;
-        Ok(())
-    }
-
     /// Whether the queue holds a bound's worth: the socket is not read until it drains.
     pub(super) fn over_bound(&self) -> bool {
         self.outbound.queued_bytes() >= self.outbound.limit()
@@ -176,20 +166,13 @@ impl Conn {
             CloseCode::POLICY,
             "output blocked",
         )));
-        let _ = io::flush(self.fd, &mut self.outbound);
+        if !self.send_in_flight {
+            // Best effort, straight from here (no send of the backend's is in flight to be
+            // overtaken); the socket is cut either way.
+            let _ = io::flush(self.fd, &mut self.outbound);
+        }
         self.set_ending();
         self.cut();
-    }
-
-    /// Writes what is queued right away; if the socket cannot take it all, or something must
-    /// follow (a lag notice, the end, reading to resume), leaves the rest to the poller. Called by
-    /// the delivery loop after each batch.
-    pub(crate) fn flush_or_wake(&mut self) {
-        match io::flush(self.fd, &mut self.outbound) {
-            Ok(Flushed::All)
-                if self.outbound.lagged() == 0 && !self.is_ending() && !self.read_paused => {}
-            _ => self.schedule(),
-        }
     }
 
     /// Shuts both directions down: the poller then sees end of stream and ends the connection
@@ -230,6 +213,8 @@ impl Conn {
             stage: Stage::Open,
             read_paused: false,
             write_armed: false,
+            send_in_flight: false,
+            recv_op: 0,
             refusal: 0,
             scheduled: false,
             bindings: Vec::new(),

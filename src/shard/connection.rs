@@ -21,13 +21,14 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
+use super::backend::SocketIo;
 use super::bindings::Subscriptions;
 use super::conn::{Conn, Stage};
 use super::context::ShardContext;
@@ -37,6 +38,7 @@ use super::outbound::Outbound;
 use super::poller::{Ready, Token};
 use super::session::{Reply, Session};
 use super::sockets::{Input, Socket};
+use super::uring::Completion;
 use crate::ws::frame::{encode, Message, Reader};
 use crate::ws::{handshake, CloseCode};
 
@@ -57,28 +59,29 @@ enum Next {
     End,
 }
 
-/// Takes a freshly accepted socket into the shard: registry and readiness set. Nothing is read
-/// yet; the request is read when the socket reports readable. A connection over a limit is
-/// taken too, to be answered `429`/`503` once its request is in.
+/// Takes a freshly accepted socket into the shard from the epoll backend's listener (see
+/// [`accept_fd`]).
 pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    // A stream just accepted has no operation in flight, so the runtime lets go of it (and, under
-    // the legacy driver, deregisters it from its own epoll set).
+    // A stream just accepted has no operation in flight, so the runtime lets go of it (and
+    // deregisters it from its own epoll set).
     let fd = stream.into_raw_fd();
     if io::set_nonblocking(fd).is_err() {
         io::close(fd);
         return;
     }
+    accept_fd(shard, fd, peer);
+}
+
+/// Takes a freshly accepted, non-blocking socket into the shard: registry and socket I/O
+/// (readiness, or its receive). Nothing is parsed yet; the request is read when it arrives. A
+/// connection over a limit is taken too, to be answered `429`/`503` once its request is in.
+pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr) {
+    io::set_nodelay(fd);
     let now = shard.clock();
     let mut sockets = shard.sockets.borrow_mut();
     let token = sockets.next_token();
-    if shard.poller.add(fd, token).is_err() {
-        io::close(fd);
-        return;
-    }
-    let refusal = shard.limits.admit(peer.ip()).status();
-    let conn = Conn {
-        id: shard.next_socket_id(),
+    let mut conn = Conn {
+        id: 0,
         peer,
         connected_at: SystemTime::now(),
         fd,
@@ -94,11 +97,19 @@ pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) 
         stage: Stage::Handshake,
         read_paused: false,
         write_armed: false,
-        refusal,
+        send_in_flight: false,
+        recv_op: 0,
+        refusal: 0,
         scheduled: false,
         bindings: Vec::new(),
         labels: None,
     };
+    if shard.io.register(&mut conn).is_err() {
+        // Nothing registered: the descriptor is closed with the record.
+        return;
+    }
+    conn.id = shard.next_socket_id();
+    conn.refusal = shard.limits.admit(peer.ip()).status();
     sockets.insert(Socket {
         conn: Rc::new(RefCell::new(conn)),
         input: Input {
@@ -123,20 +134,104 @@ pub(crate) fn handshake_overdue(conn: &Conn, now: u32) -> bool {
 
 /// A readiness report for a socket: read and handle its input, then write what is queued.
 pub(crate) fn on_ready(shard: &ShardContext, ready: Ready) {
-    if ready.input && !handle_readable(shard, ready.token) {
+    if ready.input && !handle_readable(shard, ready.token, None) {
         return;
     }
     service(shard, ready.token);
 }
 
-/// Reads and handles what the socket has; false once the connection has ended.
-fn handle_readable(shard: &ShardContext, token: Token) -> bool {
+/// A completion of the socket's io_uring operations: data received (handled, its buffer given
+/// back), end of stream, or a send done (the queue advanced and the rest sent).
+pub(crate) fn on_completion(shard: &ShardContext, completion: Completion) {
+    let SocketIo::Uring(uring) = &shard.io else {
+        return;
+    };
+    match completion {
+        Completion::Received {
+            token,
+            op,
+            result,
+            buffer,
+            ended,
+        } => {
+            let mut alive = true;
+            if let Some(buffer) = buffer {
+                if result > 0 {
+                    // SAFETY: the buffer comes from this completion and is given back only
+                    // below, after the slice is gone.
+                    let data = unsafe { uring.received(buffer, result as usize) };
+                    alive = handle_readable(shard, token, Some(data));
+                }
+                uring.give_back(buffer);
+                if alive {
+                    // Write what the input produced (the upgrade's answer, replies, pongs).
+                    service(shard, token);
+                }
+            }
+            let finished = result == 0
+                || (result < 0 && -result != libc::ENOBUFS && -result != libc::ECANCELED);
+            if finished {
+                end(shard, token);
+                return;
+            }
+            if ended && alive {
+                if let Some(socket) = shard.sockets.borrow().get(token) {
+                    let mut conn = socket.conn.borrow_mut();
+                    if conn.recv_op == op {
+                        conn.recv_op = 0;
+                        if !conn.read_paused {
+                            uring.rearm_later(token);
+                        }
+                    }
+                }
+            }
+        }
+        Completion::Sent { token, result } => {
+            {
+                let sockets = shard.sockets.borrow();
+                let Some(socket) = sockets.get(token) else {
+                    return;
+                };
+                let mut conn = socket.conn.borrow_mut();
+                conn.send_in_flight = false;
+                if result >= 0 {
+                    conn.outbound.advance(result as usize);
+                }
+            }
+            if result < 0 {
+                end(shard, token);
+            } else {
+                service(shard, token);
+            }
+        }
+        Completion::Accepted { .. } | Completion::Nothing => {}
+    }
+}
+
+/// Arms the receive of a socket whose previous one ended (io_uring).
+pub(crate) fn rearm(shard: &ShardContext, token: Token) {
+    if let (SocketIo::Uring(uring), Some(socket)) = (&shard.io, shard.sockets.borrow().get(token)) {
+        let mut conn = socket.conn.borrow_mut();
+        if !conn.read_paused {
+            uring.arm_recv(&mut conn);
+        }
+    }
+}
+
+/// After a delivery batch: see [`SocketIo::flush_now`].
+pub(crate) fn after_delivery(shard: &ShardContext, conn: &RefCell<Conn>) {
+    shard.io.flush_now(&mut conn.borrow_mut());
+}
+
+/// Handles the socket's input: what it has `received` (io_uring), or what can be read now
+/// (epoll); false once the connection has ended.
+fn handle_readable(shard: &ShardContext, token: Token, received: Option<&mut [u8]>) -> bool {
     let next = {
         let mut sockets = shard.sockets.borrow_mut();
         let Some(socket) = sockets.get_mut(token) else {
             return false;
         };
-        read_available(shard, socket)
+        read_available(shard, socket, received)
     };
     match next {
         Next::Continue => {}
@@ -168,7 +263,7 @@ pub(crate) fn service(shard: &ShardContext, token: Token) {
             // Frames that arrived before the pause may be waiting, with nothing more to come
             // from the client to report the socket readable again.
             Serviced::Resumed => {
-                if !handle_readable(shard, token) {
+                if !handle_readable(shard, token, None) {
                     return;
                 }
             }
@@ -196,8 +291,7 @@ fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
     let mut conn = socket.conn.borrow_mut();
     conn.scheduled = false;
     loop {
-        let fd = conn.fd;
-        let flushed = match io::flush(fd, &mut conn.outbound) {
+        let flushed = match shard.io.flush(&mut conn) {
             Err(_) => return Serviced::Done,
             Ok(flushed) => flushed,
         };
@@ -207,13 +301,13 @@ fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
         let output = flushed == Flushed::WouldBlock;
         let input = !conn.read_paused || resume;
         if (output != conn.write_armed || resume)
-            && conn.set_interest(&shard.poller, input, output).is_err()
+            && shard.io.set_interest(&mut conn, input, output).is_err()
         {
             return Serviced::Done;
         }
         match flushed {
-            Flushed::WouldBlock if resume => return Serviced::Resumed,
-            Flushed::WouldBlock => return Serviced::Waiting,
+            Flushed::WouldBlock | Flushed::InFlight if resume => return Serviced::Resumed,
+            Flushed::WouldBlock | Flushed::InFlight => return Serviced::Waiting,
             Flushed::All => {
                 if conn.is_ending() {
                     return Serviced::Done;
@@ -259,17 +353,17 @@ fn end(shard: &ShardContext, token: Token) {
         shard.limits.release(conn.peer.ip());
     }
     let fd = std::mem::replace(&mut conn.fd, -1);
-    // Closing the descriptor also takes it out of the readiness set.
-    io::close(fd);
+    // Closing the descriptor also takes it out of the readiness set; on io_uring the socket is
+    // shut down first, which completes its receive and any send in flight.
+    shard.io.close(fd);
 }
 
-/// Reads what the socket has and handles the upgrade request or every complete frame in it.
-fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
+/// Handles the socket's input: frames left from before a pause, then what it has `received`
+/// (io_uring) or what can be read now (epoll): the upgrade request or every complete frame.
+fn read_available(shard: &ShardContext, socket: &mut Socket, received: Option<&mut [u8]>) -> Next {
     let Socket { conn, input } = socket;
-    let fd = conn.borrow().fd;
     let mut next = Next::Continue;
     let mut heard = false;
-    let mut scratch = shard.scratch.borrow_mut();
     if input.session.is_some() && !input.partial.is_empty() && !conn.borrow().is_closing() {
         // Complete frames may be waiting from before a pause.
         let used = handle_buffered(shard, conn, input, &mut next);
@@ -278,66 +372,34 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
             input.partial = Vec::new();
         }
     }
-    for _ in 0..READS_PER_WAKEUP {
-        match pause_if_over_bound(shard, &mut conn.borrow_mut()) {
-            Err(()) => return Next::End,
-            Ok(true) => break,
-            Ok(false) => {}
+    match received {
+        Some(data) => {
+            heard = true;
+            take_bytes(shard, conn, input, data, &mut next);
         }
-        let n = match io::read(fd, &mut scratch) {
-            Ok(0) => return Next::End,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(_) => return Next::End,
-        };
-        heard = true;
-        if conn.borrow().is_ending() || next != Next::Continue {
-            // After a violation, the client's close or a refusal: read only to see the end of
-            // the stream; nothing is parsed and nothing kept.
-            input.partial = Vec::new();
-            next = Next::FlushAndEnd;
-            if n < scratch.len() {
-                break;
-            }
-            continue;
-        }
-        if input.session.is_none() {
-            input.partial.extend_from_slice(&scratch[..n]);
-            next = upgrade(shard, conn, input);
-        } else if let Input {
-            session: Some(session),
-            reader,
-            partial,
-        } = input
-        {
-            if partial.is_empty() {
-                // The common case: whole frames straight out of the shard's scratch buffer.
-                let used = handle_input(
-                    reader,
-                    &mut scratch[..n],
-                    conn,
-                    shard,
-                    session.as_mut(),
-                    &mut next,
-                );
-                partial.extend_from_slice(&scratch[used..n]);
-            } else {
-                partial.extend_from_slice(&scratch[..n]);
-                let used = handle_input(reader, partial, conn, shard, session.as_mut(), &mut next);
-                partial.drain(..used);
-                if partial.is_empty() {
-                    *partial = Vec::new();
+        None if shard.io.reads_on_readiness() => {
+            let fd = conn.borrow().fd;
+            let mut scratch = shard.scratch.borrow_mut();
+            for _ in 0..READS_PER_WAKEUP {
+                match pause_if_over_bound(shard, &mut conn.borrow_mut()) {
+                    Err(()) => return Next::End,
+                    Ok(true) => break,
+                    Ok(false) => {}
+                }
+                let n = match io::read(fd, &mut scratch) {
+                    Ok(0) => return Next::End,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => return Next::End,
+                };
+                heard = true;
+                let more = take_bytes(shard, conn, input, &mut scratch[..n], &mut next);
+                if !more || n < scratch.len() {
+                    break;
                 }
             }
         }
-        if next != Next::Continue {
-            // Nothing after the violation or close is parsed or kept.
-            input.partial = Vec::new();
-            break;
-        }
-        if n < scratch.len() {
-            break;
-        }
+        None => {}
     }
     if heard {
         conn.borrow_mut().last_heard = shard.clock();
@@ -351,6 +413,52 @@ fn read_available(shard: &ShardContext, socket: &mut Socket) -> Next {
     next
 }
 
+/// Bytes just read: the upgrade request or frames, parsed unless the connection is ending
+/// (then they are discarded). Returns whether reading should go on now.
+fn take_bytes(
+    shard: &ShardContext,
+    conn: &Rc<RefCell<Conn>>,
+    input: &mut Input,
+    data: &mut [u8],
+    next: &mut Next,
+) -> bool {
+    if conn.borrow().is_ending() || *next != Next::Continue {
+        // After a violation, the client's close or a refusal: read only to see the end of the
+        // stream; nothing is parsed and nothing kept.
+        input.partial = Vec::new();
+        *next = Next::FlushAndEnd;
+        return true;
+    }
+    if input.session.is_none() {
+        input.partial.extend_from_slice(data);
+        *next = upgrade(shard, conn, input);
+    } else if let Input {
+        session: Some(session),
+        reader,
+        partial,
+    } = input
+    {
+        if partial.is_empty() {
+            // The common case: whole frames straight out of the buffer read into.
+            let used = handle_input(reader, data, conn, shard, session.as_mut(), next);
+            partial.extend_from_slice(&data[used..]);
+        } else {
+            partial.extend_from_slice(data);
+            let used = handle_input(reader, partial, conn, shard, session.as_mut(), next);
+            partial.drain(..used);
+            if partial.is_empty() {
+                *partial = Vec::new();
+            }
+        }
+    }
+    if *next != Next::Continue {
+        // Nothing after the violation or close is parsed or kept.
+        input.partial = Vec::new();
+        return false;
+    }
+    true
+}
+
 /// Stops reading a socket whose output queue is at its bound (the client sends but does not
 /// read): it is read again once the queue drains, and the keepalive sweep closes it if it stays
 /// so. `Ok(true)` when reading is (now) paused; `Err` when the readiness set refused.
@@ -362,8 +470,7 @@ fn pause_if_over_bound(shard: &ShardContext, conn: &mut Conn) -> Result<bool, ()
         return Ok(false);
     }
     let output = conn.write_armed;
-    conn.set_interest(&shard.poller, false, output)
-        .map_err(|_| ())?;
+    shard.io.set_interest(conn, false, output).map_err(|_| ())?;
     Ok(true)
 }
 

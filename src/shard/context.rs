@@ -1,4 +1,4 @@
-//! What every part of one shard shares: its configuration, registry, readiness set, bindings and
+//! What every part of one shard shares: its configuration, registry, socket I/O, bindings and
 //! counters. The event handlers (`connection.rs`) and the tasks (`runtime.rs`) both take it; it
 //! depends on neither.
 
@@ -6,10 +6,10 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::backend::SocketIo;
 use super::bindings::BindingTable;
 use super::control::Counters;
 use super::limits::ConnectionLimits;
-use super::poller::Poller;
 use super::session::SessionFactory;
 use super::sockets::SocketTable;
 use crate::config::ServeConfig;
@@ -27,8 +27,10 @@ pub(crate) struct ShardContext {
     pub scratch: RefCell<Vec<u8>>,
     /// The shard's socket registry.
     pub(crate) sockets: RefCell<SocketTable>,
-    /// The readiness set of every socket in the registry.
-    pub(crate) poller: Poller,
+    /// The socket I/O of every socket in the registry: epoll readiness or the shard's ring.
+    pub(crate) io: SocketIo,
+    /// Whether the shard still takes new connections (false once shutdown has begun).
+    pub(crate) accepting: Cell<bool>,
     /// The shard's bindings and automata.
     pub(crate) bindings: RefCell<BindingTable>,
     pub(crate) counters: Counters,
@@ -43,7 +45,7 @@ impl ShardContext {
         factory: Arc<dyn SessionFactory>,
         limits: Arc<ConnectionLimits>,
         instance: u64,
-        poller: Poller,
+        io: SocketIo,
         scratch_bytes: usize,
     ) -> ShardContext {
         ShardContext {
@@ -54,7 +56,8 @@ impl ShardContext {
             instance,
             scratch: RefCell::new(vec![0; scratch_bytes]),
             sockets: RefCell::new(SocketTable::default()),
-            poller,
+            io,
+            accepting: Cell::new(true),
             bindings: RefCell::new(BindingTable::default()),
             counters: Counters::default(),
             next_id: Cell::new(0),

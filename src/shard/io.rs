@@ -1,8 +1,9 @@
-//! Non-blocking reads and vectored writes on a socket's file descriptor.
+//! Non-blocking reads and vectored writes on a socket's file descriptor (the epoll backend's I/O,
+//! and the io_uring backend's last-word write of a close frame).
 //!
 //! The shard waits for readiness (its epoll set, itself awaited through the runtime) and then does
 //! the I/O itself, so that a read goes into the shard's scratch buffer (an idle socket pins no
-//! buffer) and a write sends the shared `Bytes` of many queued frames in one `writev`.
+//! buffer) and a write sends the shared `Bytes` of many queued frames in one `sendmsg`.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -23,6 +24,21 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Turns Nagle's algorithm off: frames go out as they are written.
+pub(crate) fn set_nodelay(fd: RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Reads what is available into `buf`: `Ok(0)` is end of stream, `WouldBlock` means nothing yet.
@@ -47,6 +63,8 @@ pub(crate) enum Flushed {
     All,
     /// The socket's send buffer is full; wait for writability and flush again.
     WouldBlock,
+    /// A send is in flight (io_uring); its completion sends the rest.
+    InFlight,
 }
 
 /// Writes as much of `queue` as the socket takes right now.
@@ -62,9 +80,14 @@ pub(crate) fn flush(fd: RawFd, queue: &mut Outbound) -> io::Result<Flushed> {
             slot.iov_len = chunk.len();
             count += 1;
         }
+        // SAFETY: an all-zero msghdr is valid; it points at the iovecs below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = count;
         // SAFETY: the first `count` iovecs point into `Bytes` owned by `queue`, which is not
-        // touched until the call returns; writev only reads them.
-        let n = unsafe { libc::writev(fd, iov.as_ptr(), count as libc::c_int) };
+        // touched until the call returns; sendmsg only reads them. MSG_DONTWAIT: never blocks,
+        // whatever the socket's mode (io_uring's sockets are in blocking mode).
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n < 0 {
             let err = io::Error::last_os_error();
             match err.kind() {

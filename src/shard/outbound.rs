@@ -140,6 +140,12 @@ impl Outbound {
             .map(move |(i, frame)| if i == 0 { &frame[skip..] } else { &frame[..] })
     }
 
+    /// The first `max` frames (handles, not copies): what keeps a send's data alive until the
+    /// kernel is done with it.
+    pub fn frames(&self, max: usize) -> impl Iterator<Item = Bytes> + '_ {
+        self.frames.iter().take(max).cloned()
+    }
+
     /// Records that the first `written` unwritten bytes went out; frees the frames fully written.
     pub fn advance(&mut self, mut written: usize) {
         written = written.min(self.queued);

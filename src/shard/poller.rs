@@ -147,6 +147,9 @@ impl Poller {
 #[derive(Default)]
 pub(crate) struct ServiceList {
     tokens: RefCell<Vec<Token>>,
+    /// Work for the task that is not a socket's (io_uring: submissions queued by the delivery
+    /// loop).
+    poked: Cell<bool>,
     waker: Cell<Option<Waker>>,
 }
 
@@ -165,15 +168,30 @@ pub(crate) fn schedule(token: Token) {
     });
 }
 
+/// Wakes the shard's poller task for work that is not one socket's (see `ServiceList::poked`).
+pub(crate) fn poke() {
+    SERVICE.with(|list| {
+        list.poked.set(true);
+        if let Some(waker) = list.waker.take() {
+            waker.wake();
+        }
+    });
+}
+
 /// Moves the scheduled tokens into `out` (emptying the list).
 pub(crate) fn take_scheduled(out: &mut Vec<Token>) {
     SERVICE.with(|list| std::mem::swap(&mut *list.tokens.borrow_mut(), out));
 }
 
+/// Whether sockets wait on the service list.
+pub(crate) fn has_scheduled() -> bool {
+    SERVICE.with(|list| !list.tokens.borrow().is_empty())
+}
+
 /// Ready once a socket has been scheduled; otherwise registers `cx` to be woken when one is.
 pub(crate) fn poll_scheduled(cx: &mut std::task::Context<'_>) -> Poll<()> {
     SERVICE.with(|list| {
-        if list.tokens.borrow().is_empty() {
+        if list.tokens.borrow().is_empty() && !list.poked.replace(false) {
             list.waker.set(Some(cx.waker().clone()));
             Poll::Pending
         } else {

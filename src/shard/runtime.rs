@@ -1,7 +1,9 @@
-//! The thread-per-core runtime: N shard threads, each pinned to a core, each running a monoio
-//! runtime (io_uring, or epoll when io_uring is unavailable or `MONOIO_FORCE_LEGACY_DRIVER=1`) with
-//! its own `SO_REUSEPORT` listener on the WebSocket address, so the kernel spreads connections
-//! over the shards and no socket ever moves between threads.
+//! The thread-per-core runtime: N shard threads, each pinned to a core, each with its own
+//! `SO_REUSEPORT` listener on the WebSocket address, so the kernel spreads connections over the
+//! shards and no socket ever moves between threads. A shard's sockets are driven by its backend
+//! (`backend.rs`): its own io_uring ring (`drive_ring`) or its epoll set (`poll_sockets`). Its
+//! other tasks (the fan-out and control rings, the keepalive sweep, replies that resolve later)
+//! run on a monoio executor with monoio's epoll driver, which also waits for the backend.
 //!
 //! Lives and dies with [`Gateway`]: `start` returns once every shard listens; `shutdown` makes each
 //! shard stop accepting, send close 1001 `going away` to its sockets, give them
@@ -10,7 +12,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +22,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpListener;
 
+use super::backend::{Driver, IoBackend, SocketIo};
 use super::connection;
 use super::context::ShardContext;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
 use super::limits::ConnectionLimits;
 use super::poller::{self, Poller, EVENTS_PER_WAIT};
 use super::session::SessionFactory;
+use super::uring::{Completion, Uring};
 use crate::config::ServeConfig;
 use crate::fanout::{self, Consumer, Event, Producer, Publisher, Recv};
 use crate::ws::CloseCode;
@@ -41,22 +45,6 @@ const RING_CAPACITY: usize = 8192;
 const CONTROL_CAPACITY: usize = 64;
 /// Events a shard takes from its ring per wakeup.
 const BATCH: usize = 256;
-
-/// Which I/O driver the shards run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Driver {
-    IoUring,
-    Epoll,
-}
-
-impl std::fmt::Display for Driver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Driver::IoUring => "io_uring",
-            Driver::Epoll => "epoll",
-        })
-    }
-}
 
 /// The shard threads of one process.
 pub struct Gateway {
@@ -107,18 +95,13 @@ impl Gateway {
     /// shard's port is shared by the others.
     pub fn start(config: ServeConfig, factory: Arc<dyn SessionFactory>) -> io::Result<Gateway> {
         let shards = config.shards.max(1);
-        let driver = if monoio::utils::detect_uring() {
-            Driver::IoUring
-        } else {
-            Driver::Epoll
-        };
         let stop = Arc::new(Stop {
             requested: AtomicBool::new(false),
             shards: (0..shards).map(|_| AtomicWaker::new()).collect(),
         });
         let mut gateway = Gateway {
             local_addr: config.ws_listen,
-            driver,
+            driver: Driver::Epoll,
             stop,
             threads: Vec::new(),
             publisher: None,
@@ -156,7 +139,10 @@ impl Gateway {
                 })?;
             gateway.threads.push(thread);
             match bound_rx.recv() {
-                Ok(Ok(addr)) => gateway.local_addr = addr,
+                Ok(Ok((addr, driver))) => {
+                    gateway.local_addr = addr;
+                    gateway.driver = driver;
+                }
                 Ok(Err(e)) => {
                     gateway.shutdown();
                     gateway.join();
@@ -302,10 +288,12 @@ fn shard_thread(
         stop,
     }: Shared,
     (events, control): (Consumer<Arc<Event>>, Consumer<Control>),
-    bound: mpsc::Sender<io::Result<SocketAddr>>,
+    bound: mpsc::Sender<io::Result<(SocketAddr, Driver)>>,
 ) {
     pin_to_core(index);
-    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+    // monoio runs the shard's tasks and timers on its epoll driver; the sockets are the
+    // backend's (see `backend.rs`).
+    let runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build();
     let mut runtime = match runtime {
@@ -316,38 +304,61 @@ fn shard_thread(
         }
     };
     runtime.block_on(async move {
-        let opts = ListenerOpts::new().reuse_port(true).backlog(LISTEN_BACKLOG);
-        let listener = match TcpListener::bind_with_config(config.ws_listen, &opts) {
+        let listener = match bind(config.ws_listen) {
             Ok(listener) => listener,
             Err(e) => {
                 let _ = bound.send(Err(e));
                 return;
             }
         };
-        let poller = match Poller::new() {
-            Ok(poller) => poller,
+        let io = match open_backend(index, config.io_backend, listener.as_raw_fd()) {
+            Ok(io) => io,
             Err(e) => {
                 let _ = bound.send(Err(e));
                 return;
             }
         };
-        let _ = bound.send(listener.local_addr());
+        let driver = io.driver();
+        let _ = bound.send(listener.local_addr().map(|addr| (addr, driver)));
         let shard = Rc::new(ShardContext::new(
             index,
             config,
             factory,
             limits,
             instance,
-            poller,
+            io,
             SCRATCH_BYTES,
         ));
         // The sweep, delivery and control tasks run until this `block_on` returns and the
         // runtime, with its tasks, is dropped.
         monoio::spawn(keepalive(shard.clone()));
-        monoio::spawn(poll_sockets(shard.clone()));
         let ring_stats = events.stats_handle();
         monoio::spawn(deliver(shard.clone(), events));
         monoio::spawn(answer_control(shard.clone(), control, ring_stats));
+        if driver == Driver::IoUring {
+            // The ring accepts (a multishot accept armed when it was set up).
+            monoio::spawn(drive_ring(shard.clone()));
+            stop.wait(index).await;
+            shard.accepting.set(false);
+            // SAFETY: shutdown on the listener's own descriptor: the accept in flight ends.
+            unsafe {
+                libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+            }
+            going_away(&shard).await;
+            if let SocketIo::Uring(uring) = &shard.io {
+                uring.finish(Duration::from_secs(1));
+            }
+            drop(listener);
+            return;
+        }
+        monoio::spawn(poll_sockets(shard.clone()));
+        let listener = match TcpListener::from_std(std::net::TcpListener::from(listener)) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("shard {index}: cannot accept connections: {e}");
+                return;
+            }
+        };
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
@@ -358,9 +369,7 @@ fn shard_thread(
                 _ = stop.wait(index) => break,
             }
         }
-        // Stop listening now, not when the descriptor's last reference goes: under io_uring the
-        // accept in flight holds the listener until the kernel tears the ring down, which it does
-        // asynchronously after the thread (or the process) is gone.
+        // Stop listening now, not when the descriptor's last reference goes.
         // SAFETY: shutdown on the listener's own descriptor; no memory is passed.
         unsafe {
             libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
@@ -370,24 +379,296 @@ fn shard_thread(
     });
 }
 
+/// The shard's socket I/O as `io_backend` asks: `auto` takes io_uring where the ring can be set
+/// up as the backend needs it (and says why not, once, otherwise).
+fn open_backend(index: usize, backend: IoBackend, listener: RawFd) -> io::Result<SocketIo> {
+    if backend != IoBackend::Epoll {
+        match Uring::new(listener) {
+            Ok(uring) => {
+                if index == 0 {
+                    tracing::debug!("io_uring: one ring per shard, task work {:?}", uring.mode);
+                }
+                return Ok(SocketIo::Uring(Box::new(uring)));
+            }
+            Err(e) if backend == IoBackend::IoUring => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("io_backend = io_uring, but the ring cannot be set up: {e}"),
+                ))
+            }
+            Err(e) => {
+                if index == 0 {
+                    tracing::warn!("io_uring unavailable ({e}): the shards run on epoll");
+                }
+            }
+        }
+    }
+    Poller::new().map(SocketIo::Epoll)
+}
+
+/// The shard's listener on `addr`: `SO_REUSEPORT` (every shard binds the same address and the
+/// kernel spreads connections over them), non-blocking, close-on-exec.
+fn bind(addr: SocketAddr) -> io::Result<OwnedListener> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket takes no pointers; a non-negative result is a new descriptor.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open and owned by no one else.
+    let listener = OwnedListener(unsafe { OwnedFd::from_raw_fd(fd) });
+    let on: libc::c_int = 1;
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: `on` is a valid c_int for the duration of the call.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a sockaddr of `len` bytes for `addr`'s family.
+    if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen takes no pointers.
+    if unsafe { libc::listen(fd, LISTEN_BACKLOG) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(listener)
+}
+
+/// A bound, listening socket.
+struct OwnedListener(OwnedFd);
+
+impl OwnedListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        std::net::TcpListener::from(self.0.try_clone()?).local_addr()
+    }
+}
+
+impl From<OwnedListener> for std::net::TcpListener {
+    fn from(listener: OwnedListener) -> std::net::TcpListener {
+        std::net::TcpListener::from(listener.0)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The peer address of an accepted socket.
+fn peer_of(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: getpeername writes at most `len` bytes into `storage`.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as above.
+    if unsafe {
+        libc::getpeername(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            Ok(SocketAddr::from((
+                sin.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            Ok(SocketAddr::V6(std::net::SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => Err(io::Error::other("accepted a socket of an unknown family")),
+    }
+}
+
+/// The io_uring shard's driver task: services the sockets other tasks queued work for, submits
+/// every queued operation and collects every completion in one enter, hands each completion to
+/// its connection, gives the turn's buffers back, and otherwise waits for the ring's eventfd
+/// or for a socket to be scheduled.
+async fn drive_ring(shard: Rc<ShardContext>) {
+    let SocketIo::Uring(uring) = &shard.io else {
+        return;
+    };
+    let waitable = match waitable(uring.eventfd()) {
+        Ok(waitable) => waitable,
+        Err(e) => {
+            tracing::error!("shard {}: cannot wait for the ring: {e}", shard.index);
+            return;
+        }
+    };
+    let mut done = Vec::new();
+    let mut scheduled = Vec::new();
+    let mut rearm = Vec::new();
+    // After an accept error (out of descriptors), when to accept again.
+    let mut accept_after: Option<Instant> = None;
+    let mut readable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
+    loop {
+        poller::take_scheduled(&mut scheduled);
+        for token in scheduled.drain(..) {
+            connection::service(&shard, token);
+        }
+        uring.clear_signal();
+        done.clear();
+        uring.take_backlog(&mut done);
+        if let Err(e) = uring.enter(&mut done) {
+            tracing::error!("shard {}: io_uring enter: {e}", shard.index);
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let completions = done.len();
+        for completion in done.drain(..) {
+            match completion {
+                Completion::Accepted { result, ended } => {
+                    let failed = result.is_err();
+                    match result.and_then(|fd| peer_of(fd).map(|peer| (fd, peer))) {
+                        Ok((fd, peer)) if shard.accepting.get() => {
+                            connection::accept_fd(&shard, fd, peer)
+                        }
+                        Ok((fd, _)) => super::io::close(fd),
+                        Err(_) => {}
+                    }
+                    if ended && shard.accepting.get() {
+                        if failed {
+                            accept_after = Some(Instant::now() + Duration::from_millis(10));
+                        } else {
+                            uring.arm_accept();
+                        }
+                    }
+                }
+                other => connection::on_completion(&shard, other),
+            }
+        }
+        uring.publish_buffers();
+        uring.take_rearm(&mut rearm);
+        for token in rearm.drain(..) {
+            connection::rearm(&shard, token);
+        }
+        if accept_after.is_some_and(|at| Instant::now() >= at) {
+            accept_after = None;
+            if shard.accepting.get() {
+                uring.arm_accept();
+            }
+        }
+        if completions > 0 || uring.has_queued() || poller::has_scheduled() {
+            // Let deliveries, the sweep and replies run between turns.
+            poller::yield_now().await;
+            continue;
+        }
+        let wait = readable.get_or_insert_with(|| Box::pin(waitable.readable(false)));
+        let retry = accept_after.map(|at| monoio::time::sleep_until(at.into()));
+        let mut retry = retry.map(Box::pin);
+        let woke = poll_fn(|cx| {
+            if let Poll::Ready(result) = wait.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if let Some(retry) = retry.as_mut() {
+                if retry.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            poller::poll_scheduled(cx).map(|()| None)
+        })
+        .await;
+        if let Some(result) = woke {
+            readable = None;
+            if let Err(e) = result {
+                tracing::error!("shard {}: waiting for the ring: {e}", shard.index);
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A descriptor the runtime can await readability of: a duplicate of `fd`, owned by a monoio
+/// stream type only to be awaited (an epoll or event descriptor is pollable like a socket;
+/// nothing else is done with it).
+fn waitable(fd: RawFd) -> io::Result<monoio::net::UnixStream> {
+    // SAFETY: dup of a descriptor the shard owns; the duplicate is owned by the stream alone.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor nothing else owns.
+    monoio::net::UnixStream::from_std(unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) })
+}
+
 /// The shard's poller task: services the sockets other tasks queued work for, handles every
 /// readiness report, and otherwise waits for the epoll descriptor (through the runtime: an
 /// io_uring poll or the legacy driver's epoll) or for a socket to be scheduled.
 async fn poll_sockets(shard: Rc<ShardContext>) {
-    // The runtime's handle on the epoll descriptor: a duplicate, owned by a monoio stream type
-    // only to be awaited for readability (an epoll descriptor is pollable like a socket; nothing
-    // else is done with it).
-    // SAFETY: dup of a descriptor the shard owns; the duplicate is owned by `waitable` alone.
-    let dup = unsafe { libc::fcntl(shard.poller.fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    let waitable = if dup >= 0 {
-        // SAFETY: `dup` is a fresh descriptor nothing else owns.
-        monoio::net::UnixStream::from_std(unsafe {
-            std::os::unix::net::UnixStream::from_raw_fd(dup)
-        })
-    } else {
-        Err(io::Error::last_os_error())
+    let SocketIo::Epoll(poller) = &shard.io else {
+        return;
     };
-    let waitable = match waitable {
+    let waitable = match waitable(poller.fd()) {
         Ok(waitable) => waitable,
         Err(e) => {
             tracing::warn!(
@@ -408,7 +689,7 @@ async fn poll_sockets(shard: Rc<ShardContext>) {
         for token in scheduled.drain(..) {
             connection::service(&shard, token);
         }
-        let reports = shard.poller.ready_now(&mut raw, &mut ready);
+        let reports = poller.ready_now(&mut raw, &mut ready);
         for report in ready.drain(..) {
             connection::on_ready(&shard, report);
         }
@@ -452,7 +733,7 @@ async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
             let counters = &shard.counters;
             let mut latency = counters.delivery_latency.borrow_mut();
             for event in &batch {
-                let report = table.deliver(event, &mut dirty);
+                let report = table.deliver(event, &mut dirty, &shard.io);
                 latency.record(event.received_at.elapsed());
                 Counters::add(&counters.frames_encoded, report.frames_encoded);
                 Counters::add(&counters.deliveries, report.queued);
@@ -462,7 +743,11 @@ async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
             Counters::add(&counters.events, batch.len() as u64);
         }
         for conn in dirty.drain(..) {
-            conn.borrow_mut().flush_or_wake();
+            connection::after_delivery(&shard, &conn);
+        }
+        if shard.io.has_queued() {
+            // io_uring: the driver task submits the batch's sends in one enter.
+            poller::poke();
         }
     }
 }

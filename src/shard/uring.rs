@@ -1,0 +1,733 @@
+//! The native io_uring backend: one ring per shard, driven by the shard itself.
+//!
+//! - **Accept**: one multishot accept on the shard's `SO_REUSEPORT` listener; each completion is
+//!   a new socket (close-on-exec; left in blocking mode, so that a send to a full socket waits in
+//!   the kernel for room instead of failing with `EAGAIN`).
+//! - **Read**: one multishot receive per socket, into a *provided buffer ring* the shard's
+//!   sockets share. The kernel picks a buffer only when data arrives, so an idle socket pins no
+//!   buffer and has no future of its own: it is a request in the kernel and a record in the
+//!   registry. A completion hands the buffer to the connection's parser and the buffer goes back
+//!   to the ring at once. `ENOBUFS` (every buffer in use) ends that receive; it is armed again
+//!   once the batch has returned its buffers.
+//! - **Write**: a socket's queued frames go out as one send (one frame) or one `sendmsg` (up to
+//!   [`SEND_FRAMES_MAX`] frames gathered, the shared `Bytes` of the fan-out, never copied). At
+//!   most one send per socket is in flight; its completion advances the queue (a short send
+//!   continues where it stopped) and sends what was queued meanwhile. The frames of a send in
+//!   flight are held by the operation itself, so they live until their completion even if the
+//!   socket ends first.
+//! - **Batching**: operations are only queued in the submission ring; the shard's driver task
+//!   submits them all and collects completions in one `io_uring_enter` per turn, so a delivery
+//!   batch that touches ten thousand sockets costs a handful of system calls, not ten thousand
+//!   `writev`s.
+//! - **Pause and close**: a paused socket's receive is cancelled (by its exact operation id) and
+//!   armed again on resume, after the cancelled one has completed, so two receives never race on
+//!   one socket. Ending a socket shuts it down, which completes its receive and any send in flight;
+//!   the descriptor is closed at once, and late completions for it find a stale token.
+//! - **Completion-queue overflow**: the kernel keeps overflowed completions (`IORING_FEAT_NODROP`)
+//!   and the next enter with `GETEVENTS` flushes them; the driver keeps turning until none is left.
+//! - **Deferred task work** (`IORING_SETUP_DEFER_TASKRUN` with `SINGLE_ISSUER`, Linux 6.1+):
+//!   completion work runs when the shard enters the ring, not as an interrupt of whatever it is
+//!   doing. A registered eventfd tells the shard's executor that the ring has work; the executor
+//!   (monoio, on epoll) waits for it alongside its timers and the fan-out ring.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::conn::Conn;
+use super::io::Flushed;
+use super::poller::Token;
+
+/// Submission-queue entries; a delivery batch touching more sockets submits in several steps.
+const SQ_ENTRIES: u32 = 4096;
+/// Completion-queue entries (the kernel keeps what overflows).
+const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
+/// The provided-buffer group of the shard's receives.
+const BUFFER_GROUP: u16 = 0;
+/// Bytes per provided buffer: one page, so a buffer the kernel never wrote into costs no memory.
+pub(crate) const BUFFER_BYTES: usize = 4096;
+/// Provided buffers per shard (a power of two). Only buffers the kernel has written into are
+/// resident; a burst that uses them all sees `ENOBUFS` and its receives are armed again.
+const BUFFER_COUNT: u16 = 256;
+/// Frames gathered into one `sendmsg` (Linux's `IOV_MAX` is 1024).
+pub(crate) const SEND_FRAMES_MAX: usize = 64;
+/// Send operations kept for reuse after their completion.
+const SPARE_SENDS: usize = 256;
+/// `IORING_ENTER_GETEVENTS`: run deferred work and flush overflowed completions.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// What one completion means for the shard.
+#[derive(Debug)]
+pub(crate) enum Completion {
+    /// A new connection (its descriptor) or an accept error; `ended`: the multishot accept is
+    /// over and must be armed again.
+    Accepted {
+        result: io::Result<RawFd>,
+        ended: bool,
+    },
+    /// Data (a buffer), end of stream (0) or an error (negative errno) on a socket's receive;
+    /// `ended`: the receive `op` is over and will post nothing more.
+    Received {
+        token: Token,
+        op: u64,
+        result: i32,
+        buffer: Option<u16>,
+        ended: bool,
+    },
+    /// A send completed: bytes written, or a negative errno.
+    Sent { token: Token, result: i32 },
+    /// A cancellation or a stale operation: nothing to do.
+    Nothing,
+}
+
+/// An operation in flight. Its slot index and generation form the request's `user_data`, so a
+/// cancellation names exactly one request and a slot reused later is never confused with it.
+enum Op {
+    Accept,
+    Recv(Token),
+    Send(Box<SendOp>),
+    Cancel,
+}
+
+/// A send in flight: its frames (kept alive until the completion), their iovecs and the message
+/// header the kernel reads them through. Boxed, so the addresses given to the kernel stay put.
+struct SendOp {
+    token: Token,
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+#[derive(Default)]
+struct Ops {
+    slots: Vec<(u32, Option<Op>)>,
+    free: Vec<u32>,
+    /// Boxed: a send's address is given to the kernel, so it is reused as the box it was.
+    #[allow(clippy::vec_box)]
+    spare_sends: Vec<Box<SendOp>>,
+}
+
+impl Ops {
+    fn insert(&mut self, op: Op) -> u64 {
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize].1 = Some(op);
+                index
+            }
+            None => {
+                self.slots.push((0, Some(op)));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        (u64::from(self.slots[index as usize].0) << 32) | u64::from(index)
+    }
+
+    /// The operation `user_data` names, if it is still in flight.
+    fn get(&self, user_data: u64) -> Option<&Op> {
+        let (generation, op) = self.slots.get(user_data as u32 as usize)?;
+        if *generation != (user_data >> 32) as u32 {
+            return None;
+        }
+        op.as_ref()
+    }
+
+    fn remove(&mut self, user_data: u64) -> Option<Op> {
+        let index = user_data as u32;
+        let slot = self.slots.get_mut(index as usize)?;
+        if slot.0 != (user_data >> 32) as u32 {
+            return None;
+        }
+        let op = slot.1.take()?;
+        slot.0 = slot.0.wrapping_add(1);
+        self.free.push(index);
+        Some(op)
+    }
+
+    fn recycle(&mut self, mut send: Box<SendOp>) {
+        if self.spare_sends.len() < SPARE_SENDS {
+            send.frames.clear();
+            send.iov.clear();
+            self.spare_sends.push(send);
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+/// The shard's ring of provided buffers: the ring of buffer descriptors the kernel takes from,
+/// and the buffers themselves, both anonymous mappings (pages are resident only once written).
+struct Buffers {
+    ring: *mut types::BufRingEntry,
+    data: *mut u8,
+    /// The tail this shard has published: buffers up to it are the kernel's to take.
+    tail: Cell<u16>,
+    /// Set when requests outlived the shard: the mappings are then never unmapped.
+    leaked: Cell<bool>,
+}
+
+impl Buffers {
+    fn ring_bytes() -> usize {
+        usize::from(BUFFER_COUNT) * std::mem::size_of::<types::BufRingEntry>()
+    }
+
+    fn data_bytes() -> usize {
+        usize::from(BUFFER_COUNT) * BUFFER_BYTES
+    }
+
+    fn new() -> io::Result<Buffers> {
+        let ring = map(Self::ring_bytes())?.cast::<types::BufRingEntry>();
+        let data = match map(Self::data_bytes()) {
+            Ok(data) => data,
+            Err(e) => {
+                unmap(ring.cast(), Self::ring_bytes());
+                return Err(e);
+            }
+        };
+        let buffers = Buffers {
+            ring,
+            data,
+            tail: Cell::new(0),
+            leaked: Cell::new(false),
+        };
+        for bid in 0..BUFFER_COUNT {
+            buffers.put(bid);
+        }
+        buffers.publish();
+        Ok(buffers)
+    }
+
+    /// Hands buffer `bid` back (visible to the kernel at the next [`Buffers::publish`]).
+    fn put(&self, bid: u16) {
+        let tail = self.tail.get();
+        let index = usize::from(tail & (BUFFER_COUNT - 1));
+        // SAFETY: `index` < BUFFER_COUNT, inside the ring mapping; the kernel only reads entries
+        // between its head and the published tail, and this one is past the published tail.
+        let entry = unsafe { &mut *self.ring.add(index) };
+        // SAFETY: `bid` < BUFFER_COUNT, so the buffer lies inside the data mapping.
+        entry.set_addr(unsafe { self.data.add(usize::from(bid) * BUFFER_BYTES) } as u64);
+        entry.set_len(BUFFER_BYTES as u32);
+        entry.set_bid(bid);
+        self.tail.set(tail.wrapping_add(1));
+    }
+
+    /// Makes the buffers handed back so far visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the ring mapping is page-aligned and its first entry initialised; the tail
+        // field is a u16 the kernel reads with acquire ordering.
+        let tail = unsafe { &*(types::BufRingEntry::tail(self.ring).cast::<AtomicU16>()) };
+        tail.store(self.tail.get(), Ordering::Release);
+    }
+
+    /// The first `len` bytes of buffer `bid`, which the kernel has filled and handed over.
+    ///
+    /// # Safety
+    /// `bid` must come from a completion and not have been [`Buffers::put`] back since, and the
+    /// slice must not outlive that.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn filled(&self, bid: u16, len: usize) -> &mut [u8] {
+        std::slice::from_raw_parts_mut(
+            self.data.add(usize::from(bid) * BUFFER_BYTES),
+            len.min(BUFFER_BYTES),
+        )
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        if self.leaked.get() {
+            return;
+        }
+        unmap(self.ring.cast(), Self::ring_bytes());
+        unmap(self.data, Self::data_bytes());
+    }
+}
+
+fn map(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: an anonymous private mapping; no existing memory is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr.cast())
+}
+
+fn unmap(ptr: *mut u8, len: usize) {
+    // SAFETY: `ptr` and `len` are exactly one mapping made by `map`, no longer referenced.
+    unsafe {
+        libc::munmap(ptr.cast(), len);
+    }
+}
+
+/// The ring set-up in use, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingMode {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1+).
+    Deferred,
+    /// `SINGLE_ISSUER | COOP_TASKRUN`.
+    Cooperative,
+}
+
+/// One shard's ring (fields drop in order: the ring, and with it the kernel's use of the
+/// buffers, before the buffers).
+pub(crate) struct Uring {
+    ring: RefCell<IoUring>,
+    ops: RefCell<Ops>,
+    buffers: Buffers,
+    /// Signalled by the kernel when the ring has completions (or deferred work) for the shard.
+    eventfd: OwnedFd,
+    listener: RawFd,
+    /// Sockets whose receive ended (`ENOBUFS`, a cancelled pause now resumed, the kernel's own
+    /// end of a multishot): armed again once the turn's buffers are back.
+    rearm: RefCell<Vec<Token>>,
+    /// Queued submissions since the last enter.
+    queued: Cell<u32>,
+    /// Completions reaped outside the driver's turn (see [`Uring::push_through`]), for its next
+    /// turn.
+    backlog: RefCell<Vec<Completion>>,
+    pub mode: RingMode,
+}
+
+impl Uring {
+    /// Sets up the ring, its buffers and its eventfd, and arms the accept on `listener` (which
+    /// stays owned by the caller and must outlive the ring's use of it).
+    pub fn new(listener: RawFd) -> io::Result<Uring> {
+        check_kernel()?;
+        let (ring, mode) = build_ring()?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for code in [
+            opcode::AcceptMulti::CODE,
+            opcode::RecvMulti::CODE,
+            opcode::Send::CODE,
+            opcode::SendMsg::CODE,
+            opcode::AsyncCancel2::CODE,
+        ] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring operation {code} is not supported"),
+                ));
+            }
+        }
+        if !ring.params().is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring without IORING_FEAT_NODROP",
+            ));
+        }
+        let buffers = Buffers::new()?;
+        // SAFETY: the ring mapping lives as long as `buffers`, which drops after the ring.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.ring as u64,
+                BUFFER_COUNT,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above: `efd` is open and owned by no one else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let uring = Uring {
+            ring: RefCell::new(ring),
+            ops: RefCell::default(),
+            buffers,
+            eventfd,
+            listener,
+            rearm: RefCell::default(),
+            queued: Cell::new(0),
+            backlog: RefCell::default(),
+            mode,
+        };
+        uring.arm_accept();
+        uring.enter(&mut Vec::new())?;
+        Ok(uring)
+    }
+
+    /// The descriptor the shard's executor waits on (readable when the ring has work).
+    pub fn eventfd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Clears the eventfd before entering the ring, so that no signal raised after the enter is
+    /// lost.
+    pub fn clear_signal(&self) {
+        let mut value = 0u64;
+        // SAFETY: reads 8 bytes into `value`; the eventfd is non-blocking.
+        unsafe {
+            libc::read(
+                self.eventfd.as_raw_fd(),
+                (&mut value as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+
+    fn push(&self, entry: squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        loop {
+            // SAFETY: every entry queued here points only at memory its operation owns (a boxed
+            // send, the provided buffers) or at nothing, and that memory lives until the
+            // operation's completion is reaped.
+            if unsafe { ring.submission().push(&entry) }.is_ok() {
+                self.queued.set(self.queued.get() + 1);
+                return;
+            }
+            // The submission queue is full: hand it to the kernel (completions are collected at
+            // the driver's next turn; the kernel keeps any that overflow).
+            if let Err(e) = ring.submit() {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!("io_uring submit: {e}");
+                    return;
+                }
+            }
+            self.queued.set(0);
+        }
+    }
+
+    /// Whether operations wait in the submission queue.
+    pub fn has_queued(&self) -> bool {
+        self.queued.get() > 0
+    }
+
+    pub fn arm_accept(&self) {
+        let user_data = self.ops.borrow_mut().insert(Op::Accept);
+        let entry = opcode::AcceptMulti::new(types::Fd(self.listener))
+            // Blocking mode: io_uring returns EAGAIN for a non-blocking socket instead of waiting
+            // for room; the shard's own direct writes pass MSG_DONTWAIT.
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        self.push(entry);
+    }
+
+    /// Arms a multishot receive for `conn` (unless one is armed or being cancelled: its end
+    /// arms the next).
+    pub fn arm_recv(&self, conn: &mut Conn) {
+        if conn.recv_op != 0 || conn.fd < 0 {
+            return;
+        }
+        let user_data = self.ops.borrow_mut().insert(Op::Recv(conn.token));
+        let entry = opcode::RecvMulti::new(types::Fd(conn.fd), BUFFER_GROUP)
+            .build()
+            .user_data(user_data);
+        self.push(entry);
+        conn.recv_op = user_data;
+    }
+
+    /// Cancels `conn`'s receive (reading is paused); its final completion clears `recv_op`.
+    pub fn cancel_recv(&self, conn: &Conn) {
+        if conn.recv_op == 0 {
+            return;
+        }
+        let cancel = self.ops.borrow_mut().insert(Op::Cancel);
+        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(conn.recv_op))
+            .build()
+            .user_data(cancel);
+        self.push(entry);
+    }
+
+    /// Queues a send of what `conn` has queued, unless a send is in flight already (its
+    /// completion sends the rest).
+    pub fn send(&self, conn: &mut Conn) -> Flushed {
+        if conn.send_in_flight {
+            return Flushed::InFlight;
+        }
+        if conn.outbound.is_empty() {
+            return Flushed::All;
+        }
+        if conn.fd < 0 {
+            return Flushed::All;
+        }
+        let mut ops = self.ops.borrow_mut();
+        let mut send = ops.spare_sends.pop().unwrap_or_else(|| {
+            Box::new(SendOp {
+                token: conn.token,
+                frames: Vec::new(),
+                iov: Vec::new(),
+                // SAFETY: an all-zero msghdr is a valid empty header.
+                msg: unsafe { std::mem::zeroed() },
+            })
+        });
+        send.token = conn.token;
+        send.frames.extend(conn.outbound.frames(SEND_FRAMES_MAX));
+        for chunk in conn.outbound.chunks(SEND_FRAMES_MAX) {
+            send.iov.push(libc::iovec {
+                iov_base: chunk.as_ptr() as *mut libc::c_void,
+                iov_len: chunk.len(),
+            });
+        }
+        let fd = types::Fd(conn.fd);
+        let entry = if let [only] = send.iov[..] {
+            opcode::Send::new(fd, only.iov_base as *const u8, only.iov_len as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            send.msg.msg_iov = send.iov.as_mut_ptr();
+            send.msg.msg_iovlen = send.iov.len();
+            opcode::SendMsg::new(fd, &send.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        };
+        let user_data = ops.insert(Op::Send(send));
+        drop(ops);
+        self.push(entry.user_data(user_data));
+        conn.send_in_flight = true;
+        Flushed::InFlight
+    }
+
+    /// A socket's queue is full in the middle of a delivery batch while its send waits in the
+    /// submission queue: submit now and, if the kernel took the send at once, advance the queue
+    /// and send the rest, as the epoll backend's direct write would. Whatever else completed is
+    /// kept for the driver's next turn. Returns whether room was made.
+    pub fn push_through(&self, conn: &mut Conn) -> bool {
+        if !conn.send_in_flight {
+            return false;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        let start = backlog.len();
+        if self.enter(&mut backlog).is_err() {
+            return false;
+        }
+        let mine = backlog[start..].iter().position(
+            |c| matches!(c, Completion::Sent { token, result } if *token == conn.token && *result >= 0),
+        );
+        let Some(Completion::Sent { result, .. }) = mine.map(|at| backlog.remove(start + at))
+        else {
+            return false;
+        };
+        drop(backlog);
+        conn.send_in_flight = false;
+        conn.outbound.advance(result as usize);
+        self.send(conn);
+        true
+    }
+
+    /// Moves the completions reaped outside the driver's turn into `out`.
+    pub fn take_backlog(&self, out: &mut Vec<Completion>) {
+        out.append(&mut self.backlog.borrow_mut());
+    }
+
+    /// Submits what is queued and collects every completion there is (running deferred work and
+    /// flushing overflowed completions on the way) into `out`.
+    pub fn enter(&self, out: &mut Vec<Completion>) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        loop {
+            let to_submit = self.queued.replace(0);
+            // SAFETY: a plain io_uring_enter with no argument structure.
+            let entered = unsafe {
+                ring.submitter()
+                    .enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None)
+            };
+            match entered {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                    self.queued.set(to_submit);
+                    continue;
+                }
+                // Completions must be reaped before more can be submitted.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.queued.set(to_submit),
+                Err(e) => return Err(e),
+            }
+            for cqe in ring.completion() {
+                out.push(self.complete(cqe.user_data(), cqe.result(), cqe.flags()));
+            }
+            // Overflowed completions are flushed by the next enter with GETEVENTS.
+            if !ring.submission().cq_overflow() && self.queued.get() == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn complete(&self, user_data: u64, result: i32, flags: u32) -> Completion {
+        let more = cqueue::more(flags);
+        let mut ops = self.ops.borrow_mut();
+        let kind = match ops.get(user_data) {
+            None => return Completion::Nothing,
+            Some(Op::Accept) => 0,
+            Some(Op::Recv(_)) => 1,
+            Some(Op::Send(_)) => 2,
+            Some(Op::Cancel) => 3,
+        };
+        match kind {
+            0 => {
+                if !more {
+                    ops.remove(user_data);
+                }
+                Completion::Accepted {
+                    result: if result >= 0 {
+                        Ok(result)
+                    } else {
+                        Err(io::Error::from_raw_os_error(-result))
+                    },
+                    ended: !more,
+                }
+            }
+            1 => {
+                let token = match ops.get(user_data) {
+                    Some(Op::Recv(token)) => *token,
+                    _ => return Completion::Nothing,
+                };
+                if !more {
+                    ops.remove(user_data);
+                }
+                Completion::Received {
+                    token,
+                    op: user_data,
+                    result,
+                    buffer: cqueue::buffer_select(flags),
+                    ended: !more,
+                }
+            }
+            2 => match ops.remove(user_data) {
+                Some(Op::Send(send)) => {
+                    let token = send.token;
+                    ops.recycle(send);
+                    Completion::Sent { token, result }
+                }
+                _ => Completion::Nothing,
+            },
+            _ => {
+                ops.remove(user_data);
+                Completion::Nothing
+            }
+        }
+    }
+
+    /// The data of a receive completion.
+    ///
+    /// # Safety
+    /// `buffer` must come from a completion reaped since the buffer was last handed back, and the
+    /// slice must be dropped before [`Uring::give_back`] is called for it.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn received(&self, buffer: u16, len: usize) -> &mut [u8] {
+        self.buffers.filled(buffer, len)
+    }
+
+    /// Returns a buffer to the kernel (at the end of the turn, with the others).
+    pub fn give_back(&self, buffer: u16) {
+        self.buffers.put(buffer);
+    }
+
+    /// Publishes the buffers given back this turn.
+    pub fn publish_buffers(&self) {
+        self.buffers.publish();
+    }
+
+    /// Marks `token`'s socket for a new receive at the end of the turn.
+    pub fn rearm_later(&self, token: Token) {
+        self.rearm.borrow_mut().push(token);
+    }
+
+    /// The sockets marked by [`Uring::rearm_later`].
+    pub fn take_rearm(&self, out: &mut Vec<Token>) {
+        std::mem::swap(&mut *self.rearm.borrow_mut(), out);
+    }
+
+    /// Operations in flight (the accept included).
+    pub fn in_flight(&self) -> usize {
+        self.ops.borrow().in_flight()
+    }
+
+    /// At the shard's end: cancels every request still in flight (the accept) and waits, at
+    /// most `timeout`, for their completions, so that the kernel no longer writes into the
+    /// buffers when they are unmapped.
+    pub fn finish(&self, timeout: std::time::Duration) {
+        let cancel = self.ops.borrow_mut().insert(Op::Cancel);
+        self.push(
+            opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(cancel),
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        let mut done = Vec::new();
+        while self.in_flight() > 0 && std::time::Instant::now() < deadline {
+            done.clear();
+            if self.enter(&mut done).is_err() {
+                break;
+            }
+            for completion in &done {
+                if let Completion::Received {
+                    buffer: Some(bid), ..
+                } = completion
+                {
+                    self.buffers.put(*bid);
+                }
+            }
+            if done.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        if self.in_flight() > 0 {
+            // Better a leak than the kernel writing into memory handed back to the allocator.
+            std::mem::forget(std::mem::take(&mut *self.ops.borrow_mut()));
+            self.buffers.leaked.set(true);
+        }
+    }
+}
+
+/// Multishot receive needs Linux 6.0; older kernels run the epoll backend.
+fn check_kernel() -> io::Result<()> {
+    // SAFETY: a zeroed utsname is valid; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid utsname for the call.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let release: String = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (6, 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("Linux {release}: multishot receive needs 6.0 or later"),
+        ));
+    }
+    Ok(())
+}
+
+/// The best ring this kernel sets up: deferred task work, else cooperative.
+fn build_ring() -> io::Result<(IoUring, RingMode)> {
+    let deferred = IoUring::builder()
+        .setup_cqsize(CQ_ENTRIES)
+        .setup_submit_all()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(SQ_ENTRIES);
+    match deferred {
+        Ok(ring) => Ok((ring, RingMode::Deferred)),
+        Err(_) => IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_submit_all()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(SQ_ENTRIES)
+            .map(|ring| (ring, RingMode::Cooperative)),
+    }
+}
