@@ -4,7 +4,9 @@
 //! Run: `cargo bench --bench fanout` (io_uring) and
 //! `HORIZON_IO_BACKEND=epoll cargo bench --bench fanout` (epoll). Knobs:
 //! `HORIZON_FANOUT_CONNECTIONS` (10000), `HORIZON_FANOUT_EVENTS` (200), `HORIZON_FANOUT_BYTES`
-//! (1024, the event frame size).
+//! (1024, the event frame size), `HORIZON_FANOUT_SYSCALLS=1` (count the gateway process's system
+//! calls over the run with `perf stat -e raw_syscalls:sys_enter`, and report them per 1,000
+//! deliveries; needs `perf` and the permission to trace).
 //!
 //! The gateway (2 shards, the `close` slow-consumer policy so that a loss would show as a failure)
 //! runs in this process and publishes as fast as the rings accept. The clients run in a second
@@ -248,6 +250,17 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let perf = std::env::var("HORIZON_FANOUT_SYSCALLS").is_ok().then(|| {
+        let perf = Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p"])
+            .arg(std::process::id().to_string())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("perf (HORIZON_FANOUT_SYSCALLS)");
+        // perf attaches to every thread of this process before the first publish.
+        std::thread::sleep(Duration::from_millis(500));
+        perf
+    });
     let (cpu_before, started) = (cpu_seconds(), Instant::now());
     runtime.block_on(async {
         for i in 0..events {
@@ -271,6 +284,25 @@ fn main() {
         expected as f64 / wall,
         expected as f64 / cpu,
     );
+    if let Some(perf) = perf {
+        // SAFETY: kill with a plain signal number; perf prints its count on SIGINT.
+        unsafe {
+            libc::kill(perf.id() as libc::pid_t, libc::SIGINT);
+        }
+        let output = perf.wait_with_output().expect("perf ends");
+        let text = String::from_utf8_lossy(&output.stderr);
+        let syscalls: f64 = text
+            .lines()
+            .find(|line| line.contains("raw_syscalls:sys_enter"))
+            .and_then(|line| line.split(',').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no count from perf: {text}"));
+        println!(
+            "fanout/{connections}x{events} driver={}: {syscalls:.0} system calls in the gateway \
+             process -> {:.1} per 1,000 deliveries",
+            gateway.driver(),
+            syscalls * 1000.0 / expected as f64,
+        );
+    }
     drop(child.stdin.take());
     let _ = child.wait();
     gateway.shutdown();

@@ -43,8 +43,8 @@ pub struct Conn {
     pub(super) write_armed: bool,
     /// A send is in flight (io_uring): nothing else is written until it completes.
     pub(crate) send_in_flight: bool,
-    /// The socket's receive in flight (io_uring; its `user_data`, 0 when none).
-    pub(super) recv_op: u64,
+    /// A receive is in flight (io_uring), armed or being cancelled.
+    pub(super) recv_armed: bool,
     /// Non-zero: the upgrade is to be refused with this HTTP status (a connection limit), and
     /// the connection was not counted against the limits.
     pub(super) refusal: u16,
@@ -214,7 +214,7 @@ impl Conn {
             read_paused: false,
             write_armed: false,
             send_in_flight: false,
-            recv_op: 0,
+            recv_armed: false,
             refusal: 0,
             scheduled: false,
             bindings: Vec::new(),

@@ -98,7 +98,7 @@ pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr) {
         read_paused: false,
         write_armed: false,
         send_in_flight: false,
-        recv_op: 0,
+        recv_armed: false,
         refusal: 0,
         scheduled: false,
         bindings: Vec::new(),
@@ -149,7 +149,6 @@ pub(crate) fn on_completion(shard: &ShardContext, completion: Completion) {
     match completion {
         Completion::Received {
             token,
-            op,
             result,
             buffer,
             ended,
@@ -177,11 +176,9 @@ pub(crate) fn on_completion(shard: &ShardContext, completion: Completion) {
             if ended && alive {
                 if let Some(socket) = shard.sockets.borrow().get(token) {
                     let mut conn = socket.conn.borrow_mut();
-                    if conn.recv_op == op {
-                        conn.recv_op = 0;
-                        if !conn.read_paused {
-                            uring.rearm_later(token);
-                        }
+                    conn.recv_armed = false;
+                    if !conn.read_paused {
+                        uring.rearm_later(token);
                     }
                 }
             }

@@ -73,7 +73,6 @@ pub(crate) enum Completion {
     /// `ended`: the receive `op` is over and will post nothing more.
     Received {
         token: Token,
-        op: u64,
         result: i32,
         buffer: Option<u16>,
         ended: bool,
@@ -84,13 +83,20 @@ pub(crate) enum Completion {
     Nothing,
 }
 
-/// An operation in flight. Its slot index and generation form the request's `user_data`, so a
-/// cancellation names exactly one request and a slot reused later is never confused with it.
+/// An operation in flight other than a receive. Its slot index and generation form the
+/// request's `user_data`, so a slot reused later is never confused with it.
 enum Op {
     Accept,
-    Recv(Token),
     Send(Box<SendOp>),
     Cancel,
+}
+
+/// Marks a receive's `user_data`: a socket has at most one receive in flight, so its token (slot
+/// and generation, unique over the shard's life) names it, and it needs no slot of its own.
+const RECV_TAG: u64 = 1 << 31;
+
+fn recv_user_data(token: Token) -> u64 {
+    (u64::from(token.generation) << 32) | RECV_TAG | u64::from(token.slot)
 }
 
 /// A send in flight: its frames (kept alive until the completion), their iovecs and the message
@@ -296,6 +302,8 @@ pub(crate) struct Uring {
     rearm: RefCell<Vec<Token>>,
     /// Queued submissions since the last enter.
     queued: Cell<u32>,
+    /// Receives in flight.
+    receives: Cell<usize>,
     /// Completions reaped outside the driver's turn (see [`Uring::push_through`]), for its next
     /// turn.
     backlog: RefCell<Vec<Completion>>,
@@ -356,6 +364,7 @@ impl Uring {
             listener,
             rearm: RefCell::default(),
             queued: Cell::new(0),
+            receives: Cell::new(0),
             backlog: RefCell::default(),
             mode,
         };
@@ -422,28 +431,27 @@ impl Uring {
     }
 
     /// Arms a multishot receive for `conn` (unless one is armed or being cancelled: its end
-    /// arms the next).
+    /// arms the next, so two receives never race on one socket).
     pub fn arm_recv(&self, conn: &mut Conn) {
-        if conn.recv_op != 0 || conn.fd < 0 {
+        if conn.recv_armed || conn.fd < 0 {
             return;
         }
-        let user_data = self.ops.borrow_mut().insert(Op::Recv(conn.token));
         let entry = opcode::RecvMulti::new(types::Fd(conn.fd), BUFFER_GROUP)
             .build()
-            .user_data(user_data);
+            .user_data(recv_user_data(conn.token));
         self.push(entry);
-        conn.recv_op = user_data;
+        conn.recv_armed = true;
+        self.receives.set(self.receives.get() + 1);
     }
 
-    /// Cancels `conn`'s receive (reading is paused); its final completion clears `recv_op`.
+    /// Cancels `conn`'s receive (reading is paused); its final completion clears `recv_armed`.
     pub fn cancel_recv(&self, conn: &Conn) {
-        if conn.recv_op == 0 {
+        if !conn.recv_armed {
             return;
         }
         let cancel = self.ops.borrow_mut().insert(Op::Cancel);
-        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(conn.recv_op))
-            .build()
-            .user_data(cancel);
+        let target = types::CancelBuilder::user_data(recv_user_data(conn.token));
+        let entry = opcode::AsyncCancel2::new(target).build().user_data(cancel);
         self.push(entry);
     }
 
@@ -561,16 +569,24 @@ impl Uring {
 
     fn complete(&self, user_data: u64, result: i32, flags: u32) -> Completion {
         let more = cqueue::more(flags);
+        if user_data & RECV_TAG != 0 {
+            if !more {
+                self.receives.set(self.receives.get().saturating_sub(1));
+            }
+            return Completion::Received {
+                token: Token {
+                    slot: (user_data & (RECV_TAG - 1)) as u32,
+                    generation: (user_data >> 32) as u32,
+                },
+                result,
+                buffer: cqueue::buffer_select(flags),
+                ended: !more,
+            };
+        }
         let mut ops = self.ops.borrow_mut();
-        let kind = match ops.get(user_data) {
-            None => return Completion::Nothing,
-            Some(Op::Accept) => 0,
-            Some(Op::Recv(_)) => 1,
-            Some(Op::Send(_)) => 2,
-            Some(Op::Cancel) => 3,
-        };
-        match kind {
-            0 => {
+        match ops.get(user_data) {
+            None => Completion::Nothing,
+            Some(Op::Accept) => {
                 if !more {
                     ops.remove(user_data);
                 }
@@ -583,23 +599,7 @@ impl Uring {
                     ended: !more,
                 }
             }
-            1 => {
-                let token = match ops.get(user_data) {
-                    Some(Op::Recv(token)) => *token,
-                    _ => return Completion::Nothing,
-                };
-                if !more {
-                    ops.remove(user_data);
-                }
-                Completion::Received {
-                    token,
-                    op: user_data,
-                    result,
-                    buffer: cqueue::buffer_select(flags),
-                    ended: !more,
-                }
-            }
-            2 => match ops.remove(user_data) {
+            Some(Op::Send(_)) => match ops.remove(user_data) {
                 Some(Op::Send(send)) => {
                     let token = send.token;
                     ops.recycle(send);
@@ -607,7 +607,7 @@ impl Uring {
                 }
                 _ => Completion::Nothing,
             },
-            _ => {
+            Some(Op::Cancel) => {
                 ops.remove(user_data);
                 Completion::Nothing
             }
@@ -644,9 +644,9 @@ impl Uring {
         std::mem::swap(&mut *self.rearm.borrow_mut(), out);
     }
 
-    /// Operations in flight (the accept included).
+    /// Operations in flight (the accept and the receives included).
     pub fn in_flight(&self) -> usize {
-        self.ops.borrow().in_flight()
+        self.ops.borrow().in_flight() + self.receives.get()
     }
 
     /// At the shard's end: cancels every request still in flight (the accept) and waits, at
