@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The io_uring and epoll backends side by side, in one run, same binaries (issue #16's table):
+#
+#   1. wide fan-out: 10,000 sockets x 1 KiB events, in process (`benches/fanout.rs`): deliveries
+#      per gateway CPU-second, and system calls per 1,000 deliveries (perf);
+#   2. narrow fan-out at saturation: 20 subscribers per event, 1 KiB, in process (the publisher is
+#      the one the embedded bus feeds, publishing as fast as the rings take): the same figures;
+#   3. the same narrow fan-out through RabbitMQ at a rate above what the machine sustains
+#      (`horizon serve` + `horizon-loadtest fanout`, AMQP publisher with confirms);
+#   4. publish -> receive latency at 10,000 deliveries per second through RabbitMQ (500 events/s x
+#      20 subscribers);
+#   5. user-space memory per idle socket, 15,000 sockets (`benches/idle_connections.rs`).
+#
+#   loadtest/backends.sh            # results in target/loadtest/backends/
+#
+# Needs the broker (rows 3-4) and perf (syscall counts). On a 2-core machine the load generators
+# share the cores with the gateway; CPU figures are the gateway process's own.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+OUT=${OUT:-target/loadtest/backends}
+AMQP=${HORIZON_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+SAT_RATE=${SAT_RATE:-6000}
+SECRET=backends-$RANDOM
+mkdir -p "$OUT"
+command -v perf >/dev/null || { echo "backends.sh: perf is needed for the syscall counts (apt-get install linux-perf)" >&2; exit 2; }
+if ss -ltn 'sport = :5555' | grep -q LISTEN; then
+    echo "backends.sh: port 5555 is taken; stop the gateway that holds it" >&2
+    exit 2
+fi
+
+cargo build --release -p horizon -p horizon-loadtest
+cargo bench --no-run --bench fanout --bench idle_connections
+
+gateway=""
+start_horizon() {
+    HORIZON_IO_BACKEND=$1 target/release/horizon serve --amqp-url "$AMQP" --jwt-hs256-secret "$SECRET" \
+        --api-listen 127.0.0.1:0 >"$OUT/gateway-$1.log" 2>&1 &
+    gateway=$!
+    for _ in $(seq 1 100); do
+        grep -q "amqp: consuming" "$OUT/gateway-$1.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "the gateway did not start: $(cat "$OUT/gateway-$1.log")" >&2
+    exit 1
+}
+stop_horizon() { [ -n "$gateway" ] && { kill -TERM "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; }; gateway=""; }
+trap stop_horizon EXIT
+
+for backend in io_uring epoll; do
+    echo "== $backend: wide fan-out (10,000 x 200 events, 1 KiB)"
+    HORIZON_IO_BACKEND=$backend HORIZON_FANOUT_SYSCALLS=1 cargo bench --bench fanout 2>/dev/null |
+        grep '^fanout/' | tee "$OUT/wide-$backend.txt"
+    echo "== $backend: narrow fan-out (20 x 50,000 events, 1 KiB)"
+    HORIZON_IO_BACKEND=$backend HORIZON_FANOUT_SYSCALLS=1 HORIZON_FANOUT_CONNECTIONS=20 \
+        HORIZON_FANOUT_EVENTS=50000 cargo bench --bench fanout 2>/dev/null |
+        grep '^fanout/' | tee "$OUT/narrow-$backend.txt"
+    echo "== $backend: idle memory (15,000 sockets)"
+    HORIZON_IO_BACKEND=$backend cargo bench --bench idle_connections 2>/dev/null |
+        grep '^idle_connections/' | tee "$OUT/idle-$backend.txt"
+done
+
+for backend in io_uring epoll; do
+    start_horizon "$backend"
+    echo "== $backend: narrow fan-out through RabbitMQ at $SAT_RATE events/s x 20 subscribers"
+    target/release/horizon-loadtest fanout --jwt-secret "$SECRET" --connections 1000 --accounts 50 \
+        --rate "$SAT_RATE" --duration 10 --warmup 2 --out "$OUT/rabbit-saturated-$backend" |
+        tee "$OUT/rabbit-saturated-$backend.txt" || true
+    echo "== $backend: latency through RabbitMQ at 500 events/s x 20 subscribers (10,000 deliveries/s)"
+    target/release/horizon-loadtest fanout --jwt-secret "$SECRET" --connections 1000 --accounts 50 \
+        --rate 500 --duration 10 --warmup 2 --out "$OUT/rabbit-10k-$backend" |
+        tee "$OUT/rabbit-10k-$backend.txt" || true
+    stop_horizon
+done
+
+echo
+echo "== summary"
+for backend in io_uring epoll; do
+    echo "-- $backend"
+    cat "$OUT/wide-$backend.txt" "$OUT/narrow-$backend.txt" "$OUT/idle-$backend.txt"
+    for row in rabbit-saturated rabbit-10k; do
+        printf '%s: %s | %s\n' "$row" \
+            "$(grep -o 'gateway CPU: .*' "$OUT/$row-$backend.txt" || echo 'no CPU figure')" \
+            "$(grep -io 'latency.*' "$OUT/$row-$backend.txt" | head -1 || echo 'no latency figure')"
+    done
+done
+echo "reports in $OUT/"
