@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The io_uring and epoll backends side by side, in one run, same binaries (issue #16's table):
 #
-#   1. wide fan-out: 10,000 sockets x 1 KiB events, in process (`benches/fanout.rs`): deliveries
-#      per gateway CPU-second, and system calls per 1,000 deliveries (perf);
-#   2. narrow fan-out at saturation: 20 subscribers per event, 1 KiB, in process (the publisher is
-#      the one the embedded bus feeds, publishing as fast as the rings take): the same figures;
-#   3. the same narrow fan-out through RabbitMQ at a rate above what the machine sustains
-#      (`horizon serve` + `horizon-loadtest fanout`, AMQP publisher with confirms);
+#   1. wide fan-out: 10,000 sockets x 1 KiB events, in process (`benches/fanout.rs`, the
+#      publisher the embedded bus feeds, as fast as the rings take): deliveries per gateway
+#      CPU-second (RUNS runs each, alternating), and system calls per 1,000 deliveries (one more
+#      run under `perf stat -e raw_syscalls:sys_enter`, which slows the process: its CPU figure is
+#      not used);
+#   2. user-space memory per idle socket, 15,000 sockets (`benches/idle_connections.rs`);
+#   3. narrow fan-out at saturation, 20 subscribers per event, 1 KiB: `horizon serve` and
+#      `horizon-loadtest fanout` at SAT_RATE events/s (more than this machine sustains), through
+#      the embedded bus (REST publisher) and through RabbitMQ (AMQP publisher with confirms);
 #   4. publish -> receive latency at 10,000 deliveries per second through RabbitMQ (500 events/s x
-#      20 subscribers);
-#   5. user-space memory per idle socket, 15,000 sockets (`benches/idle_connections.rs`).
+#      20 subscribers).
 #
 #   loadtest/backends.sh            # results in target/loadtest/backends/
 #
@@ -31,37 +33,53 @@ fi
 
 cargo build --release -p horizon -p horizon-loadtest
 cargo bench --no-run --bench fanout --bench idle_connections
+rm -f "$OUT"/*.txt
 
 gateway=""
+API=127.0.0.1:18017
+# start_horizon BACKEND embedded|rabbitmq
 start_horizon() {
-    HORIZON_IO_BACKEND=$1 target/release/horizon serve --amqp-url "$AMQP" --jwt-hs256-secret "$SECRET" \
-        --api-listen 127.0.0.1:0 >"$OUT/gateway-$1.log" 2>&1 &
+    local source=()
+    [ "$2" = rabbitmq ] && source=(--amqp-url "$AMQP")
+    HORIZON_IO_BACKEND=$1 target/release/horizon serve "${source[@]}" --jwt-hs256-secret "$SECRET" \
+        --api-listen "$API" >"$OUT/gateway-$1-$2.log" 2>&1 &
     gateway=$!
     for _ in $(seq 1 100); do
-        grep -q "amqp: consuming" "$OUT/gateway-$1.log" 2>/dev/null && return 0
+        grep -q "api: listening" "$OUT/gateway-$1-$2.log" 2>/dev/null &&
+            { [ "$2" = embedded ] || grep -q "amqp: consuming" "$OUT/gateway-$1-$2.log"; } && return 0
         sleep 0.1
     done
-    echo "the gateway did not start: $(cat "$OUT/gateway-$1.log")" >&2
+    echo "the gateway did not start: $(cat "$OUT/gateway-$1-$2.log")" >&2
     exit 1
 }
 stop_horizon() { [ -n "$gateway" ] && { kill -TERM "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; }; gateway=""; }
 trap stop_horizon EXIT
 
+RUNS=${RUNS:-3}
+for run in $(seq 1 "$RUNS"); do
+    for backend in io_uring epoll; do
+        echo "== $backend: wide fan-out (10,000 x 200 events, 1 KiB), run $run"
+        HORIZON_IO_BACKEND=$backend cargo bench --bench fanout 2>/dev/null |
+            grep '^fanout/' | tee -a "$OUT/wide-$backend.txt"
+    done
+done
 for backend in io_uring epoll; do
-    echo "== $backend: wide fan-out (10,000 x 200 events, 1 KiB)"
+    echo "== $backend: system calls at wide fan-out"
     HORIZON_IO_BACKEND=$backend HORIZON_FANOUT_SYSCALLS=1 cargo bench --bench fanout 2>/dev/null |
-        grep '^fanout/' | tee "$OUT/wide-$backend.txt"
-    echo "== $backend: narrow fan-out (20 x 50,000 events, 1 KiB)"
-    HORIZON_IO_BACKEND=$backend HORIZON_FANOUT_SYSCALLS=1 HORIZON_FANOUT_CONNECTIONS=20 \
-        HORIZON_FANOUT_EVENTS=50000 cargo bench --bench fanout 2>/dev/null |
-        grep '^fanout/' | tee "$OUT/narrow-$backend.txt"
+        grep 'system calls' | tee "$OUT/syscalls-$backend.txt"
     echo "== $backend: idle memory (15,000 sockets)"
     HORIZON_IO_BACKEND=$backend cargo bench --bench idle_connections 2>/dev/null |
         grep '^idle_connections/' | tee "$OUT/idle-$backend.txt"
 done
 
 for backend in io_uring epoll; do
-    start_horizon "$backend"
+    start_horizon "$backend" embedded
+    echo "== $backend: narrow fan-out through the embedded bus at $SAT_RATE events/s x 20 subscribers"
+    target/release/horizon-loadtest fanout --jwt-secret "$SECRET" --connections 1000 --accounts 50 \
+        --rate "$SAT_RATE" --duration 10 --warmup 2 --publish rest --api "$API" \
+        --out "$OUT/embedded-saturated-$backend" | tee "$OUT/embedded-saturated-$backend.txt" || true
+    stop_horizon
+    start_horizon "$backend" rabbitmq
     echo "== $backend: narrow fan-out through RabbitMQ at $SAT_RATE events/s x 20 subscribers"
     target/release/horizon-loadtest fanout --jwt-secret "$SECRET" --connections 1000 --accounts 50 \
         --rate "$SAT_RATE" --duration 10 --warmup 2 --out "$OUT/rabbit-saturated-$backend" |
@@ -77,11 +95,13 @@ echo
 echo "== summary"
 for backend in io_uring epoll; do
     echo "-- $backend"
-    cat "$OUT/wide-$backend.txt" "$OUT/narrow-$backend.txt" "$OUT/idle-$backend.txt"
-    for row in rabbit-saturated rabbit-10k; do
-        printf '%s: %s | %s\n' "$row" \
+    sed 's/.*driver=/wide: driver=/' "$OUT/wide-$backend.txt"
+    cat "$OUT/syscalls-$backend.txt" "$OUT/idle-$backend.txt"
+    for row in embedded-saturated rabbit-saturated rabbit-10k; do
+        printf '%s: %s | %s | %s\n' "$row" \
+            "$(grep -o 'deliveries: .*' "$OUT/$row-$backend.txt" || echo 'no delivery rate')" \
             "$(grep -o 'gateway CPU: .*' "$OUT/$row-$backend.txt" || echo 'no CPU figure')" \
-            "$(grep -io 'latency.*' "$OUT/$row-$backend.txt" | head -1 || echo 'no latency figure')"
+            "$(grep -o 'latency (publish -> receive).*' "$OUT/$row-$backend.txt" || echo 'no latency figure')"
     done
 done
 echo "reports in $OUT/"
