@@ -143,7 +143,7 @@ impl Default for ServeConfig {
             shards: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            io_backend: IoBackend::Auto,
+            io_backend: IoBackend::Epoll,
             max_message_bytes: 64 * 1024,
             outbound_queue_bytes: 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Drop,
@@ -233,7 +233,7 @@ pub const OPTIONS: &[Key] = &[
     },
     Key {
         name: "io_backend",
-        help: "socket I/O of the shards: `io_uring` (native ring), `epoll`, or `auto` (io_uring where the kernel allows it, else epoll)",
+        help: "socket I/O of the shards: `epoll`, `io_uring` (native ring; refuses to start without it), or `auto` (io_uring where the kernel allows it, else epoll)",
     },
     Key {
         name: "max_message_bytes",
