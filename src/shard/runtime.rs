@@ -570,7 +570,7 @@ async fn drive_ring(shard: Rc<ShardContext>) {
     let mut rearm = Vec::new();
     // After an accept error (out of descriptors), when to accept again.
     let mut accept_after: Option<Instant> = None;
-    let mut readable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
+    let mut readable: Readable<'_> = None;
     loop {
         poller::take_scheduled(&mut scheduled);
         for token in scheduled.drain(..) {
@@ -623,27 +623,43 @@ async fn drive_ring(shard: Rc<ShardContext>) {
             poller::yield_now().await;
             continue;
         }
-        let wait = readable.get_or_insert_with(|| Box::pin(waitable.readable(false)));
         let retry = accept_after.map(|at| monoio::time::sleep_until(at.into()));
-        let mut retry = retry.map(Box::pin);
-        let woke = poll_fn(|cx| {
-            if let Poll::Ready(result) = wait.as_mut().poll(cx) {
-                return Poll::Ready(Some(result));
+        wait_for_work(&shard, &waitable, &mut readable, retry, "the ring").await;
+    }
+}
+
+/// The readability wait a poller task keeps across turns (so that a turn woken by the service
+/// list leaves no poll behind).
+type Readable<'a> = Option<Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>>;
+
+/// Waits until `waitable` (the ring's eventfd, or the epoll descriptor) is readable, a socket is
+/// scheduled, or `retry` fires.
+async fn wait_for_work<'a>(
+    shard: &ShardContext,
+    waitable: &'a monoio::net::UnixStream,
+    readable: &mut Readable<'a>,
+    retry: Option<monoio::time::Sleep>,
+    what: &str,
+) {
+    let wait = readable.get_or_insert_with(|| Box::pin(waitable.readable(false)));
+    let mut retry = retry.map(Box::pin);
+    let woke = poll_fn(|cx| {
+        if let Poll::Ready(result) = wait.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        if let Some(retry) = retry.as_mut() {
+            if retry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
             }
-            if let Some(retry) = retry.as_mut() {
-                if retry.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-            }
-            poller::poll_scheduled(cx).map(|()| None)
-        })
-        .await;
-        if let Some(result) = woke {
-            readable = None;
-            if let Err(e) = result {
-                tracing::error!("shard {}: waiting for the ring: {e}", shard.index);
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
+        }
+        poller::poll_scheduled(cx).map(|()| None)
+    })
+    .await;
+    if let Some(result) = woke {
+        *readable = None;
+        if let Err(e) = result {
+            tracing::error!("shard {}: waiting for {what}: {e}", shard.index);
+            monoio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -681,9 +697,7 @@ async fn poll_sockets(shard: Rc<ShardContext>) {
     let mut raw = Vec::with_capacity(EVENTS_PER_WAIT);
     let mut ready = Vec::with_capacity(EVENTS_PER_WAIT);
     let mut scheduled = Vec::new();
-    // Kept across turns until it completes, so that a turn woken by the service list does not
-    // leave an io_uring poll behind.
-    let mut readable: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
+    let mut readable: Readable<'_> = None;
     loop {
         poller::take_scheduled(&mut scheduled);
         for token in scheduled.drain(..) {
@@ -698,21 +712,7 @@ async fn poll_sockets(shard: Rc<ShardContext>) {
             poller::yield_now().await;
             continue;
         }
-        let wait = readable.get_or_insert_with(|| Box::pin(waitable.readable(false)));
-        let woke = poll_fn(|cx| {
-            if let Poll::Ready(result) = wait.as_mut().poll(cx) {
-                return Poll::Ready(Some(result));
-            }
-            poller::poll_scheduled(cx).map(|()| None)
-        })
-        .await;
-        if let Some(result) = woke {
-            readable = None;
-            if let Err(e) = result {
-                tracing::error!("shard {}: waiting for socket readiness: {e}", shard.index);
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        wait_for_work(&shard, &waitable, &mut readable, None, "socket readiness").await;
     }
 }
 
