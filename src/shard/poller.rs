@@ -1,6 +1,6 @@
-//! The shard's readiness set: one epoll instance per shard holding every socket it owns, so that a
-//! socket is a plain record in the shard's registry rather than a task with readiness futures of
-//! its own.
+//! The epoll backend's readiness set: one epoll instance per shard holding every socket it owns,
+//! so that a socket is a plain record in the shard's registry rather than a task with readiness
+//! futures of its own. Also the shard's service list, which both backends use.
 //!
 //! Why: an idle WebSocket must cost as little user-space memory as possible. A monoio task per
 //! socket, parked on a `readable()` future, was ~720 bytes of future state, task header and
@@ -8,8 +8,7 @@
 //! slot and a shared-descriptor handle in the driver); that alone was over the 1 KiB budget once
 //! the socket's own state was added. Here a socket's readiness is an entry in the kernel's epoll
 //! set (kernel memory, like an io_uring poll request) and the shard's single poller task waits for
-//! the epoll descriptor itself through the runtime: an io_uring poll on it under the io_uring
-//! driver, an epoll registration under the legacy driver.
+//! the epoll descriptor itself through the runtime (an entry in monoio's own epoll set).
 //!
 //! Interest is level-triggered: `EPOLLIN | EPOLLRDHUP` unless the socket's reading is paused (its
 //! client does not read what it is sent), plus `EPOLLOUT` only while a socket's queue is blocked
@@ -18,7 +17,8 @@
 //!
 //! Work that other parts of the shard create for a socket (a reply resolved later, a ping, a
 //! shutdown close, a slow consumer to close) is put on the shard's service list with
-//! [`schedule`]; the poller task flushes those sockets and ends the ones that are done.
+//! [`schedule`]; the poller task (or the io_uring backend's driver task) flushes those sockets and
+//! ends the ones that are done.
 
 use std::cell::{Cell, RefCell};
 use std::io;

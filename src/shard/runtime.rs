@@ -678,8 +678,8 @@ fn waitable(fd: RawFd) -> io::Result<monoio::net::UnixStream> {
 }
 
 /// The shard's poller task: services the sockets other tasks queued work for, handles every
-/// readiness report, and otherwise waits for the epoll descriptor (through the runtime: an
-/// io_uring poll or the legacy driver's epoll) or for a socket to be scheduled.
+/// readiness report, and otherwise waits for the epoll descriptor (through the runtime's own
+/// epoll) or for a socket to be scheduled.
 async fn poll_sockets(shard: Rc<ShardContext>) {
     let SocketIo::Epoll(poller) = &shard.io else {
         return;
