@@ -193,24 +193,27 @@ impl Conn {
 }
 
 impl Conn {
-    /// A connection with no socket behind it (what it queues is never written): for driving a
-    /// session without I/O, as the fuzzing harness does.
-    pub(crate) fn detached(outbound_limit: usize) -> Conn {
+    /// A connection just accepted on `fd`, in its handshake, at shard clock second `now`: not
+    /// yet registered with the backend, counted against the limits, or given its id.
+    pub(crate) fn accepted(
+        fd: RawFd,
+        token: Token,
+        peer: SocketAddr,
+        outbound: Outbound,
+        now: u32,
+    ) -> Conn {
         Conn {
-            id: 1,
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            id: 0,
+            peer,
             connected_at: SystemTime::now(),
-            fd: -1,
-            token: Token {
-                slot: 0,
-                generation: 0,
-            },
-            outbound: Outbound::new(outbound_limit, Default::default()),
-            opened: 0,
-            last_heard: 0,
-            last_ping: 0,
+            fd,
+            token,
+            outbound,
+            opened: now,
+            last_heard: now,
+            last_ping: now,
             expires_at: 0,
-            stage: Stage::Open,
+            stage: Stage::Handshake,
             read_paused: false,
             write_armed: false,
             send_in_flight: false,
@@ -220,6 +223,26 @@ impl Conn {
             bindings: Vec::new(),
             labels: None,
         }
+    }
+
+    /// A connection with no socket behind it (what it queues is never written): for driving a
+    /// session without I/O, as the fuzzing harness does.
+    pub(crate) fn detached(outbound_limit: usize) -> Conn {
+        let token = Token {
+            slot: 0,
+            generation: 0,
+        };
+        let outbound = Outbound::new(outbound_limit, Default::default());
+        let mut conn = Conn::accepted(
+            -1,
+            token,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            outbound,
+            0,
+        );
+        conn.id = 1;
+        conn.stage = Stage::Open;
+        conn
     }
 }
 

@@ -23,7 +23,6 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::rc::Rc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
@@ -80,30 +79,11 @@ pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr) {
     let now = shard.clock();
     let mut sockets = shard.sockets.borrow_mut();
     let token = sockets.next_token();
-    let mut conn = Conn {
-        id: 0,
-        peer,
-        connected_at: SystemTime::now(),
-        fd,
-        token,
-        outbound: Outbound::new(
-            shard.config.outbound_queue_bytes,
-            shard.config.slow_consumer,
-        ),
-        opened: now,
-        last_heard: now,
-        last_ping: now,
-        expires_at: 0,
-        stage: Stage::Handshake,
-        read_paused: false,
-        write_armed: false,
-        send_in_flight: false,
-        recv_armed: false,
-        refusal: 0,
-        scheduled: false,
-        bindings: Vec::new(),
-        labels: None,
-    };
+    let outbound = Outbound::new(
+        shard.config.outbound_queue_bytes,
+        shard.config.slow_consumer,
+    );
+    let mut conn = Conn::accepted(fd, token, peer, outbound, now);
     if shard.io.register(&mut conn).is_err() {
         // Nothing registered: the descriptor is closed with the record.
         return;
