@@ -14,6 +14,11 @@ use crate::shard::{IoBackend, SlowConsumerPolicy};
 pub struct ServeConfig {
     /// WebSocket listener; every shard binds it with `SO_REUSEPORT`.
     pub ws_listen: SocketAddr,
+    /// The wss (TLS WebSocket) listener, beside the plain one; `None`: no wss.
+    pub wss_listen: Option<SocketAddr>,
+    /// wss: certificate chain and private key (PEM), re-read on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// REST API listener (served by the control plane, a later issue).
     pub api_listen: SocketAddr,
     /// Thread-per-core shards (default: online CPUs).
@@ -139,6 +144,9 @@ impl Default for ServeConfig {
     fn default() -> ServeConfig {
         ServeConfig {
             ws_listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            wss_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             shards: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -222,6 +230,18 @@ pub const OPTIONS: &[Key] = &[
     Key {
         name: "ws_listen",
         help: "WebSocket listener; every shard binds it with SO_REUSEPORT",
+    },
+    Key {
+        name: "wss_listen",
+        help: "wss (TLS WebSocket) listener, beside the plain one (Kazoo's ssl_port is 5556); empty: none",
+    },
+    Key {
+        name: "tls_cert_file",
+        help: "wss: certificate chain (PEM, end-entity first); re-read on SIGHUP",
+    },
+    Key {
+        name: "tls_key_file",
+        help: "wss: the certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1); re-read on SIGHUP",
     },
     Key {
         name: "api_listen",
@@ -589,6 +609,9 @@ impl ServeConfig {
         let masked = |s: &Option<String>| s.as_ref().map(|_| "********".to_string());
         match key {
             "ws_listen" => Some(self.ws_listen.to_string()),
+            "wss_listen" => self.wss_listen.map(|addr| addr.to_string()),
+            "tls_cert_file" => path(&self.tls_cert_file),
+            "tls_key_file" => path(&self.tls_key_file),
             "api_listen" => Some(self.api_listen.to_string()),
             "shards" => Some(self.shards.to_string()),
             "io_backend" => Some(self.io_backend.to_string()),
@@ -686,6 +709,13 @@ impl ServeConfig {
             "ws_listen" => {
                 self.ws_listen = value.parse().map_err(|_| invalid("expected host:port"))?
             }
+            "wss_listen" => {
+                self.wss_listen = optional(value)
+                    .map(|value| value.parse().map_err(|_| invalid("expected host:port")))
+                    .transpose()?
+            }
+            "tls_cert_file" => self.tls_cert_file = optional(value).map(PathBuf::from),
+            "tls_key_file" => self.tls_key_file = optional(value).map(PathBuf::from),
             "api_listen" => {
                 self.api_listen = value.parse().map_err(|_| invalid("expected host:port"))?
             }

@@ -22,5 +22,6 @@ pub mod latency;
 pub mod log;
 pub mod memory;
 pub mod shard;
+pub mod tls;
 pub mod webhooks;
 pub mod ws;

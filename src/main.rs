@@ -240,6 +240,38 @@ fn amqp_tls(config: &ServeConfig) -> Result<horizon::ingest::tls::AmqpTls, Strin
     )
 }
 
+/// The wss certificate and key, read and checked as the shards will load them; the error names
+/// the key and the file. Half a wss configuration is refused rather than ignored.
+fn wss_tls(config: &ServeConfig) -> Result<Option<horizon::tls::CertificateInfo>, String> {
+    match (
+        config.wss_listen,
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+    ) {
+        (None, None, None) => Ok(None),
+        (Some(_), Some(cert), Some(key)) => {
+            horizon::tls::ServerTls::load(cert, key).map(|tls| Some(tls.info()))
+        }
+        (Some(_), _, _) => Err("wss_listen needs tls_cert_file and tls_key_file".into()),
+        (None, _, _) => Err("tls_cert_file or tls_key_file is set but wss_listen is not".into()),
+    }
+}
+
+/// Says how long the wss certificate has left (a warning within two weeks of its end).
+fn log_certificate(what: &str, info: &horizon::tls::CertificateInfo) {
+    let left = info.days_left();
+    let line = format!(
+        "{what}: {} until {} ({left} days left)",
+        info.subject,
+        horizon::tls::utc(info.not_after)
+    );
+    if info.not_after < std::time::SystemTime::now() + horizon::tls::EXPIRY_WARNING {
+        warn!("{line}");
+    } else {
+        info!("{line}");
+    }
+}
+
 /// The auth directory and keys the configuration names; the error names the key or entry.
 fn load_auth(config: &ServeConfig) -> Result<(Auth, Option<Vec<u8>>), String> {
     let secret = jwt_secret(config)?;
@@ -285,6 +317,9 @@ fn serve(matches: &ArgMatches) -> ExitCode {
     match amqp_tls(&config) {
         Ok(tls) => horizon::ingest::tls::install(tls),
         Err(e) => return fatal(e, 2),
+    }
+    if let Err(e) = wss_tls(&config) {
+        return fatal(e, 2);
     }
     let cluster_key = horizon::api::cluster::cluster_key(
         config.cluster_secret.as_deref().map(str::as_bytes),
@@ -380,6 +415,10 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         gateway.local_addr(),
         gateway.driver()
     );
+    if let (Some(addr), Some(tls)) = (gateway.wss_addr(), gateway.tls()) {
+        info!("websocket: listening on wss://{addr} (TLS 1.2 and 1.3, ALPN http/1.1)");
+        log_certificate("wss certificate", &tls.info());
+    }
     info!(
         "api: listening on http://{} (node {node})",
         api.local_addr()
@@ -416,12 +455,24 @@ fn serve(matches: &ArgMatches) -> ExitCode {
     }
     loop {
         match wait_for_signal(&signals) {
-            libc::SIGHUP => match auth.reload() {
-                Ok(()) => info!("SIGHUP: auth file reloaded"),
-                Err(e) => {
-                    warn!("SIGHUP: auth file not reloaded, the previous one stays in force: {e}")
+            libc::SIGHUP => {
+                match auth.reload() {
+                    Ok(()) => info!("SIGHUP: auth file reloaded"),
+                    Err(e) => {
+                        warn!(
+                            "SIGHUP: auth file not reloaded, the previous one stays in force: {e}"
+                        )
+                    }
                 }
-            },
+                if let Some(tls) = gateway.tls() {
+                    match tls.reload() {
+                        Ok(info) => log_certificate("SIGHUP: wss certificate reloaded", &info),
+                        Err(e) => warn!(
+                            "SIGHUP: wss certificate not reloaded, the previous one stays in force: {e}"
+                        ),
+                    }
+                }
+            }
             signal => {
                 let name = if signal == libc::SIGINT {
                     "SIGINT"
@@ -613,6 +664,19 @@ fn check_config(matches: &ArgMatches) -> ExitCode {
             }
             horizon::ingest::tls::install(tls);
         }
+        Err(e) => {
+            eprintln!("horizon check-config: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match wss_tls(&config) {
+        Ok(Some(info)) => println!(
+            "wss: ok, {} until {} ({} days left)",
+            info.subject,
+            horizon::tls::utc(info.not_after),
+            info.days_left()
+        ),
+        Ok(None) => {}
         Err(e) => {
             eprintln!("horizon check-config: {e}");
             return ExitCode::from(2);

@@ -147,6 +147,11 @@ pub fn render(
         out,
         "horizon_handshakes_refused_total{{reason=\"dialect\"}} {refused}"
     );
+    let tls: u64 = stats.iter().map(|s| s.handshakes_tls_failed).sum();
+    let _ = writeln!(
+        out,
+        "horizon_handshakes_refused_total{{reason=\"tls\"}} {tls}"
+    );
     let by_address: u64 = stats.iter().map(|s| s.handshakes_limited_address).sum();
     let by_node: u64 = stats.iter().map(|s| s.handshakes_limited_node).sum();
     let _ = writeln!(

@@ -10,8 +10,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::io;
-use super::outbound::Outbound;
+use super::outbound::{Enqueued, Outbound};
 use super::poller::{self, Token};
+use super::tls::TlsLayer;
 use crate::ws::frame::encode;
 use crate::ws::CloseCode;
 
@@ -55,6 +56,8 @@ pub struct Conn {
     /// The client's name and metadata for the socket, if it gave any (boxed: most sockets have
     /// none, and an idle socket's every byte counts).
     pub(crate) labels: Option<Box<Labels>>,
+    /// A wss socket's TLS record layer: everything queued is encrypted as it is queued.
+    pub(super) tls: Option<Box<TlsLayer>>,
 }
 
 /// Where a connection is in its life. Handshake -> Open -> Closing -> Ending, or straight to
@@ -94,7 +97,7 @@ impl Conn {
     /// that does not read cannot make the shard hold more than one bound's worth.
     pub fn queue(&mut self, frame: Bytes) {
         if self.stage == Stage::Open {
-            self.outbound.push_control(frame);
+            self.push_control(frame);
             self.schedule();
         }
     }
@@ -103,10 +106,49 @@ impl Conn {
     /// initiated it politely, once the client answers or the shard's deadline passes).
     pub fn queue_close(&mut self, code: CloseCode, reason: &str) {
         if self.stage == Stage::Open {
-            self.outbound
-                .push_control(Bytes::from(encode::close(code, reason)));
+            self.push_control(Bytes::from(encode::close(code, reason)));
             self.stage = Stage::Closing;
             self.schedule();
+        }
+    }
+
+    /// Queues a control frame, reply or HTTP answer (encrypted first on a wss socket); it is
+    /// never dropped.
+    pub(crate) fn push_control(&mut self, frame: Bytes) {
+        if let Some(wire) = self.seal(frame) {
+            self.outbound.push_control(wire);
+        }
+    }
+
+    /// Offers an event frame to the queue (see [`Outbound::push_event`]). On a wss socket it is
+    /// encrypted only once it is sure to be queued: an encrypted record must go out.
+    pub(crate) fn push_event(&mut self, frame: Bytes) -> Enqueued {
+        if self.tls.is_none() || !self.outbound.fits(frame.len()) {
+            return self.outbound.push_event(frame);
+        }
+        match self.seal(frame) {
+            Some(wire) => {
+                self.outbound.push_control(wire);
+                Enqueued::Queued
+            }
+            None => Enqueued::Dropped,
+        }
+    }
+
+    /// `frame` as it goes on the wire: as it is, or encrypted for a wss socket. `None` if the
+    /// encryption failed; the socket is then cut.
+    fn seal(&mut self, frame: Bytes) -> Option<Bytes> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Some(frame);
+        };
+        match tls.encrypt(&frame) {
+            Ok(wire) => Some(wire),
+            Err(e) => {
+                tracing::debug!("socket {}: TLS: cannot encrypt: {e}", self.id);
+                self.set_ending();
+                self.cut();
+                None
+            }
         }
     }
 
@@ -124,11 +166,15 @@ impl Conn {
         matches!(self.stage, Stage::Ending { .. })
     }
 
-    /// From now on: write what is queued, then end; input is discarded.
+    /// From now on: write what is queued, then end; input is discarded. A wss socket's last
+    /// record is its close_notify.
     pub(super) fn set_ending(&mut self) {
         self.stage = Stage::Ending {
             upgraded: self.is_upgraded(),
         };
+        if let Some(notify) = self.tls.as_mut().and_then(|tls| tls.close_notify()) {
+            self.outbound.push_control(notify);
+        }
     }
 
     /// Whether reading is paused because the client does not read its output.
@@ -161,8 +207,10 @@ impl Conn {
     /// Closes a socket whose client has not read its output for too long: the close frame
     /// replaces what is queued (the client would never get to it) and the socket is cut.
     pub(crate) fn close_blocked(&mut self) {
-        self.outbound.clear();
-        self.outbound.push_control(Bytes::from(encode::close(
+        // A frame (or record) already partly written is finished first: the close frame behind
+        // it is then still readable.
+        self.outbound.clear_unstarted();
+        self.push_control(Bytes::from(encode::close(
             CloseCode::POLICY,
             "output blocked",
         )));
@@ -222,6 +270,7 @@ impl Conn {
             scheduled: false,
             bindings: Vec::new(),
             labels: None,
+            tls: None,
         }
     }
 

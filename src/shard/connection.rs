@@ -37,6 +37,7 @@ use super::outbound::Outbound;
 use super::poller::{Ready, Token};
 use super::session::{Reply, Session};
 use super::sockets::{Input, Socket};
+use super::tls::{Received, TlsLayer, HANDSHAKE_RECORD};
 use super::uring::Completion;
 use crate::ws::frame::{encode, Message, Reader};
 use crate::ws::{handshake, CloseCode};
@@ -60,7 +61,7 @@ enum Next {
 
 /// Takes a freshly accepted socket into the shard from the epoll backend's listener (see
 /// [`accept_fd`]).
-pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) {
+pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr, tls: bool) {
     // A stream just accepted has no operation in flight, so the runtime lets go of it (and
     // deregisters it from its own epoll set).
     let fd = stream.into_raw_fd();
@@ -68,14 +69,31 @@ pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr) 
         io::close(fd);
         return;
     }
-    accept_fd(shard, fd, peer);
+    accept_fd(shard, fd, peer, tls);
 }
 
 /// Takes a freshly accepted, non-blocking socket into the shard: registry and socket I/O
 /// (readiness, or its receive). Nothing is parsed yet; the request is read when it arrives. A
 /// connection over a limit is taken too, to be answered `429`/`503` once its request is in.
-pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr) {
+/// `tls`: it came in on the wss listener, and its TLS handshake comes first (within the same
+/// handshake deadline).
+pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr, tls: bool) {
     io::set_nodelay(fd);
+    let tls = match (tls, &shard.tls) {
+        (false, _) => None,
+        (true, Some(server)) => match TlsLayer::new(server.config()) {
+            Ok(layer) => Some(Box::new(layer)),
+            Err(e) => {
+                tracing::warn!("wss: cannot start a TLS connection: {e}");
+                io::close(fd);
+                return;
+            }
+        },
+        (true, None) => {
+            io::close(fd);
+            return;
+        }
+    };
     let now = shard.clock();
     let mut sockets = shard.sockets.borrow_mut();
     let token = sockets.next_token();
@@ -84,6 +102,7 @@ pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr) {
         shard.config.slow_consumer,
     );
     let mut conn = Conn::accepted(fd, token, peer, outbound, now);
+    conn.tls = tls;
     if shard.io.register(&mut conn).is_err() {
         // Nothing registered: the descriptor is closed with the record.
         return;
@@ -352,7 +371,7 @@ fn read_available(shard: &ShardContext, socket: &mut Socket, received: Option<&m
     match received {
         Some(data) => {
             heard = true;
-            take_bytes(shard, conn, input, data, &mut next);
+            feed(shard, conn, input, data, &mut next);
         }
         None if shard.io.reads_on_readiness() => {
             let fd = conn.borrow().fd;
@@ -370,7 +389,7 @@ fn read_available(shard: &ShardContext, socket: &mut Socket, received: Option<&m
                     Err(_) => return Next::End,
                 };
                 heard = true;
-                let more = take_bytes(shard, conn, input, &mut scratch[..n], &mut next);
+                let more = feed(shard, conn, input, &mut scratch[..n], &mut next);
                 if !more || n < scratch.len() {
                     break;
                 }
@@ -388,6 +407,89 @@ fn read_available(shard: &ShardContext, socket: &mut Socket, received: Option<&m
         return Next::End;
     }
     next
+}
+
+/// Bytes just read from the socket. On a wss socket they are decrypted first (what the TLS
+/// handshake answers is queued) and the plaintext goes on as a plain socket's bytes do; a plain
+/// socket whose client starts a TLS handshake is refused with a TLS alert. Returns whether
+/// reading should go on now.
+fn feed(
+    shard: &ShardContext,
+    conn: &Rc<RefCell<Conn>>,
+    input: &mut Input,
+    data: &mut [u8],
+    next: &mut Next,
+) -> bool {
+    let received = {
+        let mut guard = conn.borrow_mut();
+        let c = &mut *guard;
+        let Some(tls) = c.tls.as_mut() else {
+            let tls_hello = c.stage == Stage::Handshake
+                && input.partial.is_empty()
+                && data.first() == Some(&HANDSHAKE_RECORD);
+            drop(guard);
+            if tls_hello {
+                return refuse_tls(shard, conn, next);
+            }
+            return take_bytes(shard, conn, input, data, next);
+        };
+        let mut plain = shard.plain.borrow_mut();
+        plain.clear();
+        let mut wire = Vec::new();
+        let received = tls.receive(data, &mut plain, &mut wire);
+        if !wire.is_empty() {
+            // Handshake records, session tickets, an alert: already wire bytes.
+            c.outbound.push_control(Bytes::from(wire));
+        }
+        received
+    };
+    match received {
+        Received::Open | Received::PeerClosed => {}
+        Received::PlainHttp => {
+            Counters::add(&shard.counters.handshakes_tls_failed, 1);
+            // Not encrypted: the client speaks plain HTTP, and this is what it can read.
+            let answer = handshake::refuse(
+                400,
+                "text/plain; charset=utf-8",
+                "this port speaks TLS: connect with wss://\n",
+            );
+            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+            *next = Next::FlushAndEnd;
+            return false;
+        }
+        Received::Failed(e) => {
+            if !conn.borrow().is_upgraded() {
+                Counters::add(&shard.counters.handshakes_tls_failed, 1);
+            }
+            tracing::debug!("socket {}: TLS: {e}", conn.borrow().id);
+            *next = Next::FlushAndEnd;
+            return false;
+        }
+    }
+    let mut plain = shard.plain.borrow_mut();
+    let more = plain.is_empty() || take_bytes(shard, conn, input, &mut plain, next);
+    if received == Received::PeerClosed {
+        // close_notify: nothing more will come; what is queued still goes out.
+        if *next == Next::Continue {
+            *next = Next::FlushAndEnd;
+        }
+        return false;
+    }
+    more
+}
+
+/// A TLS client on the plain listener: a fatal `handshake_failure` alert (which a TLS client
+/// reports as such, where an HTTP answer would read as a garbled record), then the end.
+fn refuse_tls(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, next: &mut Next) -> bool {
+    /// Alert record, TLS 1.0 record version (what a server not yet agreed on one sends), fatal,
+    /// handshake_failure (40).
+    const ALERT: &[u8] = &[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 40];
+    Counters::add(&shard.counters.handshakes_tls_failed, 1);
+    conn.borrow_mut()
+        .outbound
+        .push_control(Bytes::from_static(ALERT));
+    *next = Next::FlushAndEnd;
+    false
 }
 
 /// Bytes just read: the upgrade request or frames, parsed unless the connection is ending
@@ -479,7 +581,7 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         Err(refusal) => {
             Counters::add(&shard.counters.handshakes_invalid, 1);
             let answer = handshake::refuse_bad_request(&refusal);
-            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+            conn.borrow_mut().push_control(Bytes::from(answer));
             return Next::FlushAndEnd;
         }
     };
@@ -498,7 +600,7 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         };
         Counters::add(counter, 1);
         let answer = handshake::refuse(refusal, "text/plain; charset=utf-8", body);
-        conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+        conn.borrow_mut().push_control(Bytes::from(answer));
         return Next::FlushAndEnd;
     }
     let peer = conn.borrow().peer;
@@ -507,14 +609,13 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         Err(refusal) => {
             Counters::add(&shard.counters.handshakes_refused, 1);
             let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
-            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+            conn.borrow_mut().push_control(Bytes::from(answer));
             return Next::FlushAndEnd;
         }
     };
     {
         let mut conn = conn.borrow_mut();
-        conn.outbound
-            .push_control(Bytes::from(handshake::accept(&request)));
+        conn.push_control(Bytes::from(handshake::accept(&request)));
         conn.stage = Stage::Open;
     }
     if let Some(left) = session.expires_in() {

@@ -14,6 +14,9 @@ use super::session::SessionFactory;
 use super::sockets::SocketTable;
 use crate::config::ServeConfig;
 
+/// Scratch buffer each shard reads into; the largest read a socket gets per call.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
 /// What every task of one shard shares. Single-threaded: `Rc`, `Cell`, `RefCell`.
 pub(crate) struct ShardContext {
     pub index: usize,
@@ -25,6 +28,10 @@ pub(crate) struct ShardContext {
     pub instance: u64,
     /// Where sockets read into; never borrowed across an await.
     pub scratch: RefCell<Vec<u8>>,
+    /// Where a wss socket's input is decrypted into (then parsed like a plain socket's).
+    pub plain: RefCell<Vec<u8>>,
+    /// The wss listener's TLS (certificate swapped on SIGHUP), if the shard has one.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// The shard's socket registry.
     pub(crate) sockets: RefCell<SocketTable>,
     /// The socket I/O of every socket in the registry: epoll readiness or the shard's ring.
@@ -46,7 +53,7 @@ impl ShardContext {
         limits: Arc<ConnectionLimits>,
         instance: u64,
         io: SocketIo,
-        scratch_bytes: usize,
+        tls: Option<Arc<crate::tls::ServerTls>>,
     ) -> ShardContext {
         ShardContext {
             index,
@@ -54,7 +61,9 @@ impl ShardContext {
             factory,
             limits,
             instance,
-            scratch: RefCell::new(vec![0; scratch_bytes]),
+            scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+            plain: RefCell::new(Vec::new()),
+            tls,
             sockets: RefCell::new(SocketTable::default()),
             io,
             accepting: Cell::new(true),

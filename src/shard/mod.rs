@@ -5,6 +5,7 @@
 //! - `backend`: the socket I/O a shard runs on: `uring` (native io_uring: multishot accept and
 //!   receive, provided buffers, batched sends) or `poller` (epoll).
 //! - `connection`: one socket from handshake to close, as a record driven by readiness.
+//! - `tls`: a wss socket's TLS record layer (rustls, unbuffered), kept in its record.
 //! - `poller`: the epoll set and the shard's service list; `sockets`: the socket registry.
 //! - [`outbound`]: the per-socket, byte-bounded queue and the slow-consumer policy.
 //! - [`session`]: the seam the dialects plug into.
@@ -26,6 +27,7 @@ mod poller;
 pub mod runtime;
 pub mod session;
 mod sockets;
+mod tls;
 mod uring;
 
 pub use backend::{Driver, IoBackend};

@@ -115,6 +115,16 @@ impl Outbound {
         self.written_of_front = 0;
     }
 
+    /// Drops everything queued except a frame already partly written (the client is to be sent
+    /// something else next, and a frame cut short would garble it).
+    pub fn clear_unstarted(&mut self) {
+        if self.written_of_front == 0 {
+            return self.clear();
+        }
+        self.frames.truncate(1);
+        self.queued = self.frames.front().map_or(0, |front| front.len()) - self.written_of_front;
+    }
+
     /// Unwritten bytes waiting.
     pub fn queued_bytes(&self) -> usize {
         self.queued

@@ -34,10 +34,9 @@ use super::session::SessionFactory;
 use super::uring::{Completion, Uring};
 use crate::config::ServeConfig;
 use crate::fanout::{self, Consumer, Event, Producer, Publisher, Recv};
+use crate::tls::ServerTls;
 use crate::ws::CloseCode;
 
-/// Scratch buffer each shard reads into; the largest read a socket gets per call.
-const SCRATCH_BYTES: usize = 64 * 1024;
 const LISTEN_BACKLOG: i32 = 4096;
 /// Events that may wait in one shard's ring before the publisher waits.
 const RING_CAPACITY: usize = 8192;
@@ -49,6 +48,10 @@ const BATCH: usize = 256;
 /// The shard threads of one process.
 pub struct Gateway {
     local_addr: SocketAddr,
+    /// The wss listener's address, if the node has one.
+    wss_addr: Option<SocketAddr>,
+    /// Its TLS (the certificate swapped by [`Gateway::reload_tls`]).
+    tls: Option<Arc<ServerTls>>,
     driver: Driver,
     stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
@@ -99,8 +102,28 @@ impl Gateway {
             requested: AtomicBool::new(false),
             shards: (0..shards).map(|_| AtomicWaker::new()).collect(),
         });
+        let tls = match (
+            config.wss_listen,
+            &config.tls_cert_file,
+            &config.tls_key_file,
+        ) {
+            (None, _, _) => None,
+            (Some(_), Some(cert), Some(key)) => {
+                Some(Arc::new(ServerTls::load(cert, key).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, e)
+                })?))
+            }
+            (Some(_), _, _) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "wss_listen needs tls_cert_file and tls_key_file",
+                ))
+            }
+        };
         let mut gateway = Gateway {
             local_addr: config.ws_listen,
+            wss_addr: config.wss_listen,
+            tls,
             driver: Driver::Epoll,
             stop,
             threads: Vec::new(),
@@ -125,8 +148,10 @@ impl Gateway {
             let (bound_tx, bound_rx) = mpsc::channel();
             let mut shard_config = config.clone();
             shard_config.ws_listen = gateway.local_addr;
+            shard_config.wss_listen = gateway.wss_addr;
             let shared = Shared {
                 instance,
+                tls: gateway.tls.clone(),
                 factory: factory.clone(),
                 limits: limits.clone(),
                 stop: gateway.stop.clone(),
@@ -139,8 +164,9 @@ impl Gateway {
                 })?;
             gateway.threads.push(thread);
             match bound_rx.recv() {
-                Ok(Ok((addr, driver))) => {
+                Ok(Ok((addr, wss_addr, driver))) => {
                     gateway.local_addr = addr;
+                    gateway.wss_addr = wss_addr;
                     gateway.driver = driver;
                 }
                 Ok(Err(e)) => {
@@ -170,6 +196,16 @@ impl Gateway {
 
     pub fn driver(&self) -> Driver {
         self.driver
+    }
+
+    /// The wss listener's address, if the node has one.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
+    }
+
+    /// The wss listener's TLS, if the node has one.
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_deref()
     }
 
     /// Hands the registry to the control plane; [`Gateway::sockets`] and [`Gateway::stats`]
@@ -271,8 +307,12 @@ fn pin_to_core(index: usize) {
 }
 
 /// What every shard of a node shares.
+/// What a shard reports once it listens: its plain and wss addresses, and its backend.
+type Bound = (SocketAddr, Option<SocketAddr>, Driver);
+
 struct Shared {
     instance: u64,
+    tls: Option<Arc<ServerTls>>,
     factory: Arc<dyn SessionFactory>,
     limits: Arc<ConnectionLimits>,
     stop: Arc<Stop>,
@@ -283,12 +323,13 @@ fn shard_thread(
     config: ServeConfig,
     Shared {
         instance,
+        tls,
         factory,
         limits,
         stop,
     }: Shared,
     (events, control): (Consumer<Arc<Event>>, Consumer<Control>),
-    bound: mpsc::Sender<io::Result<(SocketAddr, Driver)>>,
+    bound: mpsc::Sender<io::Result<Bound>>,
 ) {
     pin_to_core(index);
     // monoio runs the shard's tasks and timers on its epoll driver; the sockets are the
@@ -311,7 +352,16 @@ fn shard_thread(
                 return;
             }
         };
-        let io = match open_backend(index, config.io_backend, listener.as_raw_fd()) {
+        let wss = match config.wss_listen.map(bind).transpose() {
+            Ok(wss) => wss,
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        let mut fds = vec![listener.as_raw_fd()];
+        fds.extend(wss.as_ref().map(OwnedListener::as_raw_fd));
+        let io = match open_backend(index, config.io_backend, &fds) {
             Ok(io) => io,
             Err(e) => {
                 let _ = bound.send(Err(e));
@@ -319,15 +369,13 @@ fn shard_thread(
             }
         };
         let driver = io.driver();
-        let _ = bound.send(listener.local_addr().map(|addr| (addr, driver)));
+        let addrs = listener.local_addr().and_then(|addr| {
+            let wss_addr = wss.as_ref().map(OwnedListener::local_addr).transpose()?;
+            Ok((addr, wss_addr, driver))
+        });
+        let _ = bound.send(addrs);
         let shard = Rc::new(ShardContext::new(
-            index,
-            config,
-            factory,
-            limits,
-            instance,
-            io,
-            SCRATCH_BYTES,
+            index, config, factory, limits, instance, io, tls,
         ));
         // The sweep, delivery and control tasks run until this `block_on` returns and the
         // runtime, with its tasks, is dropped.
@@ -340,50 +388,52 @@ fn shard_thread(
             monoio::spawn(drive_ring(shard.clone()));
             stop.wait(index).await;
             shard.accepting.set(false);
-            // SAFETY: shutdown on the listener's own descriptor: the accept in flight ends.
-            unsafe {
-                libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+            // The accepts in flight end.
+            for fd in &fds {
+                stop_listening(*fd);
             }
             going_away(&shard).await;
             if let SocketIo::Uring(uring) = &shard.io {
                 uring.finish(Duration::from_secs(1));
             }
-            drop(listener);
+            drop((listener, wss));
             return;
         }
         monoio::spawn(poll_sockets(shard.clone()));
-        let listener = match TcpListener::from_std(std::net::TcpListener::from(listener)) {
-            Ok(listener) => listener,
+        let accepting = [Some(listener), wss]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, listener)| Some((index == 1, listener?)))
+            .map(|(tls, listener)| {
+                let listener = TcpListener::from_std(std::net::TcpListener::from(listener))?;
+                Ok((tls, listener))
+            })
+            .collect::<io::Result<Vec<_>>>();
+        let accepting = match accepting {
+            Ok(accepting) => accepting,
             Err(e) => {
                 tracing::error!("shard {index}: cannot accept connections: {e}");
                 return;
             }
         };
-        loop {
-            monoio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => connection::accept(&shard, stream, peer),
-                    // Out of descriptors and the like: back off instead of spinning.
-                    Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
-                },
-                _ = stop.wait(index) => break,
-            }
+        for (tls, listener) in accepting {
+            monoio::spawn(accept_on(shard.clone(), listener, tls));
         }
-        // Stop listening now, not when the descriptor's last reference goes.
-        // SAFETY: shutdown on the listener's own descriptor; no memory is passed.
-        unsafe {
-            libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+        stop.wait(index).await;
+        shard.accepting.set(false);
+        // Stop listening now, not when the descriptors' last reference goes.
+        for fd in &fds {
+            stop_listening(*fd);
         }
-        drop(listener);
         going_away(&shard).await;
     });
 }
 
 /// The shard's socket I/O as `io_backend` asks: `auto` takes io_uring where the ring can be set
 /// up as the backend needs it (and says why not, once, otherwise).
-fn open_backend(index: usize, backend: IoBackend, listener: RawFd) -> io::Result<SocketIo> {
+fn open_backend(index: usize, backend: IoBackend, listeners: &[RawFd]) -> io::Result<SocketIo> {
     if backend != IoBackend::Epoll {
-        match Uring::new(listener) {
+        match Uring::new(listeners) {
             Ok(uring) => {
                 if index == 0 {
                     tracing::debug!("io_uring: one ring per shard, task work {:?}", uring.mode);
@@ -404,6 +454,31 @@ fn open_backend(index: usize, backend: IoBackend, listener: RawFd) -> io::Result
         }
     }
     Poller::new().map(SocketIo::Epoll)
+}
+
+/// The epoll backend's accept loop on one listener (`tls`: the wss one); it ends when the shard
+/// stops accepting.
+/// The shard shuts the listener down at stop ([`stop_listening`]), which ends a waiting accept.
+async fn accept_on(shard: Rc<ShardContext>, listener: TcpListener, tls: bool) {
+    while shard.accepting.get() {
+        match listener.accept().await {
+            Ok((stream, peer)) if shard.accepting.get() => {
+                connection::accept(&shard, stream, peer, tls)
+            }
+            Ok(_) => break,
+            // Out of descriptors and the like: back off instead of spinning.
+            Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Stops a listener now, not when its descriptor's last reference goes: an accept waiting on
+/// it ends.
+fn stop_listening(fd: RawFd) {
+    // SAFETY: shutdown on a listener's own descriptor; no memory is passed.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
 }
 
 /// The shard's listener on `addr`: `SO_REUSEPORT` (every shard binds the same address and the
@@ -570,6 +645,8 @@ async fn drive_ring(shard: Rc<ShardContext>) {
     let mut rearm = Vec::new();
     // After an accept error (out of descriptors), when to accept again.
     let mut accept_after: Option<Instant> = None;
+    // Listeners whose accept waits for `accept_after`.
+    let mut accept_retry: Vec<usize> = Vec::new();
     let mut readable: Readable<'_> = None;
     loop {
         poller::take_scheduled(&mut scheduled);
@@ -587,11 +664,15 @@ async fn drive_ring(shard: Rc<ShardContext>) {
         let completions = done.len();
         for completion in done.drain(..) {
             match completion {
-                Completion::Accepted { result, ended } => {
+                Completion::Accepted {
+                    listener,
+                    result,
+                    ended,
+                } => {
                     let failed = result.is_err();
                     match result.and_then(|fd| peer_of(fd).map(|peer| (fd, peer))) {
                         Ok((fd, peer)) if shard.accepting.get() => {
-                            connection::accept_fd(&shard, fd, peer)
+                            connection::accept_fd(&shard, fd, peer, listener == 1)
                         }
                         Ok((fd, _)) => super::io::close(fd),
                         Err(_) => {}
@@ -599,8 +680,9 @@ async fn drive_ring(shard: Rc<ShardContext>) {
                     if ended && shard.accepting.get() {
                         if failed {
                             accept_after = Some(Instant::now() + Duration::from_millis(10));
+                            accept_retry.push(listener);
                         } else {
-                            uring.arm_accept();
+                            uring.arm_accept(listener);
                         }
                     }
                 }
@@ -614,8 +696,10 @@ async fn drive_ring(shard: Rc<ShardContext>) {
         }
         if accept_after.is_some_and(|at| Instant::now() >= at) {
             accept_after = None;
-            if shard.accepting.get() {
-                uring.arm_accept();
+            for listener in accept_retry.drain(..) {
+                if shard.accepting.get() {
+                    uring.arm_accept(listener);
+                }
             }
         }
         if completions > 0 || uring.has_queued() || poller::has_scheduled() {
@@ -804,6 +888,7 @@ async fn answer_control(
                         closed_slow: c.closed_slow.get(),
                         handshakes_invalid: c.handshakes_invalid.get(),
                         handshakes_refused: c.handshakes_refused.get(),
+                        handshakes_tls_failed: c.handshakes_tls_failed.get(),
                         handshakes_limited_address: c.handshakes_limited_address.get(),
                         handshakes_limited_node: c.handshakes_limited_node.get(),
                         closed_blocked: c.closed_blocked.get(),

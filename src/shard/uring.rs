@@ -1,8 +1,8 @@
 //! The native io_uring backend: one ring per shard, driven by the shard itself.
 //!
-//! - **Accept**: one multishot accept on the shard's `SO_REUSEPORT` listener; each completion is
-//!   a new socket (close-on-exec; left in blocking mode, so that a send to a full socket waits in
-//!   the kernel for room instead of failing with `EAGAIN`).
+//! - **Accept**: one multishot accept on each of the shard's `SO_REUSEPORT` listeners (plain and
+//!   wss); each completion is a new socket (close-on-exec; left in blocking mode, so that a send
+//!   to a full socket waits in the kernel for room instead of failing with `EAGAIN`).
 //! - **Read**: one multishot receive per socket, into a *provided buffer ring* the shard's
 //!   sockets share. The kernel picks a buffer only when data arrives, so an idle socket pins no
 //!   buffer and has no future of its own: it is a request in the kernel and a record in the
@@ -67,9 +67,11 @@ const ENTER_GETEVENTS: u32 = 1;
 /// What one completion means for the shard.
 #[derive(Debug)]
 pub(crate) enum Completion {
-    /// A new connection (its descriptor) or an accept error; `ended`: the multishot accept is
-    /// over and must be armed again.
+    /// A new connection (its descriptor) or an accept error on listener `listener` (an index
+    /// into those given to [`Uring::new`]); `ended`: the multishot accept is over and must be
+    /// armed again.
     Accepted {
+        listener: usize,
         result: io::Result<RawFd>,
         ended: bool,
     },
@@ -90,7 +92,8 @@ pub(crate) enum Completion {
 /// An operation in flight other than a receive. Its slot index and generation form the
 /// request's `user_data`, so a slot reused later is never confused with it.
 enum Op {
-    Accept,
+    /// The multishot accept on the listener of this index.
+    Accept(usize),
     Send(Box<SendOp>),
     Cancel,
 }
@@ -300,7 +303,8 @@ pub(crate) struct Uring {
     buffers: Buffers,
     /// Signalled by the kernel when the ring has completions (or deferred work) for the shard.
     eventfd: OwnedFd,
-    listener: RawFd,
+    /// The shard's listeners (plain, then wss if it has one).
+    listeners: Vec<RawFd>,
     /// Sockets whose receive ended (`ENOBUFS`, a cancelled pause now resumed, the kernel's own
     /// end of a multishot): armed again once the turn's buffers are back.
     rearm: RefCell<Vec<Token>>,
@@ -315,9 +319,9 @@ pub(crate) struct Uring {
 }
 
 impl Uring {
-    /// Sets up the ring, its buffers and its eventfd, and arms the accept on `listener` (which
-    /// stays owned by the caller and must outlive the ring's use of it).
-    pub fn new(listener: RawFd) -> io::Result<Uring> {
+    /// Sets up the ring, its buffers and its eventfd, and arms an accept on each of `listeners`
+    /// (which stay owned by the caller and must outlive the ring's use of them).
+    pub fn new(listeners: &[RawFd]) -> io::Result<Uring> {
         check_kernel()?;
         let (ring, mode) = build_ring()?;
         let mut probe = io_uring::Probe::new();
@@ -365,14 +369,16 @@ impl Uring {
             ops: RefCell::default(),
             buffers,
             eventfd,
-            listener,
+            listeners: listeners.to_vec(),
             rearm: RefCell::default(),
             queued: Cell::new(0),
             receives: Cell::new(0),
             backlog: RefCell::default(),
             mode,
         };
-        uring.arm_accept();
+        for index in 0..listeners.len() {
+            uring.arm_accept(index);
+        }
         uring.enter(&mut Vec::new())?;
         Ok(uring)
     }
@@ -423,9 +429,13 @@ impl Uring {
         self.queued.get() > 0
     }
 
-    pub fn arm_accept(&self) {
-        let user_data = self.ops.borrow_mut().insert(Op::Accept);
-        let entry = opcode::AcceptMulti::new(types::Fd(self.listener))
+    /// Arms the multishot accept on listener `index`.
+    pub fn arm_accept(&self, index: usize) {
+        let Some(&listener) = self.listeners.get(index) else {
+            return;
+        };
+        let user_data = self.ops.borrow_mut().insert(Op::Accept(index));
+        let entry = opcode::AcceptMulti::new(types::Fd(listener))
             // Blocking mode: io_uring returns EAGAIN for a non-blocking socket instead of waiting
             // for room; the shard's own direct writes pass MSG_DONTWAIT.
             .flags(libc::SOCK_CLOEXEC)
@@ -590,11 +600,12 @@ impl Uring {
         let mut ops = self.ops.borrow_mut();
         match ops.get(user_data) {
             None => Completion::Nothing,
-            Some(Op::Accept) => {
+            Some(&Op::Accept(listener)) => {
                 if !more {
                     ops.remove(user_data);
                 }
                 Completion::Accepted {
+                    listener,
                     result: if result >= 0 {
                         Ok(result)
                     } else {

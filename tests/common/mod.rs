@@ -260,6 +260,13 @@ pub fn listening(line: &str) -> Option<Listening> {
     addr(rest).map(Listening::Api)
 }
 
+/// The wss listener a `serve` log line announces, if it announces it.
+#[allow(dead_code)]
+pub fn listening_wss(line: &str) -> Option<std::net::SocketAddr> {
+    let (_, rest) = line.split_once("websocket: listening on wss://")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// A test CA (made once per `dir`) and a certificate it signed for `sans` (e.g.
 /// `DNS:localhost,IP:127.0.0.1`), named `name`: (CA, cert, key, cert+key) files. Made with
 /// `openssl`; `extendedKeyUsage` covers servers and clients.
