@@ -6,7 +6,9 @@
 //! `HORIZON_FANOUT_CONNECTIONS` (10000), `HORIZON_FANOUT_EVENTS` (200), `HORIZON_FANOUT_BYTES`
 //! (1024, the event frame size), `HORIZON_FANOUT_SYSCALLS=1` (count the gateway process's system
 //! calls over the run with `perf stat -e raw_syscalls:sys_enter`, and report them per 1,000
-//! deliveries; needs `perf` and the permission to trace).
+//! deliveries; needs `perf` and the permission to trace), `HORIZON_FANOUT_TLS=1` (the clients
+//! connect with wss: TLS 1.3, AES-256-GCM as rustls's clients choose, every frame encrypted per
+//! socket by the gateway and decrypted by the client process).
 //!
 //! The gateway (2 shards, the `close` slow-consumer policy so that a loss would show as a failure)
 //! runs in this process and publishes as fast as the rings accept. The clients run in a second
@@ -31,6 +33,9 @@ use horizon::shard::{
     Subscriptions,
 };
 use horizon::ws::handshake::Request;
+
+#[path = "support/tls.rs"]
+mod tls;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -70,6 +75,17 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Minor page faults of this process so far.
+fn page_faults() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    usage.ru_minflt
+}
+
 /// User and system CPU seconds of this process so far.
 fn cpu_seconds() -> (f64, f64) {
     // SAFETY: getrusage fills the zeroed struct it is given.
@@ -83,6 +99,9 @@ fn cpu_seconds() -> (f64, f64) {
 }
 
 const CLIENT_ROLE: &str = "HORIZON_FANOUT_CLIENT_OF";
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// Per-connection frame counting state in the client.
 #[derive(Default, Clone, Copy)]
@@ -137,28 +156,86 @@ impl Counter {
     }
 }
 
-fn client(addr: SocketAddr, connections: usize, events: usize) {
+/// A client socket: plain, or TLS (its rustls connection beside the socket).
+struct ClientSocket {
+    tcp: TcpStream,
+    tls: Option<tokio_rustls::rustls::ClientConnection>,
+}
+
+impl ClientSocket {
+    /// Reads what the socket has, feeding the plaintext to `counter`; false at WouldBlock.
+    fn read_into(&mut self, buf: &mut [u8], counter: &mut Counter, i: usize) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return match (&self.tcp).read(buf) {
+                Ok(0) => panic!("connection {i} closed by the gateway (slow consumer?)"),
+                Ok(got) => {
+                    counter.feed(&buf[..got]);
+                    true
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                Err(e) => panic!("connection {i}: {e}"),
+            };
+        };
+        match tls.read_tls(&mut self.tcp) {
+            Ok(0) => panic!("connection {i} closed by the gateway (slow consumer?)"),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) => panic!("connection {i}: {e}"),
+        }
+        tls.process_new_packets()
+            .unwrap_or_else(|e| panic!("connection {i}: TLS: {e}"));
+        loop {
+            match tls.reader().read(buf) {
+                Ok(0) => panic!("connection {i}: close_notify"),
+                Ok(got) => counter.feed(&buf[..got]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) => panic!("connection {i}: {e}"),
+            }
+        }
+    }
+}
+
+fn client(addr: SocketAddr, connections: usize, events: usize, ca: Option<&str>) {
     let request = "GET /bench HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     // A masked "bench.#" subscribe (mask of zeros: the payload is sent as is).
     let mut subscribe = vec![0x81, 0x80 | 7, 0, 0, 0, 0];
     subscribe.extend_from_slice(b"bench.#");
+    let config = ca.map(|ca| tls::client_config(std::path::Path::new(ca), false));
     let mut sockets = Vec::with_capacity(connections);
     for i in 0..connections {
-        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {i}: {e}"));
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = Vec::new();
-        let mut byte = [0u8; 1];
-        while !answer.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).unwrap();
-            answer.push(byte[0]);
+        fn setup(stream: &mut impl ReadWrite, request: &str, subscribe: &[u8]) {
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let mut byte = [0u8; 1];
+            while !answer.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                answer.push(byte[0]);
+            }
+            stream.write_all(subscribe).unwrap();
+            let mut reply = [0u8; 4]; // 0x81 0x02 "ok"
+            stream.read_exact(&mut reply).unwrap();
+            assert_eq!(&reply[2..], b"ok");
         }
-        stream.write_all(&subscribe).unwrap();
-        let mut reply = [0u8; 4]; // 0x81 0x02 "ok"
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply[2..], b"ok");
-        stream.set_nonblocking(true).unwrap();
-        sockets.push(stream);
+        let socket = match &config {
+            None => {
+                let mut tcp =
+                    TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+                setup(&mut tcp, request, &subscribe);
+                ClientSocket { tcp, tls: None }
+            }
+            Some(config) => {
+                let mut stream =
+                    tls::connect(addr, config).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+                setup(&mut stream, request, &subscribe);
+                ClientSocket {
+                    tcp: stream.sock,
+                    tls: Some(stream.conn),
+                }
+            }
+        };
+        socket.tcp.set_nonblocking(true).unwrap();
+        sockets.push(socket);
     }
     // SAFETY: plain epoll calls on descriptors owned by `sockets`, which outlive the loop.
     let epoll = unsafe { libc::epoll_create1(0) };
@@ -168,7 +245,7 @@ fn client(addr: SocketAddr, connections: usize, events: usize) {
             u64: i as u64,
         };
         // SAFETY: as above.
-        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, s.tcp.as_raw_fd(), &mut ev) };
     }
     println!("ready");
     std::io::stdout().flush().unwrap();
@@ -183,19 +260,10 @@ fn client(addr: SocketAddr, connections: usize, events: usize) {
         let n = unsafe { libc::epoll_wait(epoll, ready.as_mut_ptr(), 1024, 1000) };
         for ev in &ready[..n.max(0) as usize] {
             let i = ev.u64 as usize;
-            loop {
-                match (&sockets[i]).read(&mut buf) {
-                    Ok(0) => panic!("connection {i} closed by the gateway (slow consumer?)"),
-                    Ok(got) => {
-                        let before = counters[i].frames;
-                        counters[i].feed(&buf[..got]);
-                        if before < events && counters[i].frames >= events {
-                            complete += 1;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("connection {i}: {e}"),
-                }
+            let before = counters[i].frames;
+            while sockets[i].read_into(&mut buf, &mut counters[i], i) {}
+            if before < events && counters[i].frames >= events {
+                complete += 1;
             }
         }
     }
@@ -210,15 +278,27 @@ fn main() {
     let connections = env("HORIZON_FANOUT_CONNECTIONS", 10_000);
     let events = env("HORIZON_FANOUT_EVENTS", 200);
     let frame_bytes = env("HORIZON_FANOUT_BYTES", 1024);
-    if let Ok(addr) = std::env::var(CLIENT_ROLE) {
-        client(addr.parse().unwrap(), connections, events);
+    if let Ok(spec) = std::env::var(CLIENT_ROLE) {
+        let (addr, ca) = match spec.split_once(',') {
+            Some((addr, ca)) => (addr, Some(ca)),
+            None => (spec.as_str(), None),
+        };
+        client(addr.parse().unwrap(), connections, events, ca);
         return;
     }
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let certificates = std::env::var("HORIZON_FANOUT_TLS")
+        .is_ok_and(|v| v == "1")
+        .then(tls::certificates);
     let config = ServeConfig {
         ws_listen: "127.0.0.1:0".parse().unwrap(),
+        wss_listen: certificates
+            .as_ref()
+            .map(|_| "127.0.0.1:0".parse().unwrap()),
+        tls_cert_file: certificates.as_ref().map(|c| c.cert.clone()),
+        tls_key_file: certificates.as_ref().map(|c| c.key.clone()),
         shards: 2,
         outbound_queue_bytes: 4 << 20,
         slow_consumer: SlowConsumerPolicy::Close,
@@ -233,7 +313,13 @@ fn main() {
     let mut gateway = Gateway::start(config, Arc::new(Factory)).expect("gateway");
     let publisher = gateway.take_publisher().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CLIENT_ROLE, gateway.local_addr().to_string())
+        .env(
+            CLIENT_ROLE,
+            match (&certificates, gateway.wss_addr()) {
+                (Some(certificates), Some(wss)) => format!("{wss},{}", certificates.ca.display()),
+                _ => gateway.local_addr().to_string(),
+            },
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -261,7 +347,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         perf
     });
-    let (cpu_before, started) = (cpu_seconds(), Instant::now());
+    let (cpu_before, faults_before, started) = (cpu_seconds(), page_faults(), Instant::now());
     runtime.block_on(async {
         for i in 0..events {
             let event = Event::new(format!("bench.e{i}"), Separator::Dot, body.clone());
@@ -270,6 +356,7 @@ fn main() {
     });
     let done = lines.next().unwrap().unwrap();
     let wall = started.elapsed().as_secs_f64();
+    let faults = page_faults() - faults_before;
     let (user, system) = cpu_seconds();
     let (user, system) = (user - cpu_before.0, system - cpu_before.1);
     let cpu = user + system;
@@ -277,9 +364,10 @@ fn main() {
     let expected = connections * events;
     assert_eq!(frames, expected, "every delivery arrived");
     println!(
-        "fanout/{connections}x{events} driver={} frame={frame_bytes}B: {expected} deliveries in \
+        "fanout/{connections}x{events}{} driver={} frame={frame_bytes}B: {expected} deliveries in \
          {wall:.2} s ({:.0}/s wall), gateway CPU {cpu:.2} s (user {user:.2}, system {system:.2}) \
-         -> {:.0} deliveries per CPU-second",
+         -> {:.0} deliveries per CPU-second; {faults} page faults",
+        if certificates.is_some() { " wss" } else { "" },
         gateway.driver(),
         expected as f64 / wall,
         expected as f64 / cpu,

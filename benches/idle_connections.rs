@@ -1,7 +1,9 @@
 //! Memory per idle WebSocket connection, measured on the real shard runtime.
 //!
 //! Run: `cargo bench --bench idle_connections` (15,000 connections; `HORIZON_IDLE_CONNECTIONS=N`
-//! to change it, `HORIZON_IO_BACKEND=epoll` for the epoll backend).
+//! to change it, `HORIZON_IO_BACKEND=io_uring` for the io_uring backend, `HORIZON_IDLE_TLS=1` for
+//! wss connections: TLS 1.3 on an ECDSA P-256 certificate, each socket's keys and record state
+//! then counted too).
 //!
 //! The gateway runs in this process; the clients run in a second process (this same binary,
 //! re-executed) so that their memory is not counted. Once every client has completed its handshake
@@ -21,6 +23,8 @@ use horizon::ws::handshake::Request;
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "support/tls.rs"]
+mod tls;
 
 use counting_alloc::live_bytes;
 
@@ -43,6 +47,9 @@ impl SessionFactory for IdleFactory {
 
 const CLIENT_ROLE: &str = "HORIZON_IDLE_CLIENT_OF";
 
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 fn rss_bytes() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -52,16 +59,21 @@ fn rss_bytes() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The client process: opens `count` WebSocket connections, reports "ready", then holds them
-/// until its standard input closes.
-fn client(addr: SocketAddr, count: usize) {
-    let mut sockets = Vec::with_capacity(count);
+/// The client process: opens `count` WebSocket connections (over TLS if `ca` is given), reports
+/// "ready", then holds them until its standard input closes.
+fn client(addr: SocketAddr, count: usize, ca: Option<&str>) {
+    let mut sockets: Vec<Box<dyn ReadWrite>> = Vec::with_capacity(count);
     let request = "GET /idle HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let config = ca.map(|ca| tls::client_config(std::path::Path::new(ca), false));
     for i in 0..count {
-        let mut stream = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(e) => panic!("connection {i}: {e}"),
+        let mut stream: Box<dyn ReadWrite> = match &config {
+            None => {
+                Box::new(TcpStream::connect(addr).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+            }
+            Some(config) => Box::new(
+                tls::connect(addr, config).unwrap_or_else(|e| panic!("connection {i}: {e}")),
+            ),
         };
         stream.write_all(request.as_bytes()).unwrap();
         let mut answer = [0u8; 129];
@@ -83,8 +95,12 @@ fn client(addr: SocketAddr, count: usize) {
 
 fn main() {
     if let Ok(spec) = std::env::var(CLIENT_ROLE) {
-        let (addr, count) = spec.split_once(',').expect("addr,count");
-        client(addr.parse().unwrap(), count.parse().unwrap());
+        let mut parts = spec.split(',');
+        let (addr, count) = (
+            parts.next().unwrap(),
+            parts.next().expect("addr,count[,ca]"),
+        );
+        client(addr.parse().unwrap(), count.parse().unwrap(), parts.next());
         return;
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful either way.
@@ -95,8 +111,16 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15_000);
+    let certificates = std::env::var("HORIZON_IDLE_TLS")
+        .is_ok_and(|v| v == "1")
+        .then(tls::certificates);
     let config = ServeConfig {
         ws_listen: "127.0.0.1:0".parse().unwrap(),
+        wss_listen: certificates
+            .as_ref()
+            .map(|_| "127.0.0.1:0".parse().unwrap()),
+        tls_cert_file: certificates.as_ref().map(|c| c.cert.clone()),
+        tls_key_file: certificates.as_ref().map(|c| c.key.clone()),
         // Long enough that no ping is in flight during the measurement.
         ping_interval: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(1200),
@@ -111,8 +135,12 @@ fn main() {
     let (heap_before, rss_before) = (live_bytes(), rss_bytes());
 
     let started = Instant::now();
+    let spec = match (&certificates, gateway.wss_addr()) {
+        (Some(certificates), Some(wss)) => format!("{wss},{count},{}", certificates.ca.display()),
+        _ => format!("{},{count}", gateway.local_addr()),
+    };
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(CLIENT_ROLE, format!("{},{count}", gateway.local_addr()))
+        .env(CLIENT_ROLE, spec)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -129,8 +157,9 @@ fn main() {
 
     let per = |before: usize, after: usize| after.saturating_sub(before) as f64 / count as f64;
     println!(
-        "idle_connections/{count} driver={} arena_eager_commit={}: heap {:.0} bytes per connection, RSS {:.0} bytes per \
+        "idle_connections/{count}{} driver={} arena_eager_commit={}: heap {:.0} bytes per connection, RSS {:.0} bytes per \
          connection ({:.1} MiB total RSS growth); {count} handshakes in {:.2} s",
+        if certificates.is_some() { " wss" } else { "" },
         gateway.driver(),
         horizon::memory::arena_eager_commit(),
         per(heap_before, heap_after),

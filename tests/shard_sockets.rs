@@ -229,7 +229,12 @@ fn handshake_refusals() {
             .await
             .starts_with("HTTP/1.1 400"));
 
-        let garbage = http_exchange(addr, b"\x16\x03\x01 hello\r\n\r\n").await;
+        // What a TLS client sends first: a fatal handshake_failure alert, which it reports as
+        // such (an HTTP answer would read to it as a garbled record).
+        let tls = http_exchange(addr, b"\x16\x03\x01 hello\r\n\r\n").await;
+        assert_eq!(tls.as_bytes(), b"\x15\x03\x01\x00\x02\x02\x28", "{tls:?}");
+
+        let garbage = http_exchange(addr, b"\x17\x03\x01 hello\r\n\r\n").await;
         assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
 
         let refused = UPGRADE.replace("GET /ws", "GET /refuse");

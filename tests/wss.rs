@@ -362,8 +362,9 @@ fn sighup_swaps_the_certificate_and_open_connections_stay() {
 }
 
 /// The wrong protocol on either port is refused at once and plainly: plain HTTP on the wss
-/// port gets a `400` it can read, a TLS client on the plain port a fatal alert; a TLS client
-/// that stalls in its handshake is cut at the handshake deadline. Each is counted.
+/// port gets a `400` it can read, a TLS client on the plain port a fatal alert, a client that
+/// offers only `h2` the `no_application_protocol` alert; a TLS client that stalls in its
+/// handshake is cut at the handshake deadline. Each refusal is counted.
 #[test]
 fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
     let dir = temp_dir("wss-wrong");
@@ -399,6 +400,17 @@ fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
                 "{backend}: {refused}"
             );
 
+            // A client that offers only HTTP/2: no protocol in common, refused in the handshake.
+            let mut h2 = (*client_config(&ca, &[&rustls::version::TLS13])).clone();
+            h2.alpn_protocols = vec![b"h2".to_vec()];
+            let refused = tls_connect(node.wss, Arc::new(h2))
+                .await
+                .expect_err("no protocol in common");
+            assert!(
+                refused.to_string().contains("NoApplicationProtocol"),
+                "{backend}: {refused}"
+            );
+
             // A handshake record that holds no ClientHello: an alert, then the end.
             let mut garbage = TcpStream::connect(node.wss).await.unwrap();
             garbage
@@ -425,7 +437,7 @@ fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
             assert_eq!(
                 node.metric("horizon_handshakes_refused_total{reason=\"tls\"}")
                     .await,
-                3.0,
+                4.0,
                 "{backend}"
             );
             // And the node serves on.

@@ -246,7 +246,7 @@ impl BindingTable {
                     io.make_room(&mut socket);
                 }
                 let was_idle = socket.outbound.is_empty();
-                match socket.push_event(frame.clone()) {
+                match socket.outbound.push_event(frame.clone()) {
                     super::Enqueued::Queued => {
                         report.queued += 1;
                         if was_idle {

@@ -10,9 +10,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::io;
-use super::outbound::{Enqueued, Outbound};
+use super::outbound::Outbound;
 use super::poller::{self, Token};
-use super::tls::TlsLayer;
 use crate::ws::frame::encode;
 use crate::ws::CloseCode;
 
@@ -56,8 +55,6 @@ pub struct Conn {
     /// The client's name and metadata for the socket, if it gave any (boxed: most sockets have
     /// none, and an idle socket's every byte counts).
     pub(crate) labels: Option<Box<Labels>>,
-    /// A wss socket's TLS record layer: everything queued is encrypted as it is queued.
-    pub(super) tls: Option<Box<TlsLayer>>,
 }
 
 /// Where a connection is in its life. Handshake -> Open -> Closing -> Ending, or straight to
@@ -97,7 +94,7 @@ impl Conn {
     /// that does not read cannot make the shard hold more than one bound's worth.
     pub fn queue(&mut self, frame: Bytes) {
         if self.stage == Stage::Open {
-            self.push_control(frame);
+            self.outbound.push_control(frame);
             self.schedule();
         }
     }
@@ -106,49 +103,10 @@ impl Conn {
     /// initiated it politely, once the client answers or the shard's deadline passes).
     pub fn queue_close(&mut self, code: CloseCode, reason: &str) {
         if self.stage == Stage::Open {
-            self.push_control(Bytes::from(encode::close(code, reason)));
+            self.outbound
+                .push_control(Bytes::from(encode::close(code, reason)));
             self.stage = Stage::Closing;
             self.schedule();
-        }
-    }
-
-    /// Queues a control frame, reply or HTTP answer (encrypted first on a wss socket); it is
-    /// never dropped.
-    pub(crate) fn push_control(&mut self, frame: Bytes) {
-        if let Some(wire) = self.seal(frame) {
-            self.outbound.push_control(wire);
-        }
-    }
-
-    /// Offers an event frame to the queue (see [`Outbound::push_event`]). On a wss socket it is
-    /// encrypted only once it is sure to be queued: an encrypted record must go out.
-    pub(crate) fn push_event(&mut self, frame: Bytes) -> Enqueued {
-        if self.tls.is_none() || !self.outbound.fits(frame.len()) {
-            return self.outbound.push_event(frame);
-        }
-        match self.seal(frame) {
-            Some(wire) => {
-                self.outbound.push_control(wire);
-                Enqueued::Queued
-            }
-            None => Enqueued::Dropped,
-        }
-    }
-
-    /// `frame` as it goes on the wire: as it is, or encrypted for a wss socket. `None` if the
-    /// encryption failed; the socket is then cut.
-    fn seal(&mut self, frame: Bytes) -> Option<Bytes> {
-        let Some(tls) = self.tls.as_mut() else {
-            return Some(frame);
-        };
-        match tls.encrypt(&frame) {
-            Ok(wire) => Some(wire),
-            Err(e) => {
-                tracing::debug!("socket {}: TLS: cannot encrypt: {e}", self.id);
-                self.set_ending();
-                self.cut();
-                None
-            }
         }
     }
 
@@ -172,9 +130,7 @@ impl Conn {
         self.stage = Stage::Ending {
             upgraded: self.is_upgraded(),
         };
-        if let Some(notify) = self.tls.as_mut().and_then(|tls| tls.close_notify()) {
-            self.outbound.push_control(notify);
-        }
+        self.outbound.close_notify();
     }
 
     /// Whether reading is paused because the client does not read its output.
@@ -210,7 +166,7 @@ impl Conn {
         // A frame (or record) already partly written is finished first: the close frame behind
         // it is then still readable.
         self.outbound.clear_unstarted();
-        self.push_control(Bytes::from(encode::close(
+        self.outbound.push_control(Bytes::from(encode::close(
             CloseCode::POLICY,
             "output blocked",
         )));
@@ -270,7 +226,6 @@ impl Conn {
             scheduled: false,
             bindings: Vec::new(),
             labels: None,
-            tls: None,
         }
     }
 

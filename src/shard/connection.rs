@@ -102,7 +102,7 @@ pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr, tls: 
         shard.config.slow_consumer,
     );
     let mut conn = Conn::accepted(fd, token, peer, outbound, now);
-    conn.tls = tls;
+    conn.outbound.tls = tls;
     if shard.io.register(&mut conn).is_err() {
         // Nothing registered: the descriptor is closed with the record.
         return;
@@ -423,7 +423,7 @@ fn feed(
     let received = {
         let mut guard = conn.borrow_mut();
         let c = &mut *guard;
-        let Some(tls) = c.tls.as_mut() else {
+        let Some(tls) = c.outbound.tls.as_mut() else {
             let tls_hello = c.stage == Stage::Handshake
                 && input.partial.is_empty()
                 && data.first() == Some(&HANDSHAKE_RECORD);
@@ -437,10 +437,8 @@ fn feed(
         plain.clear();
         let mut wire = Vec::new();
         let received = tls.receive(data, &mut plain, &mut wire);
-        if !wire.is_empty() {
-            // Handshake records, session tickets, an alert: already wire bytes.
-            c.outbound.push_control(Bytes::from(wire));
-        }
+        // Handshake records, session tickets, an alert: already wire bytes.
+        c.outbound.push_wire(Bytes::from(wire));
         received
     };
     match received {
@@ -453,7 +451,7 @@ fn feed(
                 "text/plain; charset=utf-8",
                 "this port speaks TLS: connect with wss://\n",
             );
-            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+            conn.borrow_mut().outbound.push_wire(Bytes::from(answer));
             *next = Next::FlushAndEnd;
             return false;
         }
@@ -581,7 +579,7 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         Err(refusal) => {
             Counters::add(&shard.counters.handshakes_invalid, 1);
             let answer = handshake::refuse_bad_request(&refusal);
-            conn.borrow_mut().push_control(Bytes::from(answer));
+            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
             return Next::FlushAndEnd;
         }
     };
@@ -600,7 +598,7 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         };
         Counters::add(counter, 1);
         let answer = handshake::refuse(refusal, "text/plain; charset=utf-8", body);
-        conn.borrow_mut().push_control(Bytes::from(answer));
+        conn.borrow_mut().outbound.push_control(Bytes::from(answer));
         return Next::FlushAndEnd;
     }
     let peer = conn.borrow().peer;
@@ -609,13 +607,14 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         Err(refusal) => {
             Counters::add(&shard.counters.handshakes_refused, 1);
             let answer = handshake::refuse(refusal.status, refusal.content_type, &refusal.body);
-            conn.borrow_mut().push_control(Bytes::from(answer));
+            conn.borrow_mut().outbound.push_control(Bytes::from(answer));
             return Next::FlushAndEnd;
         }
     };
     {
         let mut conn = conn.borrow_mut();
-        conn.push_control(Bytes::from(handshake::accept(&request)));
+        conn.outbound
+            .push_control(Bytes::from(handshake::accept(&request)));
         conn.stage = Stage::Open;
     }
     if let Some(left) = session.expires_in() {

@@ -67,9 +67,14 @@ pub(crate) enum Flushed {
     InFlight,
 }
 
-/// Writes as much of `queue` as the socket takes right now.
+/// Writes as much of `queue` as the socket takes right now (a wss socket's frames are encrypted
+/// a batch at a time, as they are written).
 pub(crate) fn flush(fd: RawFd, queue: &mut Outbound) -> io::Result<Flushed> {
-    while !queue.is_empty() {
+    loop {
+        queue.seal()?;
+        if queue.sealed_frames() == 0 {
+            return Ok(Flushed::All);
+        }
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -98,7 +103,6 @@ pub(crate) fn flush(fd: RawFd, queue: &mut Outbound) -> io::Result<Flushed> {
         }
         queue.advance(n as usize);
     }
-    Ok(Flushed::All)
 }
 
 /// Closes a descriptor the caller owns (a negative one is ignored).

@@ -11,10 +11,32 @@
 //! be closed with 1008. Either way the socket never slows the others and never grows past its bound.
 //! Control frames (replies, pongs, close) are never dropped: they are small and bounded by the
 //! client's own rate limit.
+//!
+//! A wss socket's queue holds its TLS layer too, and the frames stay shared plaintext until they
+//! are about to be written: [`Outbound::seal`] encrypts the next batch (up to [`SEAL_BYTES`]) into
+//! one buffer of the socket's own, just before a write. A burst for many slow sockets then costs
+//! the same shared frames as on plain sockets, not a private copy per socket; only what is being
+//! written, and a record the kernel took part of, is ciphertext. The queue's front `sealed`
+//! frames are what goes on the wire as it is (ciphertext, or raw bytes such as TLS handshake
+//! records); on a plain socket every frame is.
 
 use std::collections::VecDeque;
+use std::io;
 
 use bytes::Bytes;
+
+use super::tls::TlsLayer;
+
+/// Plaintext encrypted into one buffer per write of a wss socket, at most (one frame more, if a
+/// single frame is larger).
+pub(crate) const SEAL_BYTES: usize = 64 * 1024;
+/// Frames encrypted per write, at most.
+const SEAL_FRAMES: usize = 64;
+
+thread_local! {
+    /// Where a wss socket's batch of frames is gathered to be encrypted (one per shard thread).
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// What to do with an event for a socket whose queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -42,11 +64,15 @@ pub struct Outbound {
     /// Unwritten bytes in `frames` (the written prefix of the front frame excluded).
     queued: usize,
     /// Bytes of the front frame already written by a partial write.
-    written_of_front: usize,
+    written_of_front: u32,
+    /// Frames at the front that go on the wire as they are (all of them on a plain socket).
+    sealed: u32,
     limit: usize,
     policy: SlowConsumerPolicy,
     /// Events skipped since the last lag notice.
     lagged: u64,
+    /// A wss socket's TLS record layer: frames are encrypted by [`Outbound::seal`].
+    pub(crate) tls: Option<Box<TlsLayer>>,
 }
 
 impl Outbound {
@@ -56,9 +82,11 @@ impl Outbound {
             frames: VecDeque::new(),
             queued: 0,
             written_of_front: 0,
+            sealed: 0,
             limit,
             policy,
             lagged: 0,
+            tls: None,
         }
     }
 
@@ -94,6 +122,98 @@ impl Outbound {
         }
         self.queued += frame.len();
         self.frames.push_back(frame);
+        if self.tls.is_none() {
+            self.sealed += 1;
+        }
+    }
+
+    /// Queues bytes that go on the wire as they are (TLS handshake records, an alert, an answer
+    /// to a client that does not speak TLS): after what is already sealed, ahead of frames still
+    /// to be encrypted (a record rustls made has its sequence number already).
+    pub(crate) fn push_wire(&mut self, wire: Bytes) {
+        if wire.is_empty() {
+            return;
+        }
+        self.queued += wire.len();
+        self.frames.insert(self.sealed as usize, wire);
+        self.sealed += 1;
+    }
+
+    /// On a wss socket with nothing sealed left to write: encrypts the next frames (up to
+    /// [`SEAL_BYTES`] of plaintext) into one buffer, which takes their place. An error (the TLS
+    /// connection cannot encrypt) ends the socket.
+    pub(crate) fn seal(&mut self) -> io::Result<()> {
+        if self.tls.is_none() || self.sealed > 0 || self.frames.is_empty() {
+            return Ok(());
+        }
+        self.seal_batch(SEAL_BYTES)
+    }
+
+    /// Encrypts the frames after the sealed ones (up to `max_plain` bytes of them, and at least
+    /// one) into one buffer, which takes their place.
+    fn seal_batch(&mut self, max_plain: usize) -> io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        let start = self.sealed as usize;
+        let mut plain = 0;
+        let mut count = 0;
+        for frame in self.frames.iter().skip(start).take(SEAL_FRAMES) {
+            if count > 0 && plain + frame.len() > max_plain {
+                break;
+            }
+            plain += frame.len();
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        // The batch's frames as one plaintext, encrypted in records of up to 16 KiB: a record
+        // may carry many frames (TLS is a byte stream), and each record costs its header, tag
+        // and AEAD set-up.
+        let records = plain.div_ceil(16 * 1024).max(1);
+        let mut wire = Vec::with_capacity(plain + records * super::tls::RECORD_OVERHEAD);
+        let frames = self.frames.range(start..start + count);
+        if count == 1 {
+            tls.encrypt(&self.frames[start], &mut wire)
+                .map_err(io::Error::other)?;
+        } else {
+            GATHER
+                .with_borrow_mut(|gather| {
+                    gather.clear();
+                    for frame in frames {
+                        gather.extend_from_slice(frame);
+                    }
+                    tls.encrypt(gather, &mut wire)
+                })
+                .map_err(io::Error::other)?;
+        }
+        self.frames.drain(start..start + count);
+        self.queued = self.queued - plain + wire.len();
+        self.frames.insert(start, Bytes::from(wire));
+        self.sealed += 1;
+        Ok(())
+    }
+
+    /// Seals everything queued (it is written first), then queues the TLS close_notify: a wss
+    /// socket's last record.
+    pub(crate) fn close_notify(&mut self) {
+        if self.tls.is_none() {
+            return;
+        }
+        while (self.sealed as usize) < self.frames.len() {
+            if self.seal_batch(usize::MAX).is_err() {
+                return;
+            }
+        }
+        if let Some(notify) = self.tls.as_mut().and_then(|tls| tls.close_notify()) {
+            self.push_wire(notify);
+        }
+    }
+
+    /// Frames ready for the wire at the front (a write sends only these).
+    pub fn sealed_frames(&self) -> usize {
+        self.sealed as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,6 +233,7 @@ impl Outbound {
         self.frames = VecDeque::new();
         self.queued = 0;
         self.written_of_front = 0;
+        self.sealed = 0;
     }
 
     /// Drops everything queued except a frame already partly written (the client is to be sent
@@ -122,7 +243,9 @@ impl Outbound {
             return self.clear();
         }
         self.frames.truncate(1);
-        self.queued = self.frames.front().map_or(0, |front| front.len()) - self.written_of_front;
+        self.sealed = 1;
+        self.queued =
+            self.frames.front().map_or(0, |front| front.len()) - self.written_of_front as usize;
     }
 
     /// Unwritten bytes waiting.
@@ -140,12 +263,12 @@ impl Outbound {
         self.frames.len()
     }
 
-    /// The unwritten bytes, in order, as up to `max` slices: what a vectored write sends.
+    /// The unwritten sealed bytes, in order, as up to `max` slices: what a vectored write sends.
     pub fn chunks(&self, max: usize) -> impl Iterator<Item = &[u8]> {
-        let skip = self.written_of_front;
+        let skip = self.written_of_front as usize;
         self.frames
             .iter()
-            .take(max)
+            .take(max.min(self.sealed as usize))
             .enumerate()
             .map(move |(i, frame)| if i == 0 { &frame[skip..] } else { &frame[..] })
     }
@@ -153,7 +276,10 @@ impl Outbound {
     /// The first `max` frames (handles, not copies): what keeps a send's data alive until the
     /// kernel is done with it.
     pub fn frames(&self, max: usize) -> impl Iterator<Item = Bytes> + '_ {
-        self.frames.iter().take(max).cloned()
+        self.frames
+            .iter()
+            .take(max.min(self.sealed as usize))
+            .cloned()
     }
 
     /// Records that the first `written` unwritten bytes went out; frees the frames fully written.
@@ -164,14 +290,15 @@ impl Outbound {
             let Some(front) = self.frames.front() else {
                 break;
             };
-            let left = front.len() - self.written_of_front;
+            let left = front.len() - self.written_of_front as usize;
             if written < left {
-                self.written_of_front += written;
+                self.written_of_front += written as u32;
                 return;
             }
             written -= left;
             self.written_of_front = 0;
             self.frames.pop_front();
+            self.sealed = self.sealed.saturating_sub(1);
         }
         if self.frames.is_empty() && self.frames.capacity() > 16 {
             // A burst grew the ring buffer; give it back so an idle socket holds nothing.

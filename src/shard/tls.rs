@@ -7,11 +7,10 @@
 //! [`TlsLayer`]'s `pending`, until it completes. rustls's buffered connection keeps a 4 KiB read
 //! buffer per socket for good, which alone would exceed an idle TLS socket's budget (4 KiB).
 //!
-//! Output: every frame queued for the socket (an event frame shared by many sockets, a reply, a
-//! control frame) is encrypted when it is queued, into a buffer of this socket's own, and the
-//! queue then holds wire bytes as it does for a plain socket. Once encrypted, a record must be
-//! sent (its sequence number is spent), so the caller decides whether an event fits before it
-//! asks for the encryption.
+//! Output: the frames queued for the socket (an event frame shared by many sockets, a reply, a
+//! control frame) stay shared plaintext in its queue until they are about to be written; then a
+//! batch is encrypted into one buffer of this socket's own (`Outbound::seal`). Once encrypted, a
+//! record must be sent (its sequence number is spent).
 //!
 //! [`Conn`]: super::conn::Conn
 
@@ -26,7 +25,7 @@ use rustls::ServerConfig;
 pub(crate) const HANDSHAKE_RECORD: u8 = 0x16;
 /// Wire bytes a record adds to its plaintext, at most (header, TLS 1.2's explicit nonce or
 /// TLS 1.3's inner content type, the AEAD tag), with room to spare.
-const RECORD_OVERHEAD: usize = 64;
+pub(crate) const RECORD_OVERHEAD: usize = 64;
 /// The largest plaintext of one record.
 const RECORD_PLAINTEXT: usize = 16 * 1024;
 
@@ -39,6 +38,15 @@ pub(crate) struct TlsLayer {
     /// Whether the client has sent anything yet (the first bytes tell a plain HTTP client).
     started: bool,
     close_notify_sent: bool,
+}
+
+impl std::fmt::Debug for TlsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsLayer")
+            .field("established", &self.is_established())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
 }
 
 /// What a batch of received bytes did.
@@ -111,10 +119,9 @@ impl TlsLayer {
         outcome
     }
 
-    /// `plain` as records of this connection, ready for the wire.
-    pub fn encrypt(&mut self, plain: &[u8]) -> Result<Bytes, String> {
-        let mut out = Vec::new();
-        self.write(&mut out, |traffic, out| {
+    /// `plain` as records of this connection, appended to `out` for the wire.
+    pub fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.write(out, |traffic, out| {
             let records = plain.len().div_ceil(RECORD_PLAINTEXT).max(1);
             let start = out.len();
             out.resize(start + plain.len() + records * RECORD_OVERHEAD, 0);
@@ -130,8 +137,7 @@ impl TlsLayer {
             };
             out.truncate(start + written);
             Ok(())
-        })?;
-        Ok(Bytes::from(out))
+        })
     }
 
     /// The close_notify alert, once (and only once the handshake is done).

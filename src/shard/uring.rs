@@ -475,10 +475,12 @@ impl Uring {
         if conn.send_in_flight {
             return Flushed::InFlight;
         }
-        if conn.outbound.is_empty() {
+        if conn.outbound.seal().is_err() {
+            // The TLS connection cannot encrypt: the socket ends (its receive sees the end).
+            conn.cut();
             return Flushed::All;
         }
-        if conn.fd < 0 {
+        if conn.outbound.sealed_frames() == 0 || conn.fd < 0 {
             return Flushed::All;
         }
         let mut ops = self.ops.borrow_mut();
