@@ -31,8 +31,8 @@ fn chromium() -> PathBuf {
     path
 }
 
-/// Headless Chromium on `url`, and its DevTools WebSocket address.
-fn start_browser(url: &str) -> (common::Killed, String, PathBuf) {
+/// Headless Chromium on `url` (with `extra` switches), and its DevTools WebSocket address.
+fn start_browser(url: &str, extra: &[&str]) -> (common::Killed, String, PathBuf) {
     let profile =
         std::env::temp_dir().join(format!("horizon-chromium-{}", horizon::ids::random_hex(6)));
     std::fs::create_dir_all(&profile).unwrap();
@@ -49,6 +49,7 @@ fn start_browser(url: &str) -> (common::Killed, String, PathBuf) {
             "--remote-debugging-port=0",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
         .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -228,7 +229,7 @@ async fn the_console_signs_in_and_shows_a_live_socket_and_a_live_event() {
     let reply = client.next().await.unwrap().unwrap().into_text().unwrap();
     assert!(reply.contains("success"), "{reply}");
 
-    let (_browser, devtools, profile) = start_browser(&format!("http://{api}/console"));
+    let (_browser, devtools, profile) = start_browser(&format!("http://{api}/console"), &[]);
     let mut page = Page::attach(&devtools).await;
     page.wait_for(
         "the sign-in form",
@@ -343,4 +344,57 @@ async fn the_console_signs_in_and_shows_a_live_socket_and_a_live_event() {
     drop(page);
     drop(_browser);
     let _ = std::fs::remove_dir_all(profile);
+}
+
+/// A real browser speaks wss to the node: headless Chromium (told to accept the test
+/// certificate) opens `wss://127.0.0.1:PORT/` from a page, subscribes as Monster UI does, and
+/// receives an event published over REST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_subscribes_and_receives_over_wss() {
+    let dir = std::env::temp_dir().join(format!(
+        "horizon-browser-wss-{}",
+        horizon::ids::random_hex(6)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, cert, key, _) = common::certificates(&dir, "DNS:localhost,IP:127.0.0.1", "server");
+    let node = common::start_dev_node_with(&[
+        "--wss-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--tls-cert-file".as_ref(),
+        cert.as_os_str(),
+        "--tls-key-file".as_ref(),
+        key.as_os_str(),
+    ]);
+    let wss = node.wss.expect("a wss listener");
+    let (_browser, devtools, profile) =
+        start_browser("about:blank", &["--ignore-certificate-errors"]);
+    let mut page = Page::attach(&devtools).await;
+    let subscribe = json!({"action":"subscribe","auth_token":node.token,"request_id":"browser",
+        "data":{"account_id":"dev-account","binding":"call.CHANNEL_CREATE.*"}});
+    page.eval(&format!(
+        "window.got = []; window.failed = null; \
+         const ws = new WebSocket('wss://{wss}/'); \
+         ws.onopen = () => ws.send({}); \
+         ws.onmessage = (m) => window.got.push(m.data); \
+         ws.onerror = () => window.failed = 'error'; \
+         ws.onclose = (c) => window.failed = window.failed || ('closed ' + c.code); true",
+        Value::from(subscribe.to_string())
+    ))
+    .await;
+    page.wait_for(
+        "the subscribe reply over wss",
+        "window.got.length > 0 && window.got[0].includes('success')",
+    )
+    .await;
+    let call_id = format!("browser-wss-{}", horizon::ids::random_hex(4));
+    assert_eq!(publish_call(node.api, &node.token, &call_id).await, 200);
+    page.wait_for(
+        "the event over wss",
+        &format!("window.got.some((m) => m.includes('{call_id}'))"),
+    )
+    .await;
+    assert_eq!(page.eval("window.failed").await, Value::Null);
+    drop(page);
+    let _ = std::fs::remove_dir_all(profile);
+    let _ = std::fs::remove_dir_all(dir);
 }

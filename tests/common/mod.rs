@@ -210,16 +210,36 @@ impl Drop for Killed {
 /// API addresses and its development token. The rest of its log is drained in the background.
 #[allow(dead_code)]
 pub fn start_dev_node() -> (Killed, std::net::SocketAddr, std::net::SocketAddr, String) {
+    let node = start_dev_node_with(&[]);
+    (node.child, node.ws, node.api, node.token)
+}
+
+/// A development node (see [`start_dev_node`]) started with `extra` arguments.
+#[allow(dead_code)]
+pub struct DevNode {
+    pub child: Killed,
+    pub ws: std::net::SocketAddr,
+    /// The wss listener, if `extra` asked for one.
+    pub wss: Option<std::net::SocketAddr>,
+    pub api: std::net::SocketAddr,
+    pub token: String,
+}
+
+/// [`start_dev_node`] with `extra` arguments (`--wss-listen` and its files, for one).
+#[allow(dead_code)]
+pub fn start_dev_node_with(extra: &[&std::ffi::OsStr]) -> DevNode {
     use std::io::BufRead as _;
+    let wants_wss = extra.iter().any(|a| *a == "--wss-listen");
     let mut child = horizon_command()
         .args(SERVE_EPHEMERAL)
         .args(["--shards", "2"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run horizon");
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut ws, mut api, mut token) = (None, None, None);
+    let (mut ws, mut wss, mut api, mut token) = (None, None, None, None);
     let mut log = Vec::new();
     for line in lines.by_ref().map_while(Result::ok) {
         match listening(&line) {
@@ -227,11 +247,12 @@ pub fn start_dev_node() -> (Killed, std::net::SocketAddr, std::net::SocketAddr, 
             Some(Listening::Api(addr)) => api = Some(addr),
             None => {}
         }
+        wss = wss.or(listening_wss(&line));
         if let Some(found) = dev_token(&line) {
             token = Some(found);
         }
         log.push(line);
-        if ws.is_some() && api.is_some() && token.is_some() {
+        if ws.is_some() && api.is_some() && token.is_some() && (wss.is_some() || !wants_wss) {
             break;
         }
     }
@@ -239,7 +260,13 @@ pub fn start_dev_node() -> (Killed, std::net::SocketAddr, std::net::SocketAddr, 
     let (Some(ws), Some(api), Some(token)) = (ws, api, token) else {
         panic!("serve did not start: {log:?}");
     };
-    (Killed(child), ws, api, token)
+    DevNode {
+        child: Killed(child),
+        ws,
+        wss,
+        api,
+        token,
+    }
 }
 
 /// What a `serve` log line says about a listener.
