@@ -424,6 +424,27 @@ fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
                 .unwrap();
             assert_eq!(alert.first(), Some(&0x15), "{backend}: an alert record: {alert:?}");
 
+            // A ClientHello announced as 61,440 bytes, sent in 16 KiB fragments: the socket may
+            // hold 32 KiB of incomplete records, no more.
+            let mut huge = TcpStream::connect(node.wss).await.unwrap();
+            let mut first = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xf0, 0x00];
+            first.resize(5 + 16 * 1024, 0);
+            let mut fragment = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+            fragment.resize(5 + 16 * 1024, 0);
+            let mut answer = Vec::new();
+            let sent = async {
+                huge.write_all(&first).await?;
+                for _ in 0..3 {
+                    huge.write_all(&fragment).await?;
+                }
+                std::io::Result::Ok(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
+            // Closed at once (the reset of the unread rest may overtake anything sent before).
+            let _ = tokio::time::timeout(Duration::from_secs(5), huge.read_to_end(&mut answer))
+                .await
+                .expect("refused at once");
+
             let mut rest = Vec::new();
             tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut rest))
                 .await
@@ -437,7 +458,7 @@ fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
             assert_eq!(
                 node.metric("horizon_handshakes_refused_total{reason=\"tls\"}")
                     .await,
-                4.0,
+                5.0,
                 "{backend}"
             );
             // And the node serves on.

@@ -28,12 +28,15 @@ pub(crate) const HANDSHAKE_RECORD: u8 = 0x16;
 pub(crate) const RECORD_OVERHEAD: usize = 64;
 /// The largest plaintext of one record.
 const RECORD_PLAINTEXT: usize = 16 * 1024;
+/// Received bytes a socket may hold that are not yet whole records. One record is at most
+/// 16 KiB + 2 KiB (TLS 1.2's largest ciphertext); rustls would join a fragmented handshake
+/// message of up to 64 KiB, but no client's ClientHello or Finished comes near this.
+const PENDING_MAX: usize = 32 * 1024;
 
 pub(crate) struct TlsLayer {
     session: UnbufferedServerConnection,
     /// Received bytes not yet a whole record (or a handshake message rustls is joining); empty
-    /// and unallocated otherwise. rustls bounds it: a record is at most 18 KiB, a handshake
-    /// message 64 KiB.
+    /// and unallocated otherwise; at most [`PENDING_MAX`].
     pending: Vec<u8>,
     /// Whether the client has sent anything yet (the first bytes tell a plain HTTP client).
     started: bool,
@@ -105,6 +108,9 @@ impl TlsLayer {
             // The common case: whole records straight out of the buffer read into.
             let (used, outcome) = process(&mut self.session, data, plain, wire);
             if outcome == Received::Open && used < data.len() {
+                if data.len() - used > PENDING_MAX {
+                    return Received::Failed("incomplete records over the bound".into());
+                }
                 self.pending.extend_from_slice(&data[used..]);
             }
             return outcome;
@@ -115,6 +121,10 @@ impl TlsLayer {
         if outcome == Received::Open && used < pending.len() {
             pending.drain(..used);
             self.pending = pending;
+        }
+        if self.pending.len() > PENDING_MAX {
+            self.pending = Vec::new();
+            return Received::Failed("incomplete records over the bound".into());
         }
         outcome
     }
