@@ -18,32 +18,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use horizon::config::ServeConfig;
-use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory, Subscriptions};
-use horizon::ws::handshake::Request;
+use horizon::shard::Gateway;
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "support/idle.rs"]
+mod idle;
 #[path = "support/tls.rs"]
 mod tls;
 
 use counting_alloc::live_bytes;
-
-/// A session that accepts everyone and ignores messages: idle sockets, nothing else.
-struct Idle;
-
-impl Session for Idle {
-    fn on_text(&mut self, _text: &str, _subscriptions: &mut Subscriptions<'_>) -> Reply {
-        Reply::None
-    }
-}
-
-struct IdleFactory;
-
-impl SessionFactory for IdleFactory {
-    fn open(&self, _request: &Request, _peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
-        Ok(Box::new(Idle))
-    }
-}
 
 const CLIENT_ROLE: &str = "HORIZON_IDLE_CLIENT_OF";
 
@@ -130,7 +114,7 @@ fn main() {
             .unwrap_or_default(),
         ..ServeConfig::default()
     };
-    let gateway = Gateway::start(config, Arc::new(IdleFactory)).expect("gateway");
+    let gateway = Gateway::start(config, Arc::new(idle::IdleFactory)).expect("gateway");
     std::thread::sleep(Duration::from_millis(200));
     let (heap_before, rss_before) = (live_bytes(), rss_bytes());
 

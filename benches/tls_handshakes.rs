@@ -17,30 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use horizon::config::ServeConfig;
-use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory, Subscriptions};
-use horizon::ws::handshake::Request;
+use horizon::shard::Gateway;
 
+#[path = "support/idle.rs"]
+mod idle;
 #[path = "support/tls.rs"]
 mod tls;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-struct Idle;
-
-impl Session for Idle {
-    fn on_text(&mut self, _text: &str, _subscriptions: &mut Subscriptions<'_>) -> Reply {
-        Reply::None
-    }
-}
-
-struct Factory;
-
-impl SessionFactory for Factory {
-    fn open(&self, _request: &Request, _peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
-        Ok(Box::new(Idle))
-    }
-}
 
 const CLIENT_ROLE: &str = "HORIZON_TLS_HANDSHAKE_CLIENT_OF";
 
@@ -125,7 +110,7 @@ fn main() {
             .unwrap_or_default(),
         ..ServeConfig::default()
     };
-    let gateway = Gateway::start(config, Arc::new(Factory)).expect("gateway");
+    let gateway = Gateway::start(config, Arc::new(idle::IdleFactory)).expect("gateway");
     let wss = gateway.wss_addr().expect("a wss listener");
     for mode in ["full", "resume"] {
         let before = (cpu_seconds(), Instant::now());

@@ -251,19 +251,6 @@ fn process(
                 }
                 Step::Again
             }
-            Ok(ConnectionState::ReadEarlyData(mut early)) => {
-                // Not offered (the configuration allows no early data); read like the rest.
-                while let Some(record) = early.next_record() {
-                    match record {
-                        Ok(record) => {
-                            discard += record.discard;
-                            plain.extend_from_slice(record.payload);
-                        }
-                        Err(e) => return (at + discard, Received::Failed(e.to_string())),
-                    }
-                }
-                Step::Again
-            }
             Ok(ConnectionState::EncodeTlsData(mut data)) => match encode(&mut data, wire) {
                 Ok(()) => Step::Again,
                 Err(e) => return (at + discard, Received::Failed(e.to_string())),
@@ -273,6 +260,8 @@ fn process(
                 Step::Again
             }
             Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::Closed,
+            // Blocked (more bytes needed), WriteTraffic (nothing more to read), and early data,
+            // which the configuration never accepts.
             Ok(_) => Step::Stop,
         };
         at += discard;
