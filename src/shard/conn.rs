@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -19,14 +18,14 @@ use crate::ws::CloseCode;
 pub struct Conn {
     pub id: u64,
     pub peer: SocketAddr,
-    pub connected_at: SystemTime,
     /// The socket's descriptor; -1 once the connection has ended (a stale handle, such as a reply
     /// resolved after the client left, then writes nowhere).
     pub(super) fd: RawFd,
     /// The socket's place in the registry and the readiness set.
     pub(super) token: Token,
     pub(crate) outbound: Outbound,
-    /// Shard clock second of the accept (the handshake deadline counts from it).
+    /// Shard clock second of the accept (the handshake deadline counts from it; the listing's
+    /// connection time is read from it).
     pub(super) opened: u32,
     /// Shard clock second at which the client was last heard from (any bytes).
     pub(crate) last_heard: u32,
@@ -209,7 +208,6 @@ impl Conn {
         Conn {
             id: 0,
             peer,
-            connected_at: SystemTime::now(),
             fd,
             token,
             outbound,

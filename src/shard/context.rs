@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::backend::SocketIo;
 use super::bindings::BindingTable;
@@ -43,6 +43,8 @@ pub(crate) struct ShardContext {
     pub(crate) counters: Counters,
     next_id: Cell<u64>,
     started: Instant,
+    /// The wall-clock time of `started`.
+    started_wall: SystemTime,
 }
 
 impl ShardContext {
@@ -71,6 +73,7 @@ impl ShardContext {
             counters: Counters::default(),
             next_id: Cell::new(0),
             started: Instant::now(),
+            started_wall: SystemTime::now(),
         }
     }
 
@@ -79,6 +82,12 @@ impl ShardContext {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
         ((self.index as u64) << 48) | n
+    }
+
+    /// The wall-clock time of shard clock second `second` (to the second: a socket's record keeps
+    /// its accept time as 4 bytes of shard clock, not as a 16-byte `SystemTime`).
+    pub fn wall_time(&self, second: u32) -> SystemTime {
+        self.started_wall + std::time::Duration::from_secs(u64::from(second))
     }
 
     /// Seconds since the shard started: a 4-byte clock for per-socket timestamps.

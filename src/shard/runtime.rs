@@ -860,7 +860,7 @@ async fn answer_control(
                                 id: conn.id,
                                 shard: shard.index,
                                 peer: conn.peer,
-                                connected_at: conn.connected_at,
+                                connected_at: shard.wall_time(conn.opened),
                                 bindings: table.list(&conn),
                                 name: labels.and_then(|l| l.name.clone()),
                                 metadata: labels.and_then(|l| l.metadata.clone()),
