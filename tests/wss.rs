@@ -363,8 +363,8 @@ fn sighup_swaps_the_certificate_and_open_connections_stay() {
 
 /// The wrong protocol on either port is refused at once and plainly: plain HTTP on the wss
 /// port gets a `400` it can read, a TLS client on the plain port a fatal alert, a client that
-/// offers only `h2` the `no_application_protocol` alert; a TLS client that stalls in its
-/// handshake is cut at the handshake deadline. Each refusal is counted.
+/// offers only `h2` the `no_application_protocol` alert, a TLS 1.1 client an alert; a TLS client
+/// that stalls in its handshake is cut at the handshake deadline. Each refusal is counted.
 #[test]
 fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
     let dir = temp_dir("wss-wrong");
@@ -409,6 +409,20 @@ fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
             assert!(
                 refused.to_string().contains("NoApplicationProtocol"),
                 "{backend}: {refused}"
+            );
+
+            // TLS 1.1 (openssl's client, told to allow it): refused with an alert.
+            let old = std::process::Command::new("openssl")
+                .args(["s_client", "-connect", &node.wss.to_string(), "-tls1_1"])
+                .args(["-cipher", "DEFAULT@SECLEVEL=0"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl runs");
+            let said = String::from_utf8_lossy(&old.stdout).into_owned()
+                + &String::from_utf8_lossy(&old.stderr);
+            assert!(
+                said.contains("alert") && said.contains("Cipher is (NONE)"),
+                "{backend}: TLS 1.1 must be refused: {said}"
             );
 
             // A handshake record that holds no ClientHello: an alert, then the end.
@@ -458,7 +472,7 @@ fn the_wrong_protocol_on_either_port_is_refused_cleanly() {
             assert_eq!(
                 node.metric("horizon_handshakes_refused_total{reason=\"tls\"}")
                     .await,
-                5.0,
+                6.0,
                 "{backend}"
             );
             // And the node serves on.
