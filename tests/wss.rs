@@ -623,3 +623,87 @@ fn expired(dir: &Path) -> (PathBuf, PathBuf) {
     ]);
     (dir.join("cert.pem"), dir.join("key.pem"))
 }
+
+/// A wss subscriber that stops reading costs the node no more than its queue's bound, never
+/// slows the others, and, once it reads again, finds a stream that still decrypts: the events
+/// skipped for it were never encrypted, so no record is missing from its sequence.
+#[test]
+fn a_wss_subscriber_that_stops_reading_loses_events_alone_and_its_stream_stays_whole() {
+    let dir = temp_dir("wss-slow");
+    let (ca, cert, key) = certificates(&dir);
+    for backend in ["epoll", "io_uring"] {
+        let node = Node::start(backend, &cert, &key);
+        runtime().block_on(async {
+            let config = client_config(&ca, &[&rustls::version::TLS13]);
+            // A small receive buffer, so that what it does not read backs up into the node.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let tcp = socket.connect(node.wss).await.unwrap();
+            let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(server, tcp)
+                .await
+                .expect("TLS handshake");
+            let (mut slow, _) = tokio_tungstenite::client_async("wss://localhost/", tls)
+                .await
+                .expect("upgrade");
+            let mut healthy = wss(node.wss, config, "/", rustls::ProtocolVersion::TLSv1_3).await;
+            subscribe(&mut slow, &node.token).await;
+            subscribe(&mut healthy, &node.token).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let before = rss(node.child.id());
+            // 6 MB of events: six times the default queue bound of the slow socket, and more
+            // than the kernel's buffers take.
+            const BURST: usize = 300;
+            let publish = async {
+                for i in 0..BURST {
+                    node.publish(&format!("{backend}-burst-{i}"), 20_000).await;
+                }
+            };
+            // The healthy client reads as the events come.
+            let read = async {
+                for i in 0..BURST {
+                    let text = next_text(&mut healthy).await;
+                    assert!(
+                        text.contains(&format!("{backend}-burst-{i}\"")),
+                        "{backend}: event {i}"
+                    );
+                }
+            };
+            tokio::join!(publish, read);
+            let grown = rss(node.child.id()).saturating_sub(before);
+            assert!(
+                grown < 16 << 20,
+                "{backend}: a wss client that does not read grew the node by {} KiB",
+                grown >> 10
+            );
+            // The slow client reads again: every record decrypts, the last event arrives.
+            node.publish(&format!("{backend}-final"), 0).await;
+            let mut seen = 0;
+            loop {
+                let text = next_text(&mut slow).await;
+                seen += 1;
+                if text.contains(&format!("{backend}-final")) {
+                    break;
+                }
+            }
+            eprintln!("{backend}: the slow client read {seen} messages");
+            assert!(
+                seen <= BURST,
+                "{backend}: events were skipped for the slow client ({seen})"
+            );
+        });
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
