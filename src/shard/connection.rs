@@ -343,8 +343,11 @@ fn end(shard: &ShardContext, token: Token) {
     // on a descriptor number the kernel may hand out again.
     shard.bindings.borrow_mut().unsubscribe_all(&socket.conn);
     let mut conn = socket.conn.borrow_mut();
-    conn.set_ending();
+    // Nothing more is written: the queue and a wss socket's TLS state go first, so that nothing
+    // is encrypted for a socket that is closing (no backlog, no close_notify).
     conn.outbound.clear();
+    conn.outbound.tls = None;
+    conn.set_ending();
     if conn.refusal == 0 {
         shard.limits.release(conn.peer.ip());
     }

@@ -173,11 +173,11 @@ impl Outbound {
         // and AEAD set-up.
         let records = plain.div_ceil(16 * 1024).max(1);
         let mut wire = Vec::with_capacity(plain + records * super::tls::RECORD_OVERHEAD);
-        let frames = self.frames.range(start..start + count);
         if count == 1 {
             tls.encrypt(&self.frames[start], &mut wire)
                 .map_err(io::Error::other)?;
         } else {
+            let frames = self.frames.range(start..start + count);
             GATHER
                 .with_borrow_mut(|gather| {
                     gather.clear();
