@@ -47,8 +47,6 @@ fn rss_bytes() -> usize {
 /// "ready", then holds them until its standard input closes.
 fn client(addr: SocketAddr, count: usize, ca: Option<&str>) {
     let mut sockets: Vec<Box<dyn ReadWrite>> = Vec::with_capacity(count);
-    let request = "GET /idle HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let config = ca.map(|ca| tls::client_config(std::path::Path::new(ca), false));
     for i in 0..count {
         let mut stream: Box<dyn ReadWrite> = match &config {
@@ -59,15 +57,7 @@ fn client(addr: SocketAddr, count: usize, ca: Option<&str>) {
                 tls::connect(addr, config).unwrap_or_else(|e| panic!("connection {i}: {e}")),
             ),
         };
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = [0u8; 129];
-        let mut got = 0;
-        while !answer[..got].ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut answer[got..]).unwrap();
-            assert!(n > 0, "connection {i} closed during the handshake");
-            got += n;
-        }
-        assert!(answer.starts_with(b"HTTP/1.1 101"));
+        idle::upgrade(&mut *stream, i);
         sockets.push(stream);
     }
     println!("ready");

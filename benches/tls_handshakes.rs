@@ -10,7 +10,7 @@
 //! the upgrade, reads the `101`, and closes, in a loop. CPU is the gateway process's user + system
 //! time over the run.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -50,8 +50,6 @@ fn cpu_seconds() -> f64 {
 /// The client process: `total` handshakes and upgrades over `threads` threads; prints "done".
 fn client(addr: SocketAddr, ca: &str, total: usize, threads: usize, resume: bool) {
     let config = tls::client_config(std::path::Path::new(ca), resume);
-    let request = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: \
-        Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let config = config.clone();
@@ -59,15 +57,7 @@ fn client(addr: SocketAddr, ca: &str, total: usize, threads: usize, resume: bool
                 for i in (t..total).step_by(threads) {
                     let mut stream = tls::connect(addr, &config)
                         .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
-                    stream.write_all(request.as_bytes()).unwrap();
-                    let mut answer = [0u8; 256];
-                    let mut got = 0;
-                    while !answer[..got].ends_with(b"\r\n\r\n") {
-                        let n = stream.read(&mut answer[got..]).unwrap();
-                        assert!(n > 0, "handshake {i}: closed");
-                        got += n;
-                    }
-                    assert!(answer.starts_with(b"HTTP/1.1 101"));
+                    idle::upgrade(&mut stream, i);
                     stream.conn.send_close_notify();
                     let _ = stream.flush();
                 }

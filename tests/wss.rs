@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -40,30 +39,16 @@ impl Drop for Node {
 
 impl Node {
     fn start(backend: &str, cert: &Path, key: &Path) -> Node {
-        let mut child = common::horizon_command()
+        let mut command = common::horizon_command();
+        command
             .args(common::SERVE_EPHEMERAL)
             .args(["--shards", "2", "--io-backend", backend])
             .args(["--wss-listen", "127.0.0.1:0"])
             .arg("--tls-cert-file")
             .arg(cert)
             .arg("--tls-key-file")
-            .arg(key)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run horizon serve");
-        let (tx, log) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
+            .arg(key);
+        let (child, log) = common::spawn_logged(command);
         let (mut ws, mut wss, mut api, mut token) = (None, None, None, None);
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -148,27 +133,21 @@ fn client_config(
     ca: &Path,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
+    common::tls_client_config(ca, versions, &[b"h2", b"http/1.1"])
 }
 
 async fn tls_connect(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
+    tls_over(TcpStream::connect(addr).await?, config).await
+}
+
+/// The TLS handshake, as a client of `localhost`, over `tcp`.
+async fn tls_over(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(config)
         .connect(server, tcp)
@@ -639,11 +618,7 @@ fn a_wss_subscriber_that_stops_reading_loses_events_alone_and_its_stream_stays_w
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.set_recv_buffer_size(4096).unwrap();
             let tcp = socket.connect(node.wss).await.unwrap();
-            let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(config.clone())
-                .connect(server, tcp)
-                .await
-                .expect("TLS handshake");
+            let tls = tls_over(tcp, config.clone()).await.expect("TLS handshake");
             let (mut slow, _) = tokio_tungstenite::client_async("wss://localhost/", tls)
                 .await
                 .expect("upgrade");
@@ -651,7 +626,7 @@ fn a_wss_subscriber_that_stops_reading_loses_events_alone_and_its_stream_stays_w
             subscribe(&mut slow, &node.token).await;
             subscribe(&mut healthy, &node.token).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let before = rss(node.child.id());
+            let before = common::rss(node.child.id());
             // 6 MB of events: six times the default queue bound of the slow socket, and more
             // than the kernel's buffers take.
             const BURST: usize = 300;
@@ -671,7 +646,7 @@ fn a_wss_subscriber_that_stops_reading_loses_events_alone_and_its_stream_stays_w
                 }
             };
             tokio::join!(publish, read);
-            let grown = rss(node.child.id()).saturating_sub(before);
+            let grown = common::rss(node.child.id()).saturating_sub(before);
             assert!(
                 grown < 16 << 20,
                 "{backend}: a wss client that does not read grew the node by {} KiB",
@@ -695,15 +670,4 @@ fn a_wss_subscriber_that_stops_reading_loses_events_alone_and_its_stream_stays_w
         });
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
 }

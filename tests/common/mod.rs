@@ -287,6 +287,74 @@ pub fn listening(line: &str) -> Option<Listening> {
     addr(rest).map(Listening::Api)
 }
 
+/// Spawns `command` (a `horizon serve`) with its stdout and stderr piped into one channel of
+/// lines, read in the background: the child, and its log as it comes.
+#[allow(dead_code)]
+pub fn spawn_logged(
+    mut command: std::process::Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead as _;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run horizon serve");
+    let (tx, log) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    (child, log)
+}
+
+/// Resident memory of process `pid`, in bytes.
+#[allow(dead_code)]
+pub fn rss(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// A rustls client configuration trusting only `ca`, with these TLS `versions` and ALPN
+/// `protocols` (rustls on *ring*, as the node uses).
+#[allow(dead_code)]
+pub fn tls_client_config(
+    ca: &std::path::Path,
+    versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion],
+    protocols: &[&[u8]],
+) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
+
 /// The wss listener a `serve` log line announces, if it announces it.
 #[allow(dead_code)]
 pub fn listening_wss(line: &str) -> Option<std::net::SocketAddr> {
