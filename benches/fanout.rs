@@ -8,7 +8,15 @@
 //! calls over the run with `perf stat -e raw_syscalls:sys_enter`, and report them per 1,000
 //! deliveries; needs `perf` and the permission to trace), `HORIZON_FANOUT_TLS=1` (the clients
 //! connect with wss: TLS 1.3, AES-256-GCM as rustls's clients choose, every frame encrypted per
-//! socket by the gateway and decrypted by the client process).
+//! socket by the gateway and decrypted by the client process), `HORIZON_FANOUT_FLOOR=epoll` or
+//! `=io_uring` (no gateway: the physical floor, below).
+//!
+//! The floor: the same client process and sockets, served by two threads (as the gateway's two
+//! shards) that only write one pre-encoded frame, `HORIZON_FANOUT_EVENTS` times, to every socket,
+//! in rounds of up to 256 frames per socket per call (the shards' delivery batch), with the best
+//! batching each backend allows: epoll, one `writev` per socket per round and `EPOLLOUT` when it
+//! is full; io_uring, one `sendmsg` per socket per round, every socket's submitted in one enter,
+//! `POLL_ADD(POLLOUT)` when full. Every gateway row reads as a share of the floor of its backend.
 //!
 //! The gateway (2 shards, the `close` slow-consumer policy so that a loss would show as a failure)
 //! runs in this process and publishes as fast as the rings accept. The clients run in a second
@@ -84,6 +92,22 @@ fn page_faults() -> i64 {
         usage
     };
     usage.ru_minflt
+}
+
+/// TCP segments sent by this host so far (`Tcp: OutSegs` of `/proc/net/snmp`, what `nstat`
+/// reports as `TcpOutSegs`): on loopback, the gateway's segments and the clients' ACKs.
+fn tcp_out_segments() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "OutSegs")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 /// User and system CPU seconds of this process so far.
@@ -274,6 +298,261 @@ fn client(addr: SocketAddr, connections: usize, events: usize, ca: Option<&str>)
     let _ = std::io::stdin().read_to_string(&mut rest);
 }
 
+/// Frames per socket per write in the floor server (the shards' delivery batch).
+const FLOOR_ROUND: usize = 256;
+
+/// The floor server's sockets: the upgrade answered and the subscribe acknowledged as the
+/// gateway would, then only written to.
+fn floor_accept(listener: &std::net::TcpListener, connections: usize) -> Vec<TcpStream> {
+    (0..connections)
+        .map(|i| {
+            let (mut stream, _) = listener
+                .accept()
+                .unwrap_or_else(|e| panic!("accept {i}: {e}"));
+            stream.set_nodelay(true).unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                request.push(byte[0]);
+            }
+            stream
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: \
+                      Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                )
+                .unwrap();
+            let mut subscribe = [0u8; 13];
+            stream.read_exact(&mut subscribe).unwrap();
+            stream.write_all(&[0x81, 0x02, b'o', b'k']).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            stream
+        })
+        .collect()
+}
+
+/// One socket's progress through the floor run: bytes written of `events` frames.
+struct FloorSocket {
+    stream: TcpStream,
+    written: usize,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl FloorSocket {
+    /// The iovecs of the next round (up to [`FLOOR_ROUND`] frames from where it stopped).
+    fn round(&mut self, frame: &[u8], total: usize) -> usize {
+        self.iov.clear();
+        let mut at = self.written;
+        let mut bytes = 0;
+        while at < total && self.iov.len() < FLOOR_ROUND {
+            let offset = at % frame.len();
+            let len = frame.len() - offset;
+            self.iov.push(libc::iovec {
+                iov_base: frame[offset..].as_ptr() as *mut libc::c_void,
+                iov_len: len,
+            });
+            at += len;
+            bytes += len;
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len();
+        bytes
+    }
+}
+
+fn floor_sockets(streams: Vec<TcpStream>) -> Vec<FloorSocket> {
+    streams
+        .into_iter()
+        .map(|stream| FloorSocket {
+            stream,
+            written: 0,
+            iov: Vec::with_capacity(FLOOR_ROUND),
+            // SAFETY: an all-zero msghdr is a valid empty header.
+            msg: unsafe { std::mem::zeroed() },
+        })
+        .collect()
+}
+
+/// The epoll floor: `writev` each socket's round, `EPOLLOUT` (one-shot) for a full one.
+fn floor_epoll(streams: Vec<TcpStream>, frame: &[u8], events: usize) {
+    let total = frame.len() * events;
+    let mut sockets = floor_sockets(streams);
+    // SAFETY: plain epoll calls on descriptors owned by `sockets`, which outlive the loop.
+    let epoll = unsafe { libc::epoll_create1(0) };
+    let mut runnable: Vec<usize> = (0..sockets.len()).collect();
+    let mut next = Vec::new();
+    let mut done = 0;
+    let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    while done < sockets.len() {
+        for &i in &runnable {
+            let socket = &mut sockets[i];
+            let bytes = socket.round(frame, total);
+            // SAFETY: the iovecs point into `frame`, alive for the call.
+            let n = unsafe {
+                libc::sendmsg(socket.stream.as_raw_fd(), &socket.msg, libc::MSG_DONTWAIT)
+            };
+            let n = if n < 0 { 0 } else { n as usize };
+            socket.written += n;
+            if socket.written == total {
+                done += 1;
+            } else if n < bytes {
+                let mut ev = libc::epoll_event {
+                    events: (libc::EPOLLOUT | libc::EPOLLONESHOT) as u32,
+                    u64: i as u64,
+                };
+                let fd = socket.stream.as_raw_fd();
+                // SAFETY: as above; MOD first, ADD the first time.
+                unsafe {
+                    if libc::epoll_ctl(epoll, libc::EPOLL_CTL_MOD, fd, &mut ev) < 0 {
+                        libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev);
+                    }
+                }
+            } else {
+                next.push(i);
+            }
+        }
+        runnable.clear();
+        std::mem::swap(&mut runnable, &mut next);
+        let timeout = if runnable.is_empty() { 1000 } else { 0 };
+        // SAFETY: `ready` has room for 1024 events.
+        let n = unsafe { libc::epoll_wait(epoll, ready.as_mut_ptr(), 1024, timeout) };
+        runnable.extend(ready[..n.max(0) as usize].iter().map(|ev| ev.u64 as usize));
+    }
+    // SAFETY: the epoll descriptor is this function's own.
+    unsafe { libc::close(epoll) };
+}
+
+/// The io_uring floor: every runnable socket's round as one `sendmsg` (MSG_DONTWAIT), all
+/// submitted in one enter; a short one waits with `POLL_ADD(POLLOUT)`.
+fn floor_io_uring(streams: Vec<TcpStream>, frame: &[u8], events: usize) {
+    use io_uring::{opcode, types, IoUring};
+    const POLL_TAG: u64 = 1 << 32;
+    let total = frame.len() * events;
+    let mut sockets = floor_sockets(streams);
+    let mut ring: IoUring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(32768)
+        .build(16384)
+        .expect("an io_uring ring");
+    let mut runnable: Vec<usize> = (0..sockets.len()).collect();
+    let mut bytes = vec![0usize; sockets.len()];
+    let mut in_flight = 0;
+    let mut done = 0;
+    while done < sockets.len() {
+        for &i in &runnable {
+            let socket = &mut sockets[i];
+            bytes[i] = socket.round(frame, total);
+            let entry = opcode::SendMsg::new(types::Fd(socket.stream.as_raw_fd()), &socket.msg)
+                .flags(libc::MSG_DONTWAIT as u32)
+                .build()
+                .user_data(i as u64);
+            // SAFETY: the message header and iovecs live in `sockets` until the completion.
+            while unsafe { ring.submission().push(&entry) }.is_err() {
+                ring.submit().expect("submit");
+            }
+            in_flight += 1;
+        }
+        runnable.clear();
+        ring.submit_and_wait(1).expect("enter");
+        let completed: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|cqe| (cqe.user_data(), cqe.result()))
+            .collect();
+        for (data, result) in completed {
+            in_flight -= 1;
+            let i = (data & (POLL_TAG - 1)) as usize;
+            if data & POLL_TAG != 0 {
+                runnable.push(i);
+                continue;
+            }
+            let n = result.max(0) as usize;
+            let socket = &mut sockets[i];
+            socket.written += n;
+            if socket.written == total {
+                done += 1;
+            } else if n < bytes[i] {
+                let poll = opcode::PollAdd::new(
+                    types::Fd(socket.stream.as_raw_fd()),
+                    libc::POLLOUT as u32,
+                )
+                .build()
+                .user_data(POLL_TAG | i as u64);
+                // SAFETY: a poll takes no memory of ours.
+                while unsafe { ring.submission().push(&poll) }.is_err() {
+                    ring.submit().expect("submit");
+                }
+                in_flight += 1;
+            } else {
+                runnable.push(i);
+            }
+        }
+    }
+    assert_eq!(in_flight, 0);
+}
+
+/// Runs the floor server for `backend` on two threads, once the clients are connected, and prints
+/// its row.
+fn floor(backend: &str, connections: usize, events: usize, frame_bytes: usize) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CLIENT_ROLE, addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client process");
+    let mut streams = floor_accept(&listener, connections);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "ready",
+        "the client process failed"
+    );
+    let frame: &'static [u8] = Vec::leak(horizon::ws::frame::encode::text(&vec![
+        b'x';
+        frame_bytes
+            .saturating_sub(4)
+            .max(1)
+    ]));
+    let halves = [streams.split_off(connections / 2), streams];
+    let (cpu_before, segments_before, started) =
+        (cpu_seconds(), tcp_out_segments(), Instant::now());
+    let writers: Vec<_> = halves
+        .into_iter()
+        .map(|half| {
+            let backend = backend.to_string();
+            std::thread::spawn(move || match backend.as_str() {
+                "io_uring" => floor_io_uring(half, frame, events),
+                _ => floor_epoll(half, frame, events),
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let done = lines.next().unwrap().unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    let (user, system) = cpu_seconds();
+    let cpu = user + system - cpu_before.0 - cpu_before.1;
+    let segments = tcp_out_segments().saturating_sub(segments_before);
+    let frames: usize = done.strip_prefix("done ").unwrap().parse().unwrap();
+    let expected = connections * events;
+    assert_eq!(frames, expected, "every frame arrived");
+    println!(
+        "fanout-floor/{connections}x{events} driver={backend} frame={frame_bytes}B: {expected} \
+         frames in {wall:.2} s, server CPU {cpu:.2} s (user {:.2}, system {:.2}) -> {:.0} frames \
+         per CPU-second; {:.3} TCP segments per frame",
+        user - cpu_before.0,
+        system - cpu_before.1,
+        expected as f64 / cpu,
+        segments as f64 / expected as f64,
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
 fn main() {
     let connections = env("HORIZON_FANOUT_CONNECTIONS", 10_000);
     let events = env("HORIZON_FANOUT_EVENTS", 200);
@@ -287,6 +566,10 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if let Ok(backend) = std::env::var("HORIZON_FANOUT_FLOOR") {
+        floor(&backend, connections, events, frame_bytes);
         return;
     }
     let certificates = std::env::var("HORIZON_FANOUT_TLS")
@@ -347,7 +630,12 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         perf
     });
-    let (cpu_before, faults_before, started) = (cpu_seconds(), page_faults(), Instant::now());
+    let (cpu_before, faults_before, segments_before, started) = (
+        cpu_seconds(),
+        page_faults(),
+        tcp_out_segments(),
+        Instant::now(),
+    );
     runtime.block_on(async {
         for i in 0..events {
             let event = Event::new(format!("bench.e{i}"), Separator::Dot, body.clone());
@@ -357,6 +645,7 @@ fn main() {
     let done = lines.next().unwrap().unwrap();
     let wall = started.elapsed().as_secs_f64();
     let faults = page_faults() - faults_before;
+    let segments = tcp_out_segments().saturating_sub(segments_before);
     let (user, system) = cpu_seconds();
     let (user, system) = (user - cpu_before.0, system - cpu_before.1);
     let cpu = user + system;
@@ -366,11 +655,13 @@ fn main() {
     println!(
         "fanout/{connections}x{events}{} driver={} frame={frame_bytes}B: {expected} deliveries in \
          {wall:.2} s ({:.0}/s wall), gateway CPU {cpu:.2} s (user {user:.2}, system {system:.2}) \
-         -> {:.0} deliveries per CPU-second; {faults} page faults",
+         -> {:.0} deliveries per CPU-second; {faults} page faults; {:.3} TCP segments per \
+         delivery",
         if certificates.is_some() { " wss" } else { "" },
         gateway.driver(),
         expected as f64 / wall,
         expected as f64 / cpu,
+        segments as f64 / expected as f64,
     );
     if let Some(perf) = perf {
         // SAFETY: kill with a plain signal number; perf prints its count on SIGINT.

@@ -151,7 +151,7 @@ impl Default for ServeConfig {
             shards: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            io_backend: IoBackend::Epoll,
+            io_backend: IoBackend::Auto,
             max_message_bytes: 64 * 1024,
             outbound_queue_bytes: 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Drop,

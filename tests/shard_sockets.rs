@@ -927,3 +927,102 @@ fn a_burst_from_many_sockets_at_once_loses_and_reorders_nothing() {
     gateway.shutdown();
     gateway.join();
 }
+
+/// Threads of this process that are io_uring's kernel workers (`iou-wrk-*`): a send that blocks
+/// in the kernel parks one of them per socket.
+fn io_uring_workers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("iou-wrk"))
+        .count()
+}
+
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn three_hundred_readers_that_stop_reading_park_no_kernel_worker_and_hold_no_one_up() {
+    // Before: io_uring's sockets were blocking, so a send to a full socket was poll-armed and,
+    // after enough re-arms, handed to an `iou-wrk` thread that slept in the kernel holding a
+    // stale frame list. Now every send is non-blocking and a full socket waits for POLLOUT.
+    const STALLED: usize = 300;
+    const EVENTS: usize = 300;
+    let mut gateway = start(|c| {
+        c.outbound_queue_bytes = 256 * 1024;
+        c.slow_consumer = horizon::shard::SlowConsumerPolicy::Drop;
+    });
+    let publisher = gateway.take_publisher().unwrap();
+    let addr = gateway.local_addr();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut stalled = Vec::new();
+        for _ in 0..STALLED {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let mut c = Raw::connect_with(socket.connect(addr).await.unwrap()).await;
+            assert_eq!(c.text("sub load.#").await, "subscribed:true:1");
+            stalled.push(c);
+        }
+        let mut healthy = Raw::connect(addr).await;
+        assert_eq!(healthy.text("sub load.#").await, "subscribed:true:1");
+        let reader = tokio::spawn(async move {
+            for i in 0..EVENTS {
+                let text = tokio::time::timeout(Duration::from_secs(20), healthy.next_text())
+                    .await
+                    .expect("the healthy reader is not held up");
+                let seq: usize = text["load.#|".len()..]
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(seq, i, "every event, in order");
+            }
+        });
+        let before = resident_bytes();
+        let mut peak_workers = 0;
+        let body = "x".repeat(20_000);
+        // 300 x 20 KB to 301 sockets: 1.8 GB offered, all but 6 MB of it to readers that stopped.
+        for i in 0..EVENTS {
+            publisher
+                .publish(event("load.e", &format!("{i}:{body}")))
+                .await
+                .unwrap();
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                peak_workers = peak_workers.max(io_uring_workers());
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the healthy reader got every event")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_workers = peak_workers.max(io_uring_workers());
+        let grown = resident_bytes().saturating_sub(before);
+        eprintln!(
+            "driver {}: {peak_workers} iou-wrk threads at most; RSS grew {} KiB",
+            gateway.driver(),
+            grown / 1024
+        );
+        assert_eq!(peak_workers, 0, "no send ever waits in an io_uring worker");
+        // Every stalled socket's queue holds at most its bound, of frames shared by all.
+        assert!(grown < 96 << 20, "RSS grew {} KiB", grown / 1024);
+        drop(stalled);
+    });
+    gateway.shutdown();
+    gateway.join();
+}

@@ -180,6 +180,14 @@ pub fn render(
     let _ = writeln!(out, "horizon_sockets_read_paused {paused}");
     family(
         &mut out,
+        "horizon_uring_cq_overflows_total",
+        "counter",
+        "io_uring: shard turns that found the completion queue overflowed (each costs one more enter).",
+    );
+    let overflows: u64 = stats.iter().map(|s| s.cq_overflows).sum();
+    let _ = writeln!(out, "horizon_uring_cq_overflows_total {overflows}");
+    family(
+        &mut out,
         "horizon_auth_failures_total",
         "counter",
         "Tokens refused, by reason.",

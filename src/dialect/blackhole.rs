@@ -472,7 +472,7 @@ impl BlackholeSession {
         Reply::Later(Box::pin(async move {
             let all = futures_util::future::join_all(waits);
             // Past the wait the bindings stay registered: the source activates them when it can.
-            let _ = monoio::time::timeout(wait, all).await;
+            let _ = crate::shard::timeout(wait, all).await;
             Reply::Text(reply)
         }))
     }

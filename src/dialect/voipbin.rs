@@ -362,7 +362,7 @@ impl VoipbinSession {
         }
         let wait = self.dialect.limits.bind_wait;
         Reply::Later(Box::pin(async move {
-            let _ = monoio::time::timeout(wait, futures_util::future::join_all(waits)).await;
+            let _ = crate::shard::timeout(wait, futures_util::future::join_all(waits)).await;
             Reply::Text(reply)
         }))
     }

@@ -3,9 +3,9 @@
 //!
 //! | | epoll | io_uring |
 //! |---|---|---|
-//! | wait | the shard's epoll descriptor, level-triggered | the ring's eventfd |
+//! | wait (the shard's only one) | `epoll_wait` on the shard's set, level-triggered | `io_uring_enter` on the shard's ring |
 //! | read | `read` into the shard's scratch buffer on readiness | a multishot receive per socket into the shard's provided buffers |
-//! | write | one `writev` per socket per flush | one send or `sendmsg` per socket, submitted with all the others in one enter |
+//! | write | one `writev` per socket per flush; `EPOLLOUT` when full | one send or `sendmsg` per socket, submitted with all the others in one enter; `POLL_ADD(POLLOUT)` when full |
 //! | pause reading | read interest withdrawn | the receive cancelled |
 //! | end | `close` | `shutdown` (completing what is in flight), then `close` |
 
@@ -13,7 +13,7 @@ use std::os::fd::RawFd;
 
 use super::conn::Conn;
 use super::io::{self, Flushed};
-use super::poller::Poller;
+use super::poller::{Poller, Token};
 use super::uring::Uring;
 use std::io::Result;
 
@@ -33,18 +33,17 @@ impl std::fmt::Display for Driver {
     }
 }
 
-/// The `io_backend` setting. The default is epoll: at wide fan-out it measured about twice the
-/// deliveries per CPU-second of the io_uring backend on the reference machine (BENCHMARKS.md,
-/// "io_uring and epoll side by side"); io_uring makes ~25x fewer system calls and measured
-/// 8-9 % more deliveries per CPU-second, and lower latency, through RabbitMQ.
+/// The `io_backend` setting. The default is `auto`: the io_uring backend where the kernel allows
+/// it, measured at least as good as epoll on every row of BENCHMARKS.md ("io_uring and epoll
+/// side by side"), epoll otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IoBackend {
     /// io_uring where the kernel allows it (Linux 6.0+, not blocked by a seccomp profile), else
     /// epoll.
+    #[default]
     Auto,
     /// The native io_uring backend; the node refuses to start without it.
     IoUring,
-    #[default]
     Epoll,
 }
 
@@ -88,10 +87,7 @@ impl SocketIo {
     pub fn register(&self, conn: &mut Conn) -> Result<()> {
         match self {
             SocketIo::Epoll(poller) => poller.add(conn.fd, conn.token),
-            SocketIo::Uring(uring) => {
-                uring.arm_recv(conn);
-                Ok(())
-            }
+            SocketIo::Uring(uring) => uring.register(conn),
         }
     }
 
@@ -125,7 +121,7 @@ impl SocketIo {
 
     /// Writes (epoll) or queues the send of (io_uring) what the socket has queued, from the
     /// delivery path; if it cannot all go now, or something must follow (a lag notice, the end,
-    /// reading to resume), leaves the rest to the poller task.
+    /// reading to resume), leaves the rest to the shard's next turn.
     pub fn flush_now(&self, conn: &mut Conn) {
         match self.flush(conn) {
             Ok(Flushed::All | Flushed::InFlight)
@@ -145,10 +141,12 @@ impl SocketIo {
     }
 
     /// Ends the socket's I/O and closes its descriptor. On io_uring the shutdown completes its
-    /// receive and any send in flight first (the ring holds the socket open while they are).
-    pub fn close(&self, fd: RawFd) {
-        if let SocketIo::Uring(_) = self {
+    /// receive and any send in flight first (the ring holds the socket open while they are), and
+    /// the socket leaves the ring's fixed-file table (`token`: its registry slot's).
+    pub fn close(&self, fd: RawFd, token: Token) {
+        if let SocketIo::Uring(uring) = self {
             io::shutdown(fd);
+            uring.unregister(token.slot);
         }
         io::close(fd);
     }
@@ -156,13 +154,5 @@ impl SocketIo {
     /// Whether `token`'s socket is driven by readiness reports (epoll) rather than completions.
     pub fn reads_on_readiness(&self) -> bool {
         matches!(self, SocketIo::Epoll(_))
-    }
-
-    /// Hands queued operations to the kernel now (io_uring; epoll writes at once).
-    pub fn has_queued(&self) -> bool {
-        match self {
-            SocketIo::Epoll(_) => false,
-            SocketIo::Uring(uring) => uring.has_queued(),
-        }
     }
 }

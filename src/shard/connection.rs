@@ -1,7 +1,7 @@
 //! One WebSocket connection on its shard, from the first byte of the handshake to the close.
 //!
-//! A connection is a record in the shard's registry, driven by the shard's poller task (see
-//! `poller.rs`): no task, no future and no buffer of its own while it waits. Lifecycle: accepted
+//! A connection is a record in the shard's registry, driven by the shard's turn (see
+//! `turn.rs`): no task, no future and no buffer of its own while it waits. Lifecycle: accepted
 //! and registered for readiness -> the upgrade request is read (bounded; the keepalive sweep cuts
 //! it after [`HANDSHAKE_SECS`]) -> the dialect's [`SessionFactory`] accepts or refuses -> `101` ->
 //! frames -> close. Bytes are read into the shard's scratch buffer; only a request or frame split
@@ -14,24 +14,24 @@
 //! queue, replies and control frames included: while that queue is over `outbound_queue_bytes`
 //! (a client that sends but does not read) the socket is not read at all, so it cannot ask for
 //! more, and if it stays so for `blocked_close` it is closed with 1008. Shutdown, keepalive and fan-out reach the connection through its
-//! [`Conn`], which holds its outbound queue; whatever they queue is written by the poller task (or
+//! [`Conn`], which holds its outbound queue; whatever they queue is written by the shard's turn (or
 //! at once by the delivery loop), never by a task of the socket's own.
 //!
 //! [`SessionFactory`]: super::session::SessionFactory
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use monoio::net::TcpStream;
 
 use super::backend::SocketIo;
 use super::bindings::Subscriptions;
 use super::conn::{Conn, Stage};
 use super::context::ShardContext;
 use super::control::Counters;
+use super::executor;
 use super::io::{self, Flushed};
 use super::outbound::Outbound;
 use super::poller::{Ready, Token};
@@ -57,19 +57,6 @@ enum Next {
     FlushAndEnd,
     /// End now: the peer is gone.
     End,
-}
-
-/// Takes a freshly accepted socket into the shard from the epoll backend's listener (see
-/// [`accept_fd`]).
-pub(crate) fn accept(shard: &ShardContext, stream: TcpStream, peer: SocketAddr, tls: bool) {
-    // A stream just accepted has no operation in flight, so the runtime lets go of it (and
-    // deregisters it from its own epoll set).
-    let fd = stream.into_raw_fd();
-    if io::set_nonblocking(fd).is_err() {
-        io::close(fd);
-        return;
-    }
-    accept_fd(shard, fd, peer, tls);
 }
 
 /// Takes a freshly accepted, non-blocking socket into the shard: registry and socket I/O
@@ -182,7 +169,11 @@ pub(crate) fn on_completion(shard: &ShardContext, completion: Completion) {
                 }
             }
         }
-        Completion::Sent { token, result } => {
+        Completion::Sent {
+            token,
+            result,
+            short,
+        } => {
             {
                 let sockets = shard.sockets.borrow();
                 let Some(socket) = sockets.get(token) else {
@@ -193,12 +184,24 @@ pub(crate) fn on_completion(shard: &ShardContext, completion: Completion) {
                 if result >= 0 {
                     conn.outbound.advance(result as usize);
                 }
+                if short && result >= 0 {
+                    // The send buffer is full: the rest goes when there is room, all at once.
+                    uring.wait_writable(&mut conn);
+                    return;
+                }
             }
             if result < 0 {
                 end(shard, token);
             } else {
                 service(shard, token);
             }
+        }
+        Completion::Writable { token } => {
+            match shard.sockets.borrow().get(token) {
+                Some(socket) => socket.conn.borrow_mut().send_in_flight = false,
+                None => return,
+            }
+            service(shard, token);
         }
         Completion::Accepted { .. } | Completion::Nothing => {}
     }
@@ -354,7 +357,7 @@ fn end(shard: &ShardContext, token: Token) {
     let fd = std::mem::replace(&mut conn.fd, -1);
     // Closing the descriptor also takes it out of the readiness set; on io_uring the socket is
     // shut down first, which completes its receive and any send in flight.
-    shard.io.close(fd);
+    shard.io.close(fd, token);
 }
 
 /// Handles the socket's input: frames left from before a pause, then what it has `received`
@@ -699,7 +702,7 @@ fn handle_input(
                         // A task of its own, alive only while the answer is pending: the
                         // connection's own future stays as small as an idle socket needs.
                         let conn = conn.clone();
-                        monoio::spawn(async move {
+                        executor::spawn(async move {
                             let mut reply = answer.await;
                             while let Reply::Later(next) = reply {
                                 reply = next.await;

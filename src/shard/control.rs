@@ -67,6 +67,8 @@ pub struct ShardStats {
     pub closed_blocked: u64,
     /// Sockets not being read now, because their client does not read its output.
     pub read_paused: usize,
+    /// io_uring: turns that found the completion queue overflowed (0 on epoll).
+    pub cq_overflows: u64,
     /// The shard's event ring.
     pub ring: RingStats,
     /// From the ingest side receiving an event to this shard having queued its frames.

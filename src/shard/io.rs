@@ -1,8 +1,7 @@
 //! Non-blocking reads and vectored writes on a socket's file descriptor (the epoll backend's I/O,
 //! and the io_uring backend's last-word write of a close frame).
 //!
-//! The shard waits for readiness (its epoll set, itself awaited through the runtime) and then does
-//! the I/O itself, so that a read goes into the shard's scratch buffer (an idle socket pins no
+//! The shard waits for readiness (its epoll set) and then does the I/O itself, so that a read goes into the shard's scratch buffer (an idle socket pins no
 //! buffer) and a write sends the shared `Bytes` of many queued frames in one `sendmsg`.
 
 use std::io;
@@ -10,21 +9,9 @@ use std::os::fd::RawFd;
 
 use super::outbound::Outbound;
 
-/// Frames gathered into one `writev`; Linux's `IOV_MAX` is 1024.
-const WRITEV_MAX: usize = 64;
-
-pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor this socket owns; no memory is passed.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+/// Frames gathered into one `writev` or send, on either backend: Linux's `IOV_MAX`. A wide
+/// delivery batch queues up to 256 frames per socket; all of them go in one call.
+pub(crate) const FRAMES_PER_SEND: usize = 1024;
 
 /// Turns Nagle's algorithm off: frames go out as they are written.
 pub(crate) fn set_nodelay(fd: RawFd) {
@@ -78,9 +65,9 @@ pub(crate) fn flush(fd: RawFd, queue: &mut Outbound) -> io::Result<Flushed> {
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
-        }; WRITEV_MAX];
+        }; FRAMES_PER_SEND];
         let mut count = 0;
-        for (slot, chunk) in iov.iter_mut().zip(queue.chunks(WRITEV_MAX)) {
+        for (slot, chunk) in iov.iter_mut().zip(queue.chunks(FRAMES_PER_SEND)) {
             slot.iov_base = chunk.as_ptr() as *mut libc::c_void;
             slot.iov_len = chunk.len();
             count += 1;
@@ -91,7 +78,7 @@ pub(crate) fn flush(fd: RawFd, queue: &mut Outbound) -> io::Result<Flushed> {
         msg.msg_iovlen = count;
         // SAFETY: the first `count` iovecs point into `Bytes` owned by `queue`, which is not
         // touched until the call returns; sendmsg only reads them. MSG_DONTWAIT: never blocks,
-        // whatever the socket's mode (io_uring's sockets are in blocking mode).
+        // whatever the socket's mode.
         let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n < 0 {
             let err = io::Error::last_os_error();

@@ -2,9 +2,11 @@
 //! outbound queue of every socket it owns.
 //!
 //! - [`runtime`]: the shard threads, `SO_REUSEPORT` listeners, graceful shutdown ([`Gateway`]).
+//! - `executor`: the shard thread's tasks and timers, run between turns of its socket I/O.
+//! - `turn`: one turn of a shard's socket I/O, whose backend wait is the thread's only one.
 //! - `backend`: the socket I/O a shard runs on: `uring` (native io_uring: multishot accept and
 //!   receive, provided buffers, batched sends) or `poller` (epoll).
-//! - `connection`: one socket from handshake to close, as a record driven by readiness.
+//! - `connection`: one socket from handshake to close, as a record driven by the shard's turn.
 //! - `tls`: a wss socket's TLS record layer (rustls, unbuffered), kept in its record.
 //! - `poller`: the epoll set and the shard's service list; `sockets`: the socket registry.
 //! - [`outbound`]: the per-socket, byte-bounded queue and the slow-consumer policy.
@@ -18,6 +20,7 @@ mod conn;
 mod connection;
 mod context;
 pub mod control;
+mod executor;
 #[doc(hidden)]
 pub mod harness;
 mod io;
@@ -28,12 +31,15 @@ pub mod runtime;
 pub mod session;
 mod sockets;
 mod tls;
+mod turn;
 mod uring;
 
 pub use backend::{Driver, IoBackend};
 pub use bindings::{Delivered, FrameEncoder, Subscriptions};
 pub use conn::Conn;
 pub use control::{Filed, ShardStats, SocketInfo};
+/// For a dialect's `Reply::Later`, which runs on its shard's executor.
+pub(crate) use executor::timeout;
 pub use limits::{Admission, ConnectionLimits};
 pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};
 pub use runtime::{Gateway, Registry};

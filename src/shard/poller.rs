@@ -2,13 +2,12 @@
 //! so that a socket is a plain record in the shard's registry rather than a task with readiness
 //! futures of its own. Also the shard's service list, which both backends use.
 //!
-//! Why: an idle WebSocket must cost as little user-space memory as possible. A monoio task per
-//! socket, parked on a `readable()` future, was ~720 bytes of future state, task header and
-//! driver bookkeeping (monoio's `select!` builds every branch, and an io_uring poll op keeps a
-//! slot and a shared-descriptor handle in the driver); that alone was over the 1 KiB budget once
-//! the socket's own state was added. Here a socket's readiness is an entry in the kernel's epoll
-//! set (kernel memory, like an io_uring poll request) and the shard's single poller task waits for
-//! the epoll descriptor itself through the runtime (an entry in monoio's own epoll set).
+//! Why: an idle WebSocket must cost as little user-space memory as possible. A task per socket,
+//! parked on a readiness future, was ~720 bytes of future state, task header and driver
+//! bookkeeping; that alone was over the budget once the socket's own state was added. Here a
+//! socket's readiness is an entry in the kernel's epoll set (kernel memory, like an io_uring poll
+//! request), and the shard's turn (`turn.rs`) waits in `epoll_wait` on the set itself: the
+//! shard's only wait, which the listeners and the executor's wake eventfd share.
 //!
 //! Interest is level-triggered: `EPOLLIN | EPOLLRDHUP` unless the socket's reading is paused (its
 //! client does not read what it is sent), plus `EPOLLOUT` only while a socket's queue is blocked
@@ -17,13 +16,12 @@
 //!
 //! Work that other parts of the shard create for a socket (a reply resolved later, a ping, a
 //! shutdown close, a slow consumer to close) is put on the shard's service list with
-//! [`schedule`]; the poller task (or the io_uring backend's driver task) flushes those sockets and
-//! ends the ones that are done.
+//! [`schedule`]; the shard's next turn flushes those sockets and ends the ones that are done.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::task::{Poll, Waker};
+use std::time::Duration;
 
 /// Readiness reports taken per `epoll_wait`.
 pub(crate) const EVENTS_PER_WAIT: usize = 256;
@@ -79,11 +77,6 @@ impl Poller {
         })
     }
 
-    /// The epoll descriptor (readable while any socket has a report).
-    pub fn fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
-    }
-
     /// Adds a socket with read interest.
     pub fn add(&self, fd: RawFd, token: Token) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, READ_INTEREST, token)
@@ -114,8 +107,33 @@ impl Poller {
         Ok(())
     }
 
-    /// Takes the reports available now (never blocks) into `out`; returns how many.
-    pub fn ready_now(&self, buf: &mut Vec<libc::epoll_event>, out: &mut Vec<Ready>) -> usize {
+    /// Takes a socket out of the set.
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: EPOLL_CTL_DEL ignores the event argument (null is allowed since Linux 2.6.9).
+        if unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Takes the reports there are into `out`, waiting at most `wait` for the first one (not at
+    /// all with `None`); returns how many. The wait is rounded up to whole milliseconds, so
+    /// that a timer is never run early.
+    pub fn wait(
+        &self,
+        buf: &mut Vec<libc::epoll_event>,
+        out: &mut Vec<Ready>,
+        wait: Option<Duration>,
+    ) -> usize {
+        let timeout = wait.map_or(0, |wait| wait.as_micros().div_ceil(1000).min(60_000) as i32);
         buf.clear();
         buf.reserve(EVENTS_PER_WAIT);
         // SAFETY: `buf` has room for EVENTS_PER_WAIT events; the kernel writes at most that many,
@@ -125,7 +143,7 @@ impl Poller {
                 self.epoll.as_raw_fd(),
                 buf.as_mut_ptr(),
                 EVENTS_PER_WAIT as libc::c_int,
-                0,
+                timeout,
             )
         };
         let n = n.max(0) as usize;
@@ -143,14 +161,11 @@ impl Poller {
     }
 }
 
-/// Sockets with work for the poller task that arose outside it, and the task's waker.
+/// Sockets with work for the shard's turn that arose outside it (a reply resolved later, a ping,
+/// a close, a slow consumer to close): the next turn writes them.
 #[derive(Default)]
 pub(crate) struct ServiceList {
     tokens: RefCell<Vec<Token>>,
-    /// Work for the task that is not a socket's (io_uring: submissions queued by the delivery
-    /// loop).
-    poked: Cell<bool>,
-    waker: Cell<Option<Waker>>,
 }
 
 thread_local! {
@@ -158,24 +173,9 @@ thread_local! {
     static SERVICE: ServiceList = ServiceList::default();
 }
 
-/// Asks the shard's poller task to flush `token`'s socket (and end it, if it is done).
+/// Asks the shard's next turn to flush `token`'s socket (and end it, if it is done).
 pub(crate) fn schedule(token: Token) {
-    SERVICE.with(|list| {
-        list.tokens.borrow_mut().push(token);
-        if let Some(waker) = list.waker.take() {
-            waker.wake();
-        }
-    });
-}
-
-/// Wakes the shard's poller task for work that is not one socket's (see `ServiceList::poked`).
-pub(crate) fn poke() {
-    SERVICE.with(|list| {
-        list.poked.set(true);
-        if let Some(waker) = list.waker.take() {
-            waker.wake();
-        }
-    });
+    SERVICE.with(|list| list.tokens.borrow_mut().push(token));
 }
 
 /// Moves the scheduled tokens into `out` (emptying the list).
@@ -186,31 +186,4 @@ pub(crate) fn take_scheduled(out: &mut Vec<Token>) {
 /// Whether sockets wait on the service list.
 pub(crate) fn has_scheduled() -> bool {
     SERVICE.with(|list| !list.tokens.borrow().is_empty())
-}
-
-/// Ready once a socket has been scheduled; otherwise registers `cx` to be woken when one is.
-pub(crate) fn poll_scheduled(cx: &mut std::task::Context<'_>) -> Poll<()> {
-    SERVICE.with(|list| {
-        if list.tokens.borrow().is_empty() && !list.poked.replace(false) {
-            list.waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-}
-
-/// Lets the shard's other tasks run before going on.
-pub(crate) async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
 }

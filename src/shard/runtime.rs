@@ -1,19 +1,19 @@
 //! The thread-per-core runtime: N shard threads, each pinned to a core, each with its own
 //! `SO_REUSEPORT` listener on the WebSocket address, so the kernel spreads connections over the
-//! shards and no socket ever moves between threads. A shard's sockets are driven by its backend
-//! (`backend.rs`): its own io_uring ring (`drive_ring`) or its epoll set (`poll_sockets`). Its
-//! other tasks (the fan-out and control rings, the keepalive sweep, replies that resolve later)
-//! run on a monoio executor with monoio's epoll driver, which also waits for the backend.
+//! shards and no socket ever moves between threads. A shard thread is one loop: run the tasks that
+//! were woken (the fan-out and control rings, the keepalive sweep, replies that resolve later;
+//! `executor.rs`), fire its timers, then one turn of its socket I/O (`turn.rs`), whose backend
+//! wait, `io_uring_enter` on its ring or `epoll_wait` on its set, is the thread's only one.
 //!
 //! Lives and dies with [`Gateway`]: `start` returns once every shard listens; `shutdown` makes each
 //! shard stop accepting, send close 1001 `going away` to its sockets, give them
 //! `shutdown_grace` to answer and drain, cut whatever is left, and exit; `join` waits for that.
 
-use std::future::{poll_fn, Future};
+use std::cell::Cell;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -22,16 +22,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
-use monoio::net::TcpListener;
 
 use super::backend::{Driver, IoBackend, SocketIo};
 use super::connection;
 use super::context::ShardContext;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
+use super::executor::{self, Executor};
 use super::limits::ConnectionLimits;
-use super::poller::{self, Poller, EVENTS_PER_WAIT};
+use super::poller::Poller;
 use super::session::SessionFactory;
-use super::uring::{Completion, Uring};
+use super::turn::Turn;
+use super::uring::Uring;
 use crate::config::ServeConfig;
 use crate::fanout::{self, Consumer, Event, Producer, Publisher, Recv};
 use crate::tls::ServerTls;
@@ -251,8 +252,8 @@ impl Drop for Gateway {
 /// `ping_interval` old, closes (1008 `output blocked`) each one whose reading has been paused for
 /// `blocked_close`, closes (1001 `idle timeout`) each one not heard from for `idle_timeout`,
 /// and cuts a closing socket that stays silent that long (its close frame may sit behind output
-/// the client never reads). One timer per shard instead of one per socket (a monoio timer future is
-/// 640 bytes, more than an idle socket's whole budget); the walk costs ~10 ns per socket.
+/// the client never reads). One timer per shard instead of one per socket (a timer per socket would
+/// cost more than an idle socket's whole budget); the walk costs ~10 ns per socket.
 /// The clock counts whole seconds, so "silent for more than `idle_timeout` clock seconds" means
 /// between the timeout and the timeout plus two seconds of real silence: never early.
 async fn keepalive(shard: Rc<ShardContext>) {
@@ -261,7 +262,7 @@ async fn keepalive(shard: Rc<ShardContext>) {
     let blocked_after = shard.config.blocked_close.as_secs().max(1) as u32;
     let ping = bytes::Bytes::from(crate::ws::frame::encode::ping(b""));
     loop {
-        monoio::time::sleep(Duration::from_secs(1)).await;
+        executor::sleep(Duration::from_secs(1)).await;
         let now = shard.clock();
         for socket in shard.sockets.borrow().iter() {
             let mut conn = socket.conn.borrow_mut();
@@ -321,119 +322,102 @@ struct Shared {
 fn shard_thread(
     index: usize,
     config: ServeConfig,
-    Shared {
-        instance,
-        tls,
-        factory,
-        limits,
-        stop,
-    }: Shared,
+    shared: Shared,
     (events, control): (Consumer<Arc<Event>>, Consumer<Control>),
     bound: mpsc::Sender<io::Result<Bound>>,
 ) {
     pin_to_core(index);
-    // monoio runs the shard's tasks and timers on its epoll driver; the sockets are the
-    // backend's (see `backend.rs`).
-    let runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build();
-    let mut runtime = match runtime {
-        Ok(runtime) => runtime,
+    let started = Executor::new().and_then(|executor| {
+        let listener = bind(config.ws_listen)?;
+        let wss = config.wss_listen.map(bind).transpose()?;
+        Ok((executor, listener, wss))
+    });
+    let (mut executor, listener, wss) = match started {
+        Ok(started) => started,
         Err(e) => {
             let _ = bound.send(Err(e));
             return;
         }
     };
-    runtime.block_on(async move {
-        let listener = match bind(config.ws_listen) {
-            Ok(listener) => listener,
-            Err(e) => {
-                let _ = bound.send(Err(e));
-                return;
-            }
-        };
-        let wss = match config.wss_listen.map(bind).transpose() {
-            Ok(wss) => wss,
-            Err(e) => {
-                let _ = bound.send(Err(e));
-                return;
-            }
-        };
-        let mut fds = vec![listener.as_raw_fd()];
-        fds.extend(wss.as_ref().map(OwnedListener::as_raw_fd));
-        let io = match open_backend(index, config.io_backend, &fds) {
-            Ok(io) => io,
-            Err(e) => {
-                let _ = bound.send(Err(e));
-                return;
-            }
-        };
-        let driver = io.driver();
-        let addrs = listener.local_addr().and_then(|addr| {
-            let wss_addr = wss.as_ref().map(OwnedListener::local_addr).transpose()?;
-            Ok((addr, wss_addr, driver))
-        });
-        let _ = bound.send(addrs);
-        let shard = Rc::new(ShardContext::new(
-            index, config, factory, limits, instance, io, tls,
-        ));
-        // The sweep, delivery and control tasks run until this `block_on` returns and the
-        // runtime, with its tasks, is dropped.
-        monoio::spawn(keepalive(shard.clone()));
-        let ring_stats = events.stats_handle();
-        monoio::spawn(deliver(shard.clone(), events));
-        monoio::spawn(answer_control(shard.clone(), control, ring_stats));
-        if driver == Driver::IoUring {
-            // The ring accepts (a multishot accept armed when it was set up).
-            monoio::spawn(drive_ring(shard.clone()));
+    let mut fds = vec![listener.as_raw_fd()];
+    fds.extend(wss.as_ref().map(OwnedListener::as_raw_fd));
+    let io = match open_backend(index, config.io_backend, &fds, executor.wake_fd()) {
+        Ok(io) => io,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    let driver = io.driver();
+    let Shared {
+        instance,
+        tls,
+        factory,
+        limits,
+        stop,
+    } = shared;
+    let shard = Rc::new(ShardContext::new(
+        index, config, factory, limits, instance, io, tls,
+    ));
+    let mut turn = match Turn::new(&shard, &fds, executor.wake_fd()) {
+        Ok(turn) => turn,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    let addrs = listener.local_addr().and_then(|addr| {
+        let wss_addr = wss.as_ref().map(OwnedListener::local_addr).transpose()?;
+        Ok((addr, wss_addr, driver))
+    });
+    let _ = bound.send(addrs);
+    executor::spawn(keepalive(shard.clone()));
+    let ring_stats = events.stats_handle();
+    executor::spawn(deliver(shard.clone(), events));
+    executor::spawn(answer_control(shard.clone(), control, ring_stats));
+    let stopped = Rc::new(Cell::new(false));
+    let stopping = Rc::new(Cell::new(false));
+    {
+        let (shard, stopped, stopping) = (shard.clone(), stopped.clone(), stopping.clone());
+        executor::spawn(async move {
             stop.wait(index).await;
             shard.accepting.set(false);
-            // The accepts in flight end.
+            stopping.set(true);
+            going_away(&shard).await;
+            stopped.set(true);
+        });
+    }
+    while !stopped.get() {
+        executor.run_woken();
+        let next_timer = executor.fire_timers(Instant::now());
+        if stopping.replace(false) {
+            // Stop listening now, not when the descriptors' last reference goes: io_uring's
+            // accepts in flight end.
+            turn.stop_accepting(&shard);
             for fd in &fds {
                 stop_listening(*fd);
             }
-            going_away(&shard).await;
-            if let SocketIo::Uring(uring) = &shard.io {
-                uring.finish(Duration::from_secs(1));
-            }
-            drop((listener, wss));
-            return;
         }
-        monoio::spawn(poll_sockets(shard.clone()));
-        let accepting = [Some(listener), wss]
-            .into_iter()
-            .enumerate()
-            .filter_map(|(index, listener)| Some((index == 1, listener?)))
-            .map(|(tls, listener)| {
-                let listener = TcpListener::from_std(std::net::TcpListener::from(listener))?;
-                Ok((tls, listener))
-            })
-            .collect::<io::Result<Vec<_>>>();
-        let accepting = match accepting {
-            Ok(accepting) => accepting,
-            Err(e) => {
-                tracing::error!("shard {index}: cannot accept connections: {e}");
-                return;
-            }
-        };
-        for (tls, listener) in accepting {
-            monoio::spawn(accept_on(shard.clone(), listener, tls));
-        }
-        stop.wait(index).await;
-        shard.accepting.set(false);
-        // Stop listening now, not when the descriptors' last reference goes.
-        for fd in &fds {
-            stop_listening(*fd);
-        }
-        going_away(&shard).await;
-    });
+        turn.run(&shard, &executor, next_timer);
+    }
+    if let SocketIo::Uring(uring) = &shard.io {
+        uring.finish(Duration::from_secs(1));
+    }
+    // The tasks (and the `Rc`s of the shard they hold) go before the listeners.
+    drop(executor);
+    drop((listener, wss));
 }
 
 /// The shard's socket I/O as `io_backend` asks: `auto` takes io_uring where the ring can be set
 /// up as the backend needs it (and says why not, once, otherwise).
-fn open_backend(index: usize, backend: IoBackend, listeners: &[RawFd]) -> io::Result<SocketIo> {
+fn open_backend(
+    index: usize,
+    backend: IoBackend,
+    listeners: &[RawFd],
+    wake_fd: RawFd,
+) -> io::Result<SocketIo> {
     if backend != IoBackend::Epoll {
-        match Uring::new(listeners) {
+        match Uring::new(listeners, wake_fd) {
             Ok(uring) => {
                 if index == 0 {
                     tracing::debug!("io_uring: one ring per shard, task work {:?}", uring.mode);
@@ -454,22 +438,6 @@ fn open_backend(index: usize, backend: IoBackend, listeners: &[RawFd]) -> io::Re
         }
     }
     Poller::new().map(SocketIo::Epoll)
-}
-
-/// The epoll backend's accept loop on one listener (`tls`: the wss one); it ends when the shard
-/// stops accepting.
-/// The shard shuts the listener down at stop ([`stop_listening`]), which ends a waiting accept.
-async fn accept_on(shard: Rc<ShardContext>, listener: TcpListener, tls: bool) {
-    while shard.accepting.get() {
-        match listener.accept().await {
-            Ok((stream, peer)) if shard.accepting.get() => {
-                connection::accept(&shard, stream, peer, tls)
-            }
-            Ok(_) => break,
-            // Out of descriptors and the like: back off instead of spinning.
-            Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
 }
 
 /// Stops a listener now, not when its descriptor's last reference goes: an accept waiting on
@@ -584,226 +552,10 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-/// The peer address of an accepted socket.
-fn peer_of(fd: RawFd) -> io::Result<SocketAddr> {
-    // SAFETY: getpeername writes at most `len` bytes into `storage`.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: as above.
-    if unsafe {
-        libc::getpeername(
-            fd,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
-            Ok(SocketAddr::from((
-                sin.sin_addr.s_addr.to_ne_bytes(),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
-            Ok(SocketAddr::V6(std::net::SocketAddrV6::new(
-                sin6.sin6_addr.s6_addr.into(),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => Err(io::Error::other("accepted a socket of an unknown family")),
-    }
-}
-
-/// The io_uring shard's driver task: services the sockets other tasks queued work for, submits
-/// every queued operation and collects every completion in one enter, hands each completion to
-/// its connection, gives the turn's buffers back, and otherwise waits for the ring's eventfd
-/// or for a socket to be scheduled.
-async fn drive_ring(shard: Rc<ShardContext>) {
-    let SocketIo::Uring(uring) = &shard.io else {
-        return;
-    };
-    let waitable = match waitable(uring.eventfd()) {
-        Ok(waitable) => waitable,
-        Err(e) => {
-            tracing::error!("shard {}: cannot wait for the ring: {e}", shard.index);
-            return;
-        }
-    };
-    let mut done = Vec::new();
-    let mut scheduled = Vec::new();
-    let mut rearm = Vec::new();
-    // After an accept error (out of descriptors), when to accept again.
-    let mut accept_after: Option<Instant> = None;
-    // Listeners whose accept waits for `accept_after`.
-    let mut accept_retry: Vec<usize> = Vec::new();
-    let mut readable: Readable<'_> = None;
-    loop {
-        poller::take_scheduled(&mut scheduled);
-        for token in scheduled.drain(..) {
-            connection::service(&shard, token);
-        }
-        uring.clear_signal();
-        done.clear();
-        uring.take_backlog(&mut done);
-        if let Err(e) = uring.enter(&mut done) {
-            tracing::error!("shard {}: io_uring enter: {e}", shard.index);
-            monoio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        let completions = done.len();
-        for completion in done.drain(..) {
-            match completion {
-                Completion::Accepted {
-                    listener,
-                    result,
-                    ended,
-                } => {
-                    let failed = result.is_err();
-                    match result.and_then(|fd| peer_of(fd).map(|peer| (fd, peer))) {
-                        Ok((fd, peer)) if shard.accepting.get() => {
-                            connection::accept_fd(&shard, fd, peer, listener == 1)
-                        }
-                        Ok((fd, _)) => super::io::close(fd),
-                        Err(_) => {}
-                    }
-                    if ended && shard.accepting.get() {
-                        if failed {
-                            accept_after = Some(Instant::now() + Duration::from_millis(10));
-                            accept_retry.push(listener);
-                        } else {
-                            uring.arm_accept(listener);
-                        }
-                    }
-                }
-                other => connection::on_completion(&shard, other),
-            }
-        }
-        uring.publish_buffers();
-        uring.take_rearm(&mut rearm);
-        for token in rearm.drain(..) {
-            connection::rearm(&shard, token);
-        }
-        if accept_after.is_some_and(|at| Instant::now() >= at) {
-            accept_after = None;
-            for listener in accept_retry.drain(..) {
-                if shard.accepting.get() {
-                    uring.arm_accept(listener);
-                }
-            }
-        }
-        if completions > 0 || uring.has_queued() || poller::has_scheduled() {
-            // Let deliveries, the sweep and replies run between turns.
-            poller::yield_now().await;
-            continue;
-        }
-        let retry = accept_after.map(|at| monoio::time::sleep_until(at.into()));
-        wait_for_work(&shard, &waitable, &mut readable, retry, "the ring").await;
-    }
-}
-
-/// The readability wait a poller task keeps across turns (so that a turn woken by the service
-/// list leaves no poll behind).
-type Readable<'a> = Option<Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>>;
-
-/// Waits until `waitable` (the ring's eventfd, or the epoll descriptor) is readable, a socket is
-/// scheduled, or `retry` fires.
-async fn wait_for_work<'a>(
-    shard: &ShardContext,
-    waitable: &'a monoio::net::UnixStream,
-    readable: &mut Readable<'a>,
-    retry: Option<monoio::time::Sleep>,
-    what: &str,
-) {
-    let wait = readable.get_or_insert_with(|| Box::pin(waitable.readable(false)));
-    let mut retry = retry.map(Box::pin);
-    let woke = poll_fn(|cx| {
-        if let Poll::Ready(result) = wait.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
-        }
-        if let Some(retry) = retry.as_mut() {
-            if retry.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-        }
-        poller::poll_scheduled(cx).map(|()| None)
-    })
-    .await;
-    if let Some(result) = woke {
-        *readable = None;
-        if let Err(e) = result {
-            tracing::error!("shard {}: waiting for {what}: {e}", shard.index);
-            monoio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// A descriptor the runtime can await readability of: a duplicate of `fd`, owned by a monoio
-/// stream type only to be awaited (an epoll or event descriptor is pollable like a socket;
-/// nothing else is done with it).
-fn waitable(fd: RawFd) -> io::Result<monoio::net::UnixStream> {
-    // SAFETY: dup of a descriptor the shard owns; the duplicate is owned by the stream alone.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a fresh descriptor nothing else owns.
-    monoio::net::UnixStream::from_std(unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) })
-}
-
-/// The shard's poller task: services the sockets other tasks queued work for, handles every
-/// readiness report, and otherwise waits for the epoll descriptor (through the runtime's own
-/// epoll) or for a socket to be scheduled.
-async fn poll_sockets(shard: Rc<ShardContext>) {
-    let SocketIo::Epoll(poller) = &shard.io else {
-        return;
-    };
-    let waitable = match waitable(poller.fd()) {
-        Ok(waitable) => waitable,
-        Err(e) => {
-            tracing::warn!(
-                "shard {}: cannot wait for socket readiness: {e}",
-                shard.index
-            );
-            return;
-        }
-    };
-    let mut raw = Vec::with_capacity(EVENTS_PER_WAIT);
-    let mut ready = Vec::with_capacity(EVENTS_PER_WAIT);
-    let mut scheduled = Vec::new();
-    let mut readable: Readable<'_> = None;
-    loop {
-        poller::take_scheduled(&mut scheduled);
-        for token in scheduled.drain(..) {
-            connection::service(&shard, token);
-        }
-        let reports = poller.ready_now(&mut raw, &mut ready);
-        for report in ready.drain(..) {
-            connection::on_ready(&shard, report);
-        }
-        if reports == EVENTS_PER_WAIT {
-            // More may be waiting: let deliveries, accepts and the sweep run, then go on.
-            poller::yield_now().await;
-            continue;
-        }
-        wait_for_work(&shard, &waitable, &mut readable, None, "socket readiness").await;
-    }
-}
-
 /// The shard's delivery loop: takes events from its ring in batches, hands each to the binding
 /// table (one match, one encode per binding, one `Bytes` clone per socket), then writes to every
-/// socket that has new output. A socket whose kernel buffer is full is left to its own task, which
-/// waits for writability; the others are never held up by it.
+/// socket that has new output. A socket whose kernel buffer is full waits for writability in the
+/// backend; the others are never held up by it.
 async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut dirty = Vec::new();
@@ -829,10 +581,9 @@ async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
         for conn in dirty.drain(..) {
             connection::after_delivery(&shard, &conn);
         }
-        if shard.io.has_queued() {
-            // io_uring: the driver task submits the batch's sends in one enter.
-            poller::poke();
-        }
+        // One batch per turn: the turn submits the batch's sends (io_uring: in one enter) and
+        // reads the sockets' input before the next batch, however fast events arrive.
+        executor::yield_now().await;
     }
 }
 
@@ -898,6 +649,10 @@ async fn answer_control(
                             .iter()
                             .filter(|socket| socket.conn.borrow().is_read_paused())
                             .count(),
+                        cq_overflows: match &shard.io {
+                            SocketIo::Uring(uring) => uring.overflows(),
+                            SocketIo::Epoll(_) => 0,
+                        },
                         ring: ring.stats(),
                         delivery_latency: c.delivery_latency.borrow().clone(),
                     });
@@ -920,7 +675,7 @@ async fn going_away(shard: &ShardContext) {
         }
     }
     while !shard.sockets.borrow().is_empty() && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(5)).await;
+        executor::sleep(Duration::from_millis(5)).await;
     }
     for socket in shard.sockets.borrow().iter() {
         socket.conn.borrow().cut();
@@ -928,7 +683,7 @@ async fn going_away(shard: &ShardContext) {
     // The poller sees the cut sockets' end of stream and unregisters them.
     let cut_deadline = Instant::now() + Duration::from_secs(1);
     while !shard.sockets.borrow().is_empty() && Instant::now() < cut_deadline {
-        monoio::time::sleep(Duration::from_millis(5)).await;
+        executor::sleep(Duration::from_millis(5)).await;
     }
 }
 

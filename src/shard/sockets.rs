@@ -3,7 +3,7 @@
 //!
 //! A record is what a socket is between readiness reports: its [`Conn`] (shared with the bindings
 //! that deliver to it) and its input side (the dialect session, the frame reader and any partial
-//! frame), which only the poller task touches. No task, no future, no buffer of its own while idle.
+//! frame), which only the shard's turn touches. No task, no future, no buffer of its own while idle.
 
 use std::cell::RefCell;
 use std::rc::Rc;

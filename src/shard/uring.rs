@@ -1,8 +1,7 @@
 //! The native io_uring backend: one ring per shard, driven by the shard itself.
 //!
 //! - **Accept**: one multishot accept on each of the shard's `SO_REUSEPORT` listeners (plain and
-//!   wss); each completion is a new socket (close-on-exec; left in blocking mode, so that a send
-//!   to a full socket waits in the kernel for room instead of failing with `EAGAIN`).
+//!   wss); each completion is a new socket (non-blocking, close-on-exec).
 //! - **Read**: one multishot receive per socket, into a *provided buffer ring* the shard's
 //!   sockets share. The kernel picks a buffer only when data arrives, so an idle socket pins no
 //!   buffer and has no future of its own: it is a request in the kernel and a record in the
@@ -10,15 +9,26 @@
 //!   to the ring at once. `ENOBUFS` (every buffer in use) ends that receive; it is armed again
 //!   once the batch has returned its buffers.
 //! - **Write**: a socket's queued frames go out as one send (one frame) or one `sendmsg` (up to
-//!   [`SEND_FRAMES_MAX`] frames gathered, the shared `Bytes` of the fan-out, never copied). At
-//!   most one send per socket is in flight; its completion advances the queue (a short send
-//!   continues where it stopped) and sends what was queued meanwhile. The frames of a send in
-//!   flight are held by the operation itself, so they live until their completion even if the
-//!   socket ends first.
-//! - **Batching**: operations are only queued in the submission ring; the shard's driver task
-//!   submits them all and collects completions in one `io_uring_enter` per turn, so a delivery
-//!   batch that touches ten thousand sockets costs a handful of system calls, not ten thousand
-//!   `writev`s.
+//!   [`FRAMES_PER_SEND`] frames gathered, the shared `Bytes` of the fan-out, never copied), with
+//!   `MSG_DONTWAIT` on a non-blocking socket: the kernel runs it inline when the turn submits it
+//!   and it never waits holding a stale frame list. A send that cannot take everything (short, or
+//!   `EAGAIN`) arms a one-shot `POLL_ADD(POLLOUT)` instead; when that fires, one send takes
+//!   everything queued by then, as epoll's `writev` after `EPOLLOUT` does. At most one send or
+//!   writability wait per socket is in flight. The frames of a send in flight are held by the
+//!   operation itself, so they live until their completion even if the socket ends first.
+//! - **Batching and the wait**: operations are only queued in the submission ring; the shard's
+//!   turn (`turn.rs`) submits them all and collects completions in one `io_uring_enter`, which is
+//!   also the shard's only wait (with a timeout that ends at the next timer). A delivery batch that
+//!   touches ten thousand sockets costs a handful of system calls, not ten thousand `writev`s.
+//!   A task woken from another thread (an event on the fan-out ring) writes the executor's wake
+//!   eventfd, on which a read is always armed here: its completion ends the wait.
+//! - **Registered descriptors**: the ring has a sparse table of fixed files; an accepted socket is
+//!   installed at its registry slot, and its receive, sends and writability waits name it by
+//!   that index (`IOSQE_FIXED_FILE`), so no operation looks the descriptor up or takes a file
+//!   reference of its own. The socket keeps its ordinary descriptor too (for `getpeername`,
+//!   `shutdown` and the last-word write of a close frame); at the end it leaves the table.
+//!   A socket whose slot is past the table (more sockets than `RLIMIT_NOFILE` allows per
+//!   table) uses its descriptor.
 //! - **Pause and close**: a paused socket's receive is cancelled (by its exact operation id) and
 //!   armed again on resume, after the cancelled one has completed, so two receives never race on
 //!   one socket. Ending a socket shuts it down, which completes its receive and any send in flight;
@@ -27,19 +37,20 @@
 //!   and the next enter with `GETEVENTS` flushes them; the driver keeps turning until none is left.
 //! - **Deferred task work** (`IORING_SETUP_DEFER_TASKRUN` with `SINGLE_ISSUER`, Linux 6.1+):
 //!   completion work runs when the shard enters the ring, not as an interrupt of whatever it is
-//!   doing. A registered eventfd tells the shard's executor that the ring has work; the executor
-//!   (monoio, on epoll) waits for it alongside its timers and the fan-out ring.
+//!   doing; since the shard waits in `io_uring_enter` itself, that is at once. The ring's own
+//!   descriptor is registered, so an enter skips the descriptor lookup.
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::conn::Conn;
-use super::io::Flushed;
+use super::io::{Flushed, FRAMES_PER_SEND};
 use super::poller::Token;
 
 /// Submission-queue entries; a delivery batch touching more sockets submits in several steps.
@@ -57,12 +68,46 @@ pub(crate) const BUFFER_BYTES: usize = 2048;
 /// given back in the turn its data is handled, so 64 bound only the receives of one turn; a burst
 /// that uses them all sees `ENOBUFS` and its receives are armed again.
 const BUFFER_COUNT: u16 = 64;
-/// Frames gathered into one `sendmsg` (Linux's `IOV_MAX` is 1024).
-pub(crate) const SEND_FRAMES_MAX: usize = 64;
 /// Send operations kept for reuse after their completion.
 const SPARE_SENDS: usize = 256;
-/// `IORING_ENTER_GETEVENTS`: run deferred work and flush overflowed completions.
-const ENTER_GETEVENTS: u32 = 1;
+/// `IORING_ENTER_GETEVENTS`: run deferred work, flush overflowed completions, and wait.
+const ENTER_GETEVENTS: u32 = 1 << 0;
+/// `IORING_ENTER_EXT_ARG`: the argument is an `io_uring_getevents_arg` (a timeout).
+const ENTER_EXT_ARG: u32 = 1 << 3;
+/// `IORING_ENTER_REGISTERED_RING`: the descriptor given is the ring's registered index.
+const ENTER_REGISTERED_RING: u32 = 1 << 4;
+/// `IORING_REGISTER_RING_FDS`.
+const REGISTER_RING_FDS: libc::c_uint = 20;
+
+/// Fixed-file table entries per shard at most (the kernel also caps a table at the process's
+/// `RLIMIT_NOFILE`). 8 bytes of kernel memory each.
+const FIXED_FILES_MAX: u32 = 1 << 16;
+
+/// `struct io_uring_getevents_arg`.
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    /// `min_wait_usec` (Linux 6.12+): not used. With one completion wanted it changes nothing,
+    /// and waiting for more than one would hold a command's reply back.
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+/// `struct __kernel_timespec`.
+#[repr(C)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+/// `struct io_uring_rsrc_update`.
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
 
 /// What one completion means for the shard.
 #[derive(Debug)]
@@ -83,8 +128,15 @@ pub(crate) enum Completion {
         buffer: Option<u16>,
         ended: bool,
     },
-    /// A send completed: bytes written, or a negative errno.
-    Sent { token: Token, result: i32 },
+    /// A send completed: bytes written, or a negative errno; `short`: it wrote less than it was
+    /// given (the socket's send buffer is full).
+    Sent {
+        token: Token,
+        result: i32,
+        short: bool,
+    },
+    /// A socket whose send buffer was full can take more (or has failed: its send says which).
+    Writable { token: Token },
     /// A cancellation or a stale operation: nothing to do.
     Nothing,
 }
@@ -95,7 +147,25 @@ enum Op {
     /// The multishot accept on the listener of this index.
     Accept(usize),
     Send(Box<SendOp>),
+    /// A socket's one-shot wait for room in its send buffer.
+    Writable(Token),
+    /// The read armed on the executor's wake eventfd.
+    Wake,
     Cancel,
+}
+
+/// Builds a socket's operation on its fixed-file index (`IOSQE_FIXED_FILE`) when it has one, on
+/// its descriptor otherwise: `on_socket!(uring, conn, |socket| opcode::X::new(socket, ..).build())`.
+macro_rules! on_socket {
+    ($uring:expr, $conn:expr, |$socket:ident| $build:expr) => {
+        if $conn.token.slot < $uring.fixed_files {
+            let $socket = types::Fixed($conn.token.slot);
+            $build
+        } else {
+            let $socket = types::Fd($conn.fd);
+            $build
+        }
+    };
 }
 
 /// Marks a receive's `user_data`: a socket has at most one receive in flight, so its token (slot
@@ -110,6 +180,8 @@ fn recv_user_data(token: Token) -> u64 {
 /// header the kernel reads them through. Boxed, so the addresses given to the kernel stay put.
 struct SendOp {
     token: Token,
+    /// Bytes the send was given.
+    bytes: usize,
     frames: Vec<Bytes>,
     iov: Vec<libc::iovec>,
     msg: libc::msghdr,
@@ -301,8 +373,21 @@ pub(crate) struct Uring {
     ring: RefCell<IoUring>,
     ops: RefCell<Ops>,
     buffers: Buffers,
-    /// Signalled by the kernel when the ring has completions (or deferred work) for the shard.
-    eventfd: OwnedFd,
+    /// What `io_uring_enter` is given for this ring: its registered index with
+    /// `IORING_ENTER_REGISTERED_RING` (no descriptor lookup per enter), or its descriptor.
+    enter_fd: (RawFd, u32),
+    /// Entries in the fixed-file table (0: none could be registered).
+    fixed_files: u32,
+    /// The executor's wake eventfd, and where its armed read puts the counter.
+    wake_fd: RawFd,
+    wake_value: Box<std::cell::UnsafeCell<u64>>,
+    /// The wake read completed and must be armed again (after the completions are reaped).
+    wake_rearm: Cell<bool>,
+    /// Set by [`Uring::finish`]: nothing is armed again.
+    finishing: Cell<bool>,
+    /// Turns that found completions waiting in the kernel's overflow list (the completion queue
+    /// was too small for one turn's completions); each costs another enter.
+    overflows: Cell<u64>,
     /// The shard's listeners (plain, then wss if it has one).
     listeners: Vec<RawFd>,
     /// Sockets whose receive ended (`ENOBUFS`, a cancelled pause now resumed, the kernel's own
@@ -319,9 +404,10 @@ pub(crate) struct Uring {
 }
 
 impl Uring {
-    /// Sets up the ring, its buffers and its eventfd, and arms an accept on each of `listeners`
-    /// (which stay owned by the caller and must outlive the ring's use of them).
-    pub fn new(listeners: &[RawFd]) -> io::Result<Uring> {
+    /// Sets up the ring and its buffers, arms an accept on each of `listeners` and a read on
+    /// `wake_fd` (the executor's wake eventfd); both stay owned by the caller and must outlive
+    /// the ring's use of them.
+    pub fn new(listeners: &[RawFd], wake_fd: RawFd) -> io::Result<Uring> {
         check_kernel()?;
         let (ring, mode) = build_ring()?;
         let mut probe = io_uring::Probe::new();
@@ -332,6 +418,8 @@ impl Uring {
             opcode::Send::CODE,
             opcode::SendMsg::CODE,
             opcode::AsyncCancel2::CODE,
+            opcode::PollAdd::CODE,
+            opcode::Read::CODE,
         ] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(
@@ -340,12 +428,21 @@ impl Uring {
                 ));
             }
         }
-        if !ring.params().is_feature_nodrop() {
+        if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "io_uring without IORING_FEAT_NODROP",
+                "io_uring without IORING_FEAT_NODROP or IORING_FEAT_EXT_ARG",
             ));
         }
+        let enter_fd = register_ring_fd(ring.as_raw_fd());
+        let fixed_files = fixed_table_size();
+        let fixed_files = match ring.submitter().register_files_sparse(fixed_files) {
+            Ok(()) => fixed_files,
+            Err(e) => {
+                tracing::debug!("io_uring: no fixed-file table ({e}); operations name descriptors");
+                0
+            }
+        };
         let buffers = Buffers::new()?;
         // SAFETY: the ring mapping lives as long as `buffers`, which drops after the ring.
         unsafe {
@@ -356,19 +453,17 @@ impl Uring {
                 0,
             )?;
         }
-        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above: `efd` is open and owned by no one else.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         let uring = Uring {
             ring: RefCell::new(ring),
             ops: RefCell::default(),
             buffers,
-            eventfd,
+            enter_fd,
+            fixed_files,
+            wake_fd,
+            wake_value: Box::default(),
+            wake_rearm: Cell::new(false),
+            finishing: Cell::new(false),
+            overflows: Cell::new(0),
             listeners: listeners.to_vec(),
             rearm: RefCell::default(),
             queued: Cell::new(0),
@@ -379,27 +474,30 @@ impl Uring {
         for index in 0..listeners.len() {
             uring.arm_accept(index);
         }
-        uring.enter(&mut Vec::new())?;
+        uring.arm_wake();
+        uring.enter(&mut Vec::new(), None)?;
         Ok(uring)
     }
 
-    /// The descriptor the shard's executor waits on (readable when the ring has work).
-    pub fn eventfd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+    /// Arms the read on the executor's wake eventfd (its completion ends the shard's wait).
+    fn arm_wake(&self) {
+        if self.finishing.get() {
+            return;
+        }
+        let user_data = self.ops.borrow_mut().insert(Op::Wake);
+        let entry = opcode::Read::new(
+            types::Fd(self.wake_fd),
+            self.wake_value.get().cast(),
+            std::mem::size_of::<u64>() as u32,
+        )
+        .build()
+        .user_data(user_data);
+        self.push(entry);
     }
 
-    /// Clears the eventfd before entering the ring, so that no signal raised after the enter is
-    /// lost.
-    pub fn clear_signal(&self) {
-        let mut value = 0u64;
-        // SAFETY: reads 8 bytes into `value`; the eventfd is non-blocking.
-        unsafe {
-            libc::read(
-                self.eventfd.as_raw_fd(),
-                (&mut value as *mut u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
+    /// Turns that found the completion queue overflowed (see the field).
+    pub fn overflows(&self) -> u64 {
+        self.overflows.get()
     }
 
     fn push(&self, entry: squeue::Entry) {
@@ -424,9 +522,29 @@ impl Uring {
         }
     }
 
-    /// Whether operations wait in the submission queue.
-    pub fn has_queued(&self) -> bool {
-        self.queued.get() > 0
+    /// Takes a new socket in: installs it in the fixed-file table (at its registry slot) and arms
+    /// its receive.
+    pub fn register(&self, conn: &mut Conn) -> io::Result<()> {
+        if conn.token.slot < self.fixed_files {
+            self.ring
+                .borrow()
+                .submitter()
+                .register_files_update(conn.token.slot, &[conn.fd])?;
+        }
+        self.arm_recv(conn);
+        Ok(())
+    }
+
+    /// The socket in registry slot `slot` leaves the fixed-file table (operations in flight keep
+    /// their own reference until they complete).
+    pub fn unregister(&self, slot: u32) {
+        if slot < self.fixed_files {
+            let _ = self
+                .ring
+                .borrow()
+                .submitter()
+                .register_files_update(slot, &[-1]);
+        }
     }
 
     /// Arms the multishot accept on listener `index`.
@@ -436,9 +554,9 @@ impl Uring {
         };
         let user_data = self.ops.borrow_mut().insert(Op::Accept(index));
         let entry = opcode::AcceptMulti::new(types::Fd(listener))
-            // Blocking mode: io_uring returns EAGAIN for a non-blocking socket instead of waiting
-            // for room; the shard's own direct writes pass MSG_DONTWAIT.
-            .flags(libc::SOCK_CLOEXEC)
+            // Non-blocking: a send to a full socket fails with EAGAIN at once (and the socket
+            // waits for POLLOUT) instead of parking an io-wq worker or a stale frame list.
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
             .user_data(user_data);
         self.push(entry);
@@ -450,9 +568,12 @@ impl Uring {
         if conn.recv_armed || conn.fd < 0 {
             return;
         }
-        let entry = opcode::RecvMulti::new(types::Fd(conn.fd), BUFFER_GROUP)
-            .build()
-            .user_data(recv_user_data(conn.token));
+        let entry = on_socket!(self, conn, |socket| opcode::RecvMulti::new(
+            socket,
+            BUFFER_GROUP
+        )
+        .build())
+        .user_data(recv_user_data(conn.token));
         self.push(entry);
         conn.recv_armed = true;
         self.receives.set(self.receives.get() + 1);
@@ -469,8 +590,8 @@ impl Uring {
         self.push(entry);
     }
 
-    /// Queues a send of what `conn` has queued, unless a send is in flight already (its
-    /// completion sends the rest).
+    /// Queues a send of what `conn` has queued, unless a send or a wait for room is in flight
+    /// already (its completion sends the rest).
     pub fn send(&self, conn: &mut Conn) -> Flushed {
         if conn.send_in_flight {
             return Flushed::InFlight;
@@ -487,6 +608,7 @@ impl Uring {
         let mut send = ops.spare_sends.pop().unwrap_or_else(|| {
             Box::new(SendOp {
                 token: conn.token,
+                bytes: 0,
                 frames: Vec::new(),
                 iov: Vec::new(),
                 // SAFETY: an all-zero msghdr is a valid empty header.
@@ -494,30 +616,52 @@ impl Uring {
             })
         });
         send.token = conn.token;
-        send.frames.extend(conn.outbound.frames(SEND_FRAMES_MAX));
-        for chunk in conn.outbound.chunks(SEND_FRAMES_MAX) {
+        send.frames.extend(conn.outbound.frames(FRAMES_PER_SEND));
+        send.bytes = 0;
+        for chunk in conn.outbound.chunks(FRAMES_PER_SEND) {
+            send.bytes += chunk.len();
             send.iov.push(libc::iovec {
                 iov_base: chunk.as_ptr() as *mut libc::c_void,
                 iov_len: chunk.len(),
             });
         }
-        let fd = types::Fd(conn.fd);
         let entry = if let [only] = send.iov[..] {
-            opcode::Send::new(fd, only.iov_base as *const u8, only.iov_len as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
+            on_socket!(self, conn, |socket| opcode::Send::new(
+                socket,
+                only.iov_base as *const u8,
+                only.iov_len as u32
+            )
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            .build())
         } else {
             send.msg.msg_iov = send.iov.as_mut_ptr();
             send.msg.msg_iovlen = send.iov.len();
-            opcode::SendMsg::new(fd, &send.msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
+            on_socket!(self, conn, |socket| opcode::SendMsg::new(socket, &send.msg)
+                .flags((libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32)
+                .build())
         };
         let user_data = ops.insert(Op::Send(send));
         drop(ops);
         self.push(entry.user_data(user_data));
         conn.send_in_flight = true;
         Flushed::InFlight
+    }
+
+    /// Waits (one-shot `POLL_ADD`) for room in `conn`'s send buffer; its completion clears
+    /// `send_in_flight` and the socket is written again with everything queued by then.
+    pub fn wait_writable(&self, conn: &mut Conn) {
+        if conn.fd < 0 {
+            return;
+        }
+        let user_data = self.ops.borrow_mut().insert(Op::Writable(conn.token));
+        let entry = on_socket!(self, conn, |socket| opcode::PollAdd::new(
+            socket,
+            libc::POLLOUT as u32
+        )
+        .build())
+        .user_data(user_data);
+        self.push(entry);
+        conn.send_in_flight = true;
     }
 
     /// A socket's queue is full in the middle of a delivery batch while its send waits in the
@@ -530,21 +674,26 @@ impl Uring {
         }
         let mut backlog = self.backlog.borrow_mut();
         let start = backlog.len();
-        if self.enter(&mut backlog).is_err() {
+        if self.enter(&mut backlog, None).is_err() {
             return false;
         }
-        let mine = backlog[start..].iter().position(
-            |c| matches!(c, Completion::Sent { token, result } if *token == conn.token && *result >= 0),
-        );
-        let Some(Completion::Sent { result, .. }) = mine.map(|at| backlog.remove(start + at))
+        let mine = backlog[start..].iter().position(|c| {
+            matches!(c, Completion::Sent { token, result, .. } if *token == conn.token && *result >= 0)
+        });
+        let Some(Completion::Sent { result, short, .. }) =
+            mine.map(|at| backlog.remove(start + at))
         else {
             return false;
         };
         drop(backlog);
         conn.send_in_flight = false;
         conn.outbound.advance(result as usize);
-        self.send(conn);
-        true
+        if short {
+            self.wait_writable(conn);
+        } else {
+            self.send(conn);
+        }
+        result > 0
     }
 
     /// Moves the completions reaped outside the driver's turn into `out`.
@@ -553,15 +702,25 @@ impl Uring {
     }
 
     /// Submits what is queued and collects every completion there is (running deferred work and
-    /// flushing overflowed completions on the way) into `out`.
-    pub fn enter(&self, out: &mut Vec<Completion>) -> io::Result<()> {
+    /// flushing overflowed completions on the way) into `out`. With `wait`, and no completion
+    /// ready, first waits up to that long for one (the shard's one wait).
+    pub fn enter(&self, out: &mut Vec<Completion>, wait: Option<Duration>) -> io::Result<()> {
+        let result = self.enter_inner(out, wait);
+        if self.wake_rearm.replace(false) {
+            self.arm_wake();
+        }
+        result
+    }
+
+    fn enter_inner(&self, out: &mut Vec<Completion>, wait: Option<Duration>) -> io::Result<()> {
         let mut ring = self.ring.borrow_mut();
+        let mut wait = wait.filter(|_| ring.completion().is_empty());
         loop {
             let to_submit = self.queued.replace(0);
-            // SAFETY: a plain io_uring_enter with no argument structure.
-            let entered = unsafe {
-                ring.submitter()
-                    .enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None)
+            let entered = match self.enter_raw(to_submit, wait.take()) {
+                // The timeout passed with nothing to report.
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
+                other => other,
             };
             match entered {
                 Ok(_) => {}
@@ -577,10 +736,53 @@ impl Uring {
                 out.push(self.complete(cqe.user_data(), cqe.result(), cqe.flags()));
             }
             // Overflowed completions are flushed by the next enter with GETEVENTS.
-            if !ring.submission().cq_overflow() && self.queued.get() == 0 {
+            let overflowed = ring.submission().cq_overflow();
+            if overflowed {
+                self.overflows.set(self.overflows.get() + 1);
+            }
+            if !overflowed && self.queued.get() == 0 {
                 return Ok(());
             }
         }
+    }
+
+    /// One `io_uring_enter`: submits `to_submit` entries, runs deferred work and, with `wait`,
+    /// waits up to that long for one completion.
+    fn enter_raw(&self, to_submit: u32, wait: Option<Duration>) -> io::Result<usize> {
+        let (fd, registered) = self.enter_fd;
+        let timespec = wait.map(|wait| KernelTimespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        });
+        let arg = GeteventsArg {
+            sigmask: 0,
+            sigmask_sz: 0,
+            min_wait_usec: 0,
+            ts: timespec
+                .as_ref()
+                .map_or(0, |ts| ts as *const KernelTimespec as u64),
+        };
+        let (min_complete, flags) = match wait {
+            Some(_) => (1, ENTER_GETEVENTS | ENTER_EXT_ARG | registered),
+            None => (0, ENTER_GETEVENTS | ENTER_EXT_ARG | registered),
+        };
+        // SAFETY: `arg` (and the timespec it points at) live until the call returns; the
+        // submission entries were written and the tail published by `push`.
+        let entered = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                fd,
+                to_submit,
+                min_complete,
+                flags,
+                &arg as *const GeteventsArg,
+                std::mem::size_of::<GeteventsArg>(),
+            )
+        };
+        if entered < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(entered as usize)
     }
 
     fn complete(&self, user_data: u64, result: i32, flags: u32) -> Completion {
@@ -619,11 +821,33 @@ impl Uring {
             Some(Op::Send(_)) => match ops.remove(user_data) {
                 Some(Op::Send(send)) => {
                     let token = send.token;
+                    let short = result >= 0 && (result as usize) < send.bytes;
                     ops.recycle(send);
-                    Completion::Sent { token, result }
+                    if result == -libc::EAGAIN {
+                        // Nothing fitted: the same as a send that wrote nothing.
+                        return Completion::Sent {
+                            token,
+                            result: 0,
+                            short: true,
+                        };
+                    }
+                    Completion::Sent {
+                        token,
+                        result,
+                        short,
+                    }
                 }
                 _ => Completion::Nothing,
             },
+            Some(&Op::Writable(token)) => {
+                ops.remove(user_data);
+                Completion::Writable { token }
+            }
+            Some(Op::Wake) => {
+                ops.remove(user_data);
+                self.wake_rearm.set(true);
+                Completion::Nothing
+            }
             Some(Op::Cancel) => {
                 ops.remove(user_data);
                 Completion::Nothing
@@ -669,7 +893,8 @@ impl Uring {
     /// At the shard's end: cancels every request still in flight (the accept) and waits, at
     /// most `timeout`, for their completions, so that the kernel no longer writes into the
     /// buffers when they are unmapped.
-    pub fn finish(&self, timeout: std::time::Duration) {
+    pub fn finish(&self, timeout: Duration) {
+        self.finishing.set(true);
         let cancel = self.ops.borrow_mut().insert(Op::Cancel);
         self.push(
             opcode::AsyncCancel2::new(types::CancelBuilder::any())
@@ -680,7 +905,7 @@ impl Uring {
         let mut done = Vec::new();
         while self.in_flight() > 0 && std::time::Instant::now() < deadline {
             done.clear();
-            if self.enter(&mut done).is_err() {
+            if self.enter(&mut done, None).is_err() {
                 break;
             }
             for completion in &done {
@@ -701,6 +926,44 @@ impl Uring {
             self.buffers.leaked.set(true);
         }
     }
+}
+
+/// Registers the ring's descriptor for this thread (Linux 5.18+), so that an enter names the ring
+/// by index and the kernel skips the descriptor lookup; the descriptor itself otherwise.
+fn register_ring_fd(ring_fd: RawFd) -> (RawFd, u32) {
+    let mut update = RsrcUpdate {
+        // Any free slot: the kernel writes the index chosen here.
+        offset: u32::MAX,
+        resv: 0,
+        data: ring_fd as u64,
+    };
+    // SAFETY: `update` is a valid io_uring_rsrc_update for the duration of the call.
+    let registered = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring_fd,
+            REGISTER_RING_FDS,
+            &mut update as *mut RsrcUpdate,
+            1,
+        )
+    };
+    if registered == 1 {
+        (update.offset as RawFd, ENTER_REGISTERED_RING)
+    } else {
+        (ring_fd, 0)
+    }
+}
+
+/// Entries of the shard's fixed-file table: [`FIXED_FILES_MAX`], or fewer where the process may
+/// hold fewer descriptors (the kernel refuses a larger table).
+fn fixed_table_size() -> u32 {
+    // SAFETY: a zeroed rlimit is valid; getrlimit fills it.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a valid rlimit for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    limit.rlim_cur.min(u64::from(FIXED_FILES_MAX)) as u32
 }
 
 /// Multishot receive needs Linux 6.0; older kernels run the epoll backend.

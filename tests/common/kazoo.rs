@@ -127,6 +127,11 @@ impl Node {
         let mut config = ServeConfig {
             ws_listen: "127.0.0.1:0".parse().unwrap(),
             shards: 2,
+            // `scripts/test.sh` runs the socket suites on both backends.
+            io_backend: std::env::var("HORIZON_IO_BACKEND")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_default(),
             ..ServeConfig::default()
         };
         let mut limits = BlackholeLimits::default();
