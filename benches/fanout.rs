@@ -374,8 +374,9 @@ fn floor_sockets(streams: Vec<TcpStream>) -> Vec<FloorSocket> {
         .collect()
 }
 
-/// The epoll floor: `writev` each socket's round, `EPOLLOUT` (one-shot) for a full one.
-fn floor_epoll(streams: Vec<TcpStream>, frame: &[u8], events: usize) {
+/// The epoll floor: `writev` each socket's round, `EPOLLOUT` (one-shot) for a full one. Returns
+/// the sockets (closing them before the client has read everything would end its reads early).
+fn floor_epoll(streams: Vec<TcpStream>, frame: &[u8], events: usize) -> Vec<FloorSocket> {
     let total = frame.len() * events;
     let mut sockets = floor_sockets(streams);
     // SAFETY: plain epoll calls on descriptors owned by `sockets`, which outlive the loop.
@@ -421,11 +422,12 @@ fn floor_epoll(streams: Vec<TcpStream>, frame: &[u8], events: usize) {
     }
     // SAFETY: the epoll descriptor is this function's own.
     unsafe { libc::close(epoll) };
+    sockets
 }
 
 /// The io_uring floor: every runnable socket's round as one `sendmsg` (MSG_DONTWAIT), all
-/// submitted in one enter; a short one waits with `POLL_ADD(POLLOUT)`.
-fn floor_io_uring(streams: Vec<TcpStream>, frame: &[u8], events: usize) {
+/// submitted in one enter; a short one waits with `POLL_ADD(POLLOUT)`. Returns the sockets.
+fn floor_io_uring(streams: Vec<TcpStream>, frame: &[u8], events: usize) -> Vec<FloorSocket> {
     use io_uring::{opcode, types, IoUring};
     const POLL_TAG: u64 = 1 << 32;
     let total = frame.len() * events;
@@ -490,6 +492,7 @@ fn floor_io_uring(streams: Vec<TcpStream>, frame: &[u8], events: usize) {
         }
     }
     assert_eq!(in_flight, 0);
+    sockets
 }
 
 /// Runs the floor server for `backend` on two threads, once the clients are connected, and prints
@@ -523,16 +526,21 @@ fn floor(backend: &str, connections: usize, events: usize, frame_bytes: usize) {
         .into_iter()
         .map(|half| {
             let backend = backend.to_string();
-            std::thread::spawn(move || match backend.as_str() {
-                "io_uring" => floor_io_uring(half, frame, events),
-                _ => floor_epoll(half, frame, events),
+            std::thread::spawn(move || {
+                let sockets = match backend.as_str() {
+                    "io_uring" => floor_io_uring(half, frame, events),
+                    _ => floor_epoll(half, frame, events),
+                };
+                sockets
+                    .into_iter()
+                    .map(|socket| socket.stream)
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
-    for writer in writers {
-        writer.join().unwrap();
-    }
+    let sockets: Vec<Vec<TcpStream>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     let done = lines.next().unwrap().unwrap();
+    drop(sockets);
     let wall = started.elapsed().as_secs_f64();
     let (user, system) = cpu_seconds();
     let cpu = user + system - cpu_before.0 - cpu_before.1;

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The io_uring and epoll backends side by side, in one run, same binaries (issue #16's table):
+# The io_uring and epoll backends side by side, in one run, same binaries:
 #
+#   0. latency (`benches/latency.rs`): handshake and command round trip (300 sequential each),
+#      publish -> receive at 10,000 and 100,000 deliveries/s (in process, 100 subscribers);
 #   1. wide fan-out: 10,000 sockets x 1 KiB events, in process (`benches/fanout.rs`, the
 #      publisher the embedded bus feeds, as fast as the rings take): deliveries per gateway
-#      CPU-second (RUNS runs each, alternating), and system calls per 1,000 deliveries (one more
-#      run under `perf stat -e raw_syscalls:sys_enter`, which slows the process: its CPU figure is
-#      not used);
+#      CPU-second and TCP segments per delivery (RUNS runs each, alternating), the physical floor
+#      of each backend (the same clients served by a loop that only writes a pre-encoded frame;
+#      RUNS runs each, alternating), and system calls per 1,000 deliveries (one more run under
+#      `perf stat -e raw_syscalls:sys_enter`, which slows the process: its CPU figure is not used);
 #   2. user-space memory per idle socket, 15,000 sockets (`benches/idle_connections.rs`);
 #   3. narrow fan-out at saturation, 20 subscribers per event, 1 KiB: `horizon serve` and
 #      `horizon-loadtest fanout` at SAT_RATE events/s (more than this machine sustains), through
@@ -32,7 +35,7 @@ if ss -ltn 'sport = :5555' | grep -q LISTEN; then
 fi
 
 cargo build --release -p horizon -p horizon-loadtest
-cargo bench --no-run --bench fanout --bench idle_connections
+cargo bench --no-run --bench fanout --bench idle_connections --bench latency
 rm -f "$OUT"/*.txt
 
 gateway=""
@@ -55,12 +58,20 @@ start_horizon() {
 stop_horizon() { [ -n "$gateway" ] && { kill -TERM "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; }; gateway=""; }
 trap stop_horizon EXIT
 
-RUNS=${RUNS:-3}
+for backend in io_uring epoll; do
+    echo "== $backend: latency (handshake, command, publish -> receive)"
+    HORIZON_IO_BACKEND=$backend cargo bench --bench latency 2>/dev/null |
+        grep '^latency/' | tee "$OUT/latency-$backend.txt"
+done
+RUNS=${RUNS:-5}
 for run in $(seq 1 "$RUNS"); do
     for backend in io_uring epoll; do
         echo "== $backend: wide fan-out (10,000 x 200 events, 1 KiB), run $run"
         HORIZON_IO_BACKEND=$backend cargo bench --bench fanout 2>/dev/null |
             grep '^fanout/' | tee -a "$OUT/wide-$backend.txt"
+        echo "== $backend: the floor (the same clients, a loop that only writes), run $run"
+        HORIZON_FANOUT_FLOOR=$backend cargo bench --bench fanout 2>/dev/null |
+            grep '^fanout-floor/' | tee -a "$OUT/floor-$backend.txt"
     done
 done
 for backend in io_uring epoll; do
@@ -95,7 +106,9 @@ echo
 echo "== summary"
 for backend in io_uring epoll; do
     echo "-- $backend"
+    cat "$OUT/latency-$backend.txt"
     sed 's/.*driver=/wide: driver=/' "$OUT/wide-$backend.txt"
+    sed 's/.*driver=/floor: driver=/' "$OUT/floor-$backend.txt"
     cat "$OUT/syscalls-$backend.txt" "$OUT/idle-$backend.txt"
     for row in embedded-saturated rabbit-saturated rabbit-10k; do
         printf '%s: %s | %s | %s\n' "$row" \
