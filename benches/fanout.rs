@@ -37,25 +37,19 @@ use horizon::binding::Separator;
 use horizon::config::ServeConfig;
 use horizon::fanout::Event;
 use horizon::shard::{
-    FrameEncoder, Gateway, HttpRefusal, Reply, Session, SessionFactory, SlowConsumerPolicy,
-    Subscriptions,
+    Gateway, HttpRefusal, Reply, Session, SessionFactory, SlowConsumerPolicy, Subscriptions,
 };
 use horizon::ws::handshake::Request;
 
+#[path = "support/gateway.rs"]
+mod gateway;
 #[path = "support/tls.rs"]
 mod tls;
 
+use gateway::Raw;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The event body is the frame payload as it is: the encode is one copy into a frame.
-struct Raw;
-
-impl FrameEncoder for Raw {
-    fn encode(&self, event: &Event) -> bytes::Bytes {
-        horizon::ws::frame::encode::text(&event.body).into()
-    }
-}
 
 struct Subscriber;
 
@@ -595,10 +589,7 @@ fn main() {
         slow_consumer: SlowConsumerPolicy::Close,
         ping_interval: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(1200),
-        io_backend: std::env::var("HORIZON_IO_BACKEND")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default(),
+        io_backend: gateway::io_backend(),
         ..ServeConfig::default()
     };
     let mut gateway = Gateway::start(config, Arc::new(Factory)).expect("gateway");
@@ -670,6 +661,12 @@ fn main() {
         expected as f64 / wall,
         expected as f64 / cpu,
         segments as f64 / expected as f64,
+    );
+    let (stats, _) = gateway.stats(Duration::from_secs(2));
+    println!(
+        "fanout/{connections}x{events} driver={}: {} completion-queue overflows",
+        gateway.driver(),
+        stats.iter().map(|s| s.cq_overflows).sum::<u64>()
     );
     if let Some(perf) = perf {
         // SAFETY: kill with a plain signal number; perf prints its count on SIGINT.

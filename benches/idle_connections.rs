@@ -22,6 +22,10 @@ use horizon::shard::Gateway;
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+/// Only the backend choice is used here (no events are sent).
+#[allow(dead_code)]
+#[path = "support/gateway.rs"]
+mod gateway;
 #[path = "support/idle.rs"]
 mod idle;
 #[path = "support/tls.rs"]
@@ -98,10 +102,7 @@ fn main() {
         // Long enough that no ping is in flight during the measurement.
         ping_interval: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(1200),
-        io_backend: std::env::var("HORIZON_IO_BACKEND")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default(),
+        io_backend: gateway::io_backend(),
         ..ServeConfig::default()
     };
     let gateway = Gateway::start(config, Arc::new(idle::IdleFactory)).expect("gateway");

@@ -26,15 +26,17 @@ use std::time::{Duration, Instant};
 use horizon::binding::Separator;
 use horizon::config::ServeConfig;
 use horizon::fanout::Event;
-use horizon::shard::{
-    FrameEncoder, Gateway, HttpRefusal, Reply, Session, SessionFactory, Subscriptions,
-};
+use horizon::shard::{Gateway, HttpRefusal, Reply, Session, SessionFactory, Subscriptions};
 use horizon::ws::handshake::Request;
 
+#[path = "support/gateway.rs"]
+mod gateway;
 /// Only the client's upgrade is used here; the sessions are this bench's own.
 #[allow(dead_code)]
 #[path = "support/idle.rs"]
 mod idle;
+
+use gateway::Raw;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,14 +45,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
-}
-
-struct Raw;
-
-impl FrameEncoder for Raw {
-    fn encode(&self, event: &Event) -> bytes::Bytes {
-        horizon::ws::frame::encode::text(&event.body).into()
-    }
 }
 
 /// `subscribe` subscribes to every event; anything else is answered `pong` (a command).
@@ -278,10 +272,7 @@ fn main() {
         shards: 2,
         ping_interval: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(1200),
-        io_backend: std::env::var("HORIZON_IO_BACKEND")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default(),
+        io_backend: gateway::io_backend(),
         ..ServeConfig::default()
     };
     let gateway = Gateway::start(config("127.0.0.1:0"), Arc::new(Factory)).expect("gateway");

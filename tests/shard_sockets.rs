@@ -97,6 +97,15 @@ fn io_backend() -> horizon::shard::IoBackend {
         .unwrap_or_default()
 }
 
+/// Two worker threads: the readers of a load test run beside the test's own publishing.
+fn readers_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -647,12 +656,7 @@ fn slow_consumer(policy: &str) -> (usize, usize, String) {
     });
     let publisher = gateway.take_publisher().unwrap();
     let addr = gateway.local_addr();
-    let readers_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let outcome = readers_runtime.block_on(async {
+    let outcome = readers_runtime().block_on(async {
         let body = "x".repeat(10_000);
         // The slow client: a tiny receive buffer, and it does not read until the end.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -962,12 +966,7 @@ fn three_hundred_readers_that_stop_reading_park_no_kernel_worker_and_hold_no_one
     });
     let publisher = gateway.take_publisher().unwrap();
     let addr = gateway.local_addr();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    readers_runtime().block_on(async {
         let mut stalled = Vec::new();
         for _ in 0..STALLED {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();

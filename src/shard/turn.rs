@@ -150,16 +150,8 @@ impl Turn {
                         Err(_) => {}
                     }
                     if ended && shard.accepting.get() {
-                        if failed {
-                            let shard = shard.clone();
-                            executor::spawn(async move {
-                                executor::sleep(ACCEPT_BACKOFF).await;
-                                if let (SocketIo::Uring(uring), true) =
-                                    (&shard.io, shard.accepting.get())
-                                {
-                                    uring.arm_accept(listener);
-                                }
-                            });
+                        if let (true, Some(&fd)) = (failed, self.listeners.get(listener)) {
+                            accept_later(shard, listener, fd);
                         } else {
                             uring.arm_accept(listener);
                         }
@@ -219,23 +211,35 @@ impl Turn {
                     // Out of descriptors and the like: stop listening for a moment instead of
                     // spinning on a level-triggered report.
                     tracing::debug!("shard {}: accept: {e}", shard.index);
-                    let token = listener_token(index);
-                    if poller.interest(listener, token, false, false).is_ok() {
-                        let shard = shard.clone();
-                        executor::spawn(async move {
-                            executor::sleep(ACCEPT_BACKOFF).await;
-                            if let (SocketIo::Epoll(poller), true) =
-                                (&shard.io, shard.accepting.get())
-                            {
-                                let _ = poller.interest(listener, token, true, false);
-                            }
-                        });
+                    if poller
+                        .interest(listener, listener_token(index), false, false)
+                        .is_ok()
+                    {
+                        accept_later(shard, index, listener);
                     }
                     return;
                 }
             }
         }
     }
+}
+
+/// After an accept error (out of descriptors, most likely): accepts again on listener `index`
+/// (descriptor `listener`) after [`ACCEPT_BACKOFF`], unless the shard has stopped accepting.
+fn accept_later(shard: &Rc<ShardContext>, index: usize, listener: RawFd) {
+    let shard = shard.clone();
+    executor::spawn(async move {
+        executor::sleep(ACCEPT_BACKOFF).await;
+        if !shard.accepting.get() {
+            return;
+        }
+        match &shard.io {
+            SocketIo::Uring(uring) => uring.arm_accept(index),
+            SocketIo::Epoll(poller) => {
+                let _ = poller.interest(listener, listener_token(index), true, false);
+            }
+        }
+    });
 }
 
 /// One connection from `listener`: non-blocking and close-on-exec, with its peer's address.
