@@ -552,13 +552,30 @@ impl Uring {
 
     /// The socket in registry slot `slot` leaves the fixed-file table (operations in flight keep
     /// their own reference until they complete).
+    ///
+    /// The slot may be given to a new socket in this same turn, and an operation takes its file
+    /// from the table only when it is submitted: so everything still queued (a send this socket
+    /// queued before it ended) is submitted first. Otherwise that send would go out, at the
+    /// turn's enter, on the next socket installed in the slot: another client's connection.
     pub fn unregister(&self, slot: u32) {
         if slot < self.fixed_files {
+            self.submit_queued();
             let _ = self
                 .ring
                 .borrow()
                 .submitter()
                 .register_files_update(slot, &[-1]);
+        }
+    }
+
+    /// Submits what is queued now; the completions wait in the backlog for the turn.
+    fn submit_queued(&self) {
+        if self.queued.get() == 0 {
+            return;
+        }
+        let mut backlog = self.backlog.borrow_mut();
+        if let Err(e) = self.enter(&mut backlog, None) {
+            tracing::error!("io_uring enter: {e}");
         }
     }
 
