@@ -1025,3 +1025,61 @@ fn three_hundred_readers_that_stop_reading_park_no_kernel_worker_and_hold_no_one
     gateway.shutdown();
     gateway.join();
 }
+
+#[test]
+fn a_reply_queued_by_a_socket_that_ends_never_reaches_the_next_socket_in_its_slot() {
+    // On io_uring a socket is named by its registry slot in the ring's fixed-file table, and a
+    // slot freed by a socket that ends is given to the next one accepted, in the same turn. A
+    // reply the first socket had queued (not yet submitted) must not go out on the second: the
+    // newcomer's first bytes are its own 101, never another client's frame. Turns are kept long
+    // (a steady stream of events to 1,000 readers) so that a client's command, its end and a newcomer's accept land
+    // in one batch of completions.
+    const ROUNDS: usize = 50;
+    let mut gateway = start(|c| {
+        c.shards = 1;
+        c.slow_consumer = horizon::shard::SlowConsumerPolicy::Drop;
+    });
+    let publisher = gateway.take_publisher().unwrap();
+    let addr = gateway.local_addr();
+    readers_runtime().block_on(async {
+        let mut readers = Vec::new();
+        for _ in 0..1000 {
+            let mut c = Raw::connect(addr).await;
+            assert_eq!(c.text("sub load.#").await, "subscribed:true:1");
+            readers.push(tokio::spawn(async move {
+                let mut sink = vec![0u8; 1 << 16];
+                while matches!(c.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            }));
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let body = "x".repeat(1_000);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for _ in 0..8 {
+                        let _ = publisher.publish(event("load.e", &body)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        for round in 0..ROUNDS {
+            let mut ending = Raw::connect(addr).await;
+            ending
+                .send(true, 0x1, format!("secret-{round}").as_bytes(), true)
+                .await;
+            ending.stream.shutdown().await.unwrap();
+            // Connects right behind: its accept may share the batch that ends the other.
+            let newcomer = Raw::connect_with(TcpStream::connect(addr).await.unwrap()).await;
+            drop((ending, newcomer));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.await.unwrap();
+        for reader in &readers {
+            reader.abort();
+        }
+    });
+    gateway.shutdown();
+    gateway.join();
+}
