@@ -142,7 +142,8 @@ impl SocketIo {
 
     /// Ends the socket's I/O and closes its descriptor. On io_uring the shutdown completes its
     /// receive and any send in flight first (the ring holds the socket open while they are), and
-    /// the socket leaves the ring's fixed-file table (`token`: its registry slot's).
+    /// the socket leaves the ring's fixed-file table (`token`: its registry slot's) once nothing
+    /// queued can still name it.
     pub fn close(&self, fd: RawFd, token: Token) {
         if let SocketIo::Uring(uring) = self {
             io::shutdown(fd);

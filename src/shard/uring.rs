@@ -550,16 +550,17 @@ impl Uring {
         Ok(())
     }
 
-    /// The socket in registry slot `slot` leaves the fixed-file table (operations in flight keep
-    /// their own reference until they complete).
+    /// The socket in registry slot `slot` is about to be closed: it leaves the fixed-file table
+    /// (operations in flight keep their own reference until they complete).
     ///
-    /// The slot may be given to a new socket in this same turn, and an operation takes its file
-    /// from the table only when it is submitted: so everything still queued (a send this socket
+    /// An operation takes its file when it is submitted, not when it is queued, and the socket's
+    /// slot may be given to a new socket in this same turn (its descriptor number, to any file
+    /// any thread of the process opens next). So everything still queued (a send this socket
     /// queued before it ended) is submitted first. Otherwise that send would go out, at the
-    /// turn's enter, on the next socket installed in the slot: another client's connection.
+    /// turn's enter, on whatever took the slot or the number: another client's connection.
     pub fn unregister(&self, slot: u32) {
+        self.submit_queued();
         if slot < self.fixed_files {
-            self.submit_queued();
             let _ = self
                 .ring
                 .borrow()
