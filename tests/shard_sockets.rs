@@ -639,6 +639,17 @@ fn events_reach_exactly_the_sockets_whose_bindings_match() {
     gateway.join();
 }
 
+/// The sequence number of a `load.e` event frame (`load.#|<seq>:<body>`, as `Labelled` writes it
+/// for the events these tests publish as `<seq>:<body>`).
+fn load_seq(text: &str) -> usize {
+    text["load.#|".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// One client stops reading while 100 others keep receiving every event, in order, on time;
 /// returns (events the slow client got before its close or lag notice, what it got last).
 /// Returns what the slow client got: events, events reported skipped, and how it ended.
@@ -676,13 +687,7 @@ fn slow_consumer(policy: &str) -> (usize, usize, String) {
                 tokio::spawn(async move {
                     for i in 0..EVENTS {
                         let text = c.next_text().await;
-                        let seq: usize = text["load.#|".len()..]
-                            .split(':')
-                            .next()
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        assert_eq!(seq, i, "every event, in order");
+                        assert_eq!(load_seq(&text), i, "every event, in order");
                     }
                     c
                 })
@@ -982,13 +987,7 @@ fn three_hundred_readers_that_stop_reading_park_no_kernel_worker_and_hold_no_one
                 let text = tokio::time::timeout(Duration::from_secs(20), healthy.next_text())
                     .await
                     .expect("the healthy reader is not held up");
-                let seq: usize = text["load.#|".len()..]
-                    .split(':')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                assert_eq!(seq, i, "every event, in order");
+                assert_eq!(load_seq(&text), i, "every event, in order");
             }
         });
         let before = resident_bytes();
