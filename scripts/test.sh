@@ -183,7 +183,8 @@ cargo test --workspace --locked
 # hostile-client suites, whose bounds must hold on both, again on epoll. (tests/wss.rs runs each
 # of its cases on both backends itself.)
 say "socket and hostile-client tests on the epoll backend (HORIZON_IO_BACKEND=epoll)"
-HORIZON_IO_BACKEND=epoll cargo test --locked --test shard_sockets --test hostile
+# (--workspace: the same feature set as the run above, so nothing is rebuilt.)
+HORIZON_IO_BACKEND=epoll cargo test --workspace --locked --test shard_sockets --test hostile
 
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
