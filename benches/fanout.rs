@@ -46,7 +46,7 @@ mod gateway;
 #[path = "support/tls.rs"]
 mod tls;
 
-use gateway::Raw;
+use gateway::{env, Raw};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -68,13 +68,6 @@ impl SessionFactory for Factory {
     fn open(&self, _request: &Request, _peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
         Ok(Box::new(Subscriber))
     }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Minor page faults of this process so far.

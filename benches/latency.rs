@@ -36,7 +36,7 @@ mod gateway;
 #[path = "support/idle.rs"]
 mod idle;
 
-use gateway::Raw;
+use gateway::{env, Raw};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -68,13 +68,6 @@ impl SessionFactory for Factory {
     fn open(&self, _request: &Request, _peer: SocketAddr) -> Result<Box<dyn Session>, HttpRefusal> {
         Ok(Box::new(Echo))
     }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// A masked client text frame (a zero mask: the payload goes as it is).

@@ -1,5 +1,5 @@
-//! Shared by the benchmarks that run a gateway in process: the backend they run on and the frame
-//! encoder that sends an event's body as it is. Include with
+//! Shared by the benchmarks that run a gateway in process: the backend they run on, their numeric
+//! knobs, and the frame encoder that sends an event's body as it is. Include with
 //! `#[path = "support/gateway.rs"] mod gateway;`.
 
 use horizon::fanout::Event;
@@ -11,6 +11,14 @@ pub fn io_backend() -> IoBackend {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_default()
+}
+
+/// A numeric knob from the environment, or `default`.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The event body is the frame payload as it is: the encode is one copy into a frame.
