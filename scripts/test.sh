@@ -12,11 +12,13 @@
 #    installed but stopped local server, installs one with apt when it is missing and we are root,
 #    and otherwise stops with a message. The webhook tests fail, never skip, without it.
 # 3. Makes sure the test-only tools are installed: Chromium for the console's browser test
-#    (HORIZON_TEST_CHROMIUM, default /usr/bin/chromium), nginx and HAProxy for the proxy
+#    (HORIZON_TEST_CHROMIUM, default /usr/bin/chromium), nginx (with its stream module) and HAProxy for the proxy
 #    configurations in contrib/proxy, openssl for test certificates. Each is installed from
 #    Debian's packages with apt when it is missing and we are root; otherwise the script stops
 #    with a message. The tests that need them fail, never skip, without them.
-# 4. Checks formatting, runs every test of the workspace, and runs clippy on every target with
+# 4. Starts the three-node RabbitMQ cluster of scripts/rabbitmq-cluster.sh beside that broker (the
+#    broker-failover tests kill its nodes), and stops it again at the end if it was not running.
+# 5. Checks formatting, runs every test of the workspace, and runs clippy on every target with
 #    warnings denied.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -145,7 +147,7 @@ export HORIZON_TEST_CHROMIUM="${HORIZON_TEST_CHROMIUM:-/usr/bin/chromium}"
 # ensure_tool BINARY PACKAGE WHAT-FOR: BINARY exists, or Debian's PACKAGE is installed with apt
 # (as root), or the script stops and says what to do.
 ensure_tool() {
-    if [ -x "$1" ]; then
+    if [ -e "$1" ]; then
         say "$2 at $1"
         return
     fi
@@ -154,7 +156,7 @@ ensure_tool() {
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq "$2" >/dev/null
-        [ -x "$1" ] || die "apt-get installed $2, but $1 is missing"
+        [ -e "$1" ] || die "apt-get installed $2, but $1 is missing"
     else
         die "$2 is not installed and this is not a root shell with apt-get.
 Install it (Debian: sudo apt-get install $2), then run scripts/test.sh again ($3)."
@@ -165,13 +167,27 @@ Install it (Debian: sudo apt-get install $2), then run scripts/test.sh again ($3
 ensure_tools() {
     ensure_tool "$HORIZON_TEST_CHROMIUM" chromium "the console is tested in a real browser"
     ensure_tool /usr/sbin/nginx nginx-light "the documented nginx configuration is tested"
+    ensure_tool /usr/lib/nginx/modules/ngx_stream_module.so libnginx-mod-stream "nginx passes WebSockets through with a PROXY header"
     ensure_tool /usr/sbin/haproxy haproxy "the documented HAProxy configuration is tested"
     command -v openssl >/dev/null 2>&1 || ensure_tool /usr/bin/openssl openssl "test certificates"
+}
+
+ensure_cluster() {
+    if bash scripts/rabbitmq-cluster.sh status >/dev/null 2>&1; then
+        say "three-node RabbitMQ cluster is up"
+    else
+        say "starting the three-node RabbitMQ cluster (scripts/rabbitmq-cluster.sh start)"
+        bash scripts/rabbitmq-cluster.sh start >/dev/null ||
+            die "the three-node RabbitMQ cluster did not start (scripts/rabbitmq-cluster.sh start; logs under /tmp/horizon-rabbitmq-cluster)"
+        trap 'bash scripts/rabbitmq-cluster.sh stop >/dev/null 2>&1 || true' EXIT
+    fi
+    say "cluster brokers: $(bash scripts/rabbitmq-cluster.sh urls)"
 }
 
 ensure_broker
 ensure_postgres
 ensure_tools
+ensure_cluster
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -180,11 +196,11 @@ say "cargo test --workspace"
 cargo test --workspace --locked
 
 # The suites above run on the default backend (io_uring here: `auto`); run the socket and
-# hostile-client suites, whose bounds must hold on both, again on epoll. (tests/wss.rs runs each
+# hostile-client suites (and the PROXY header reading), whose bounds must hold on both, again on epoll. (tests/wss.rs runs each
 # of its cases on both backends itself.)
 say "socket and hostile-client tests on the epoll backend (HORIZON_IO_BACKEND=epoll)"
 # (--workspace: the same feature set as the run above, so nothing is rebuilt.)
-HORIZON_IO_BACKEND=epoll cargo test --workspace --locked --test shard_sockets --test hostile
+HORIZON_IO_BACKEND=epoll cargo test --workspace --locked --test shard_sockets --test hostile --test proxies
 
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -67,6 +67,10 @@ pub struct ServeConfig {
     /// WebSocket connections one client address may hold at once (0: no limit; Kazoo's
     /// `max_connections_per_ip`); past it an upgrade is answered `429`.
     pub max_connections_per_ip: usize,
+    /// Peers (addresses, CIDR blocks) that may begin a connection with a PROXY protocol header
+    /// and whose `X-Forwarded-For` the REST API believes; their clients' addresses count for
+    /// `max_connections_per_ip`, listings and logs (default: none).
+    pub trusted_proxies: crate::proxy::TrustedProxies,
     /// A socket whose client stops reading is no longer read either (its queued replies count
     /// against `outbound_queue_bytes`); still blocked after this long, it is closed with 1008.
     pub blocked_close: Duration,
@@ -174,6 +178,7 @@ impl Default for ServeConfig {
             max_bindings_per_socket: 1000,
             max_connections: 0,
             max_connections_per_ip: 0,
+            trusted_proxies: crate::proxy::TrustedProxies::default(),
             blocked_close: Duration::from_secs(30),
             cluster_secret: None,
             api_max_connections: 1024,
@@ -281,7 +286,9 @@ pub const OPTIONS: &[Key] = &[
     },
     Key {
         name: "amqp_url",
-        help: "the broker, amqp:// or amqps://user:pass@host:port/vhost; empty runs the embedded bus",
+        help: "the broker, amqp:// or amqps://user:pass@host:port/vhost, or a cluster's nodes \
+               (comma-separated; a TOML list in the file), tried in order; empty runs the \
+               embedded bus",
     },
     Key {
         name: "amqp_tls_ca_file",
@@ -342,6 +349,11 @@ pub const OPTIONS: &[Key] = &[
     Key {
         name: "max_connections_per_ip",
         help: "WebSocket connections one client address may hold (0: no limit); past it 429",
+    },
+    Key {
+        name: "trusted_proxies",
+        help: "load balancers (addresses, CIDR blocks; comma-separated) that may send a PROXY \
+               v1/v2 header, and whose X-Forwarded-For the REST API believes; empty: none",
     },
     Key {
         name: "blocked_close_secs",
@@ -452,6 +464,7 @@ pub fn config_args() -> Vec<clap::Arg> {
             "shards" => format!("online CPUs, {} here", defaults.shards),
             "node" => "<host name>-<random>".to_string(),
             "amqp_url" => "none: the embedded bus".to_string(),
+            "trusted_proxies" => "none".to_string(),
             "cluster_secret" => "derived from jwt_hs256_secret".to_string(),
             "log_level" => "RUST_LOG, else info".to_string(),
             name => defaults
@@ -521,7 +534,22 @@ pub fn parse_file_text(text: &str) -> Result<Vec<(String, String)>, String> {
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::Float(n) => n.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            _ => return Err(format!("`{key}` must be a string or a number")),
+            // A list (`amqp_url = ["amqp://a", "amqp://b"]`) reads as its comma-separated form.
+            toml::Value::Array(items) => {
+                let mut texts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(s) if !s.contains(',') => texts.push(s),
+                        _ => return Err(format!("`{key}`: a list holds strings without commas")),
+                    }
+                }
+                texts.join(",")
+            }
+            _ => {
+                return Err(format!(
+                    "`{key}` must be a string, a number or a list of strings"
+                ))
+            }
         };
         pairs.push((key, value));
     }
@@ -643,6 +671,7 @@ impl ServeConfig {
             "max_bindings_per_socket" => Some(self.max_bindings_per_socket.to_string()),
             "max_connections" => Some(self.max_connections.to_string()),
             "max_connections_per_ip" => Some(self.max_connections_per_ip.to_string()),
+            "trusted_proxies" => Some(self.trusted_proxies.to_text()),
             "blocked_close_secs" => secs(self.blocked_close),
             "cluster_secret" => masked(&self.cluster_secret),
             "api_max_connections" => Some(self.api_max_connections.to_string()),
@@ -742,15 +771,17 @@ impl ServeConfig {
             "idle_timeout_secs" => self.idle_timeout = seconds()?,
             "shutdown_grace_secs" => self.shutdown_grace = seconds()?,
             "amqp_url" => {
-                if !value.is_empty()
-                    && !value.starts_with("amqp://")
-                    && !value.starts_with("amqps://")
+                let urls = crate::ingest::brokers::broker_urls(value);
+                if urls
+                    .iter()
+                    .any(|url| !url.starts_with("amqp://") && !url.starts_with("amqps://"))
                 {
                     return Err(invalid(
-                        "expected amqp://user:pass@host:port/vhost or amqps://...",
+                        "expected amqp://user:pass@host:port/vhost or amqps://..., or several \
+                         of them separated by commas",
                     ));
                 }
-                self.amqp_url = optional(value)
+                self.amqp_url = (!urls.is_empty()).then(|| urls.join(","))
             }
             "node" => {
                 if !crate::families::valid_account_id(value) {
@@ -793,6 +824,13 @@ impl ServeConfig {
             }
             "max_connections" => self.max_connections = count()?,
             "max_connections_per_ip" => self.max_connections_per_ip = count()?,
+            "trusted_proxies" => {
+                self.trusted_proxies = crate::proxy::TrustedProxies::parse(value).map_err(|_| {
+                    invalid(
+                        "expected addresses or CIDR blocks (10.0.0.7, 10.0.0.0/8), comma-separated",
+                    )
+                })?
+            }
             "blocked_close_secs" => self.blocked_close = seconds()?,
             "cluster_secret" => self.cluster_secret = optional(value),
             "api_max_connections" => {

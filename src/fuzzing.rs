@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("auth_file", auth_file),
     ("config", config),
     ("webhook_input", webhook_input),
+    ("proxy_header", proxy_header),
 ];
 
 /// Splits at the first `\n`: (head, rest).
@@ -369,5 +370,46 @@ pub fn webhook_input(data: &[u8]) {
         let form = payload::form_encode(&event.payload);
         let _ = payload::append_query("http://h/p?x=1#f", &form);
         let _ = serde_json::to_vec(&event.payload);
+    }
+}
+
+/// A connection's first bytes from a load balancer: the PROXY header parser over the whole
+/// input and over every prefix of it (a header arriving in pieces), and the trusted-proxy list
+/// and `X-Forwarded-For` walk over the input as text. A v2 length field is the client's word:
+/// nothing is ever waited for past the bound.
+pub fn proxy_header(data: &[u8]) {
+    use crate::proxy::{self, Preface, MAX_HEADER_BYTES};
+    let whole = proxy::parse(data);
+    if let Preface::Header { len, .. } = whole {
+        assert!(len <= data.len() && len <= MAX_HEADER_BYTES, "{len}");
+    }
+    if whole == Preface::Incomplete {
+        assert!(data.len() < MAX_HEADER_BYTES);
+    }
+    // Every shorter prefix of a header is incomplete, never another verdict.
+    let decided_at = match whole {
+        Preface::Header { len, .. } => len,
+        _ => data.len(),
+    };
+    for cut in 1..decided_at.min(data.len()) {
+        let part = proxy::parse(&data[..cut]);
+        match whole {
+            Preface::Header { .. } | Preface::Incomplete => {
+                assert_eq!(part, Preface::Incomplete, "cut at {cut}")
+            }
+            Preface::Absent | Preface::Invalid(_) => {
+                assert!(!matches!(part, Preface::Header { .. }), "cut at {cut}")
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(data);
+    let (list, forwarded) = text.split_once('\n').unwrap_or((&text, ""));
+    if let Ok(trusted) = proxy::TrustedProxies::parse(list) {
+        let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+        let client = trusted.forwarded_client(peer, forwarded.lines());
+        // Only a trusted peer's word moves the client off the peer.
+        if !trusted.contains(peer) {
+            assert_eq!(client, peer);
+        }
     }
 }

@@ -21,6 +21,7 @@ pub mod json;
 pub mod latency;
 pub mod log;
 pub mod memory;
+pub mod proxy;
 pub mod shard;
 pub mod tls;
 pub mod webhooks;

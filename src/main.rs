@@ -226,10 +226,11 @@ fn amqp_tls(config: &ServeConfig) -> Result<horizon::ingest::tls::AmqpTls, Strin
     let any = config.amqp_tls_ca_file.is_some()
         || config.amqp_tls_cert_file.is_some()
         || config.amqp_tls_key_file.is_some();
-    let amqps = config
-        .amqp_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("amqps://"));
+    let amqps = config.amqp_url.as_deref().is_some_and(|list| {
+        horizon::ingest::brokers::broker_urls(list)
+            .iter()
+            .any(|u| u.starts_with("amqps://"))
+    });
     if any && !amqps {
         return Err("amqp_tls_* files are set but amqp_url is not amqps://".into());
     }
@@ -389,6 +390,7 @@ fn serve(matches: &ArgMatches) -> ExitCode {
                 cors_allowed_origins: config.cors_allowed_origins.clone(),
                 webhooks: webhooks_config(&config, &node),
                 ws_port: gateway.local_addr().port(),
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             auth.clone(),
             ingest.clone(),
@@ -440,6 +442,13 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         "dialects: VoIPBin on {}, Kazoo blackhole on every other path",
         horizon::dialect::VOIPBIN_PATH
     );
+    if !config.trusted_proxies.is_empty() {
+        info!(
+            "proxies: PROXY v1/v2 headers and X-Forwarded-For taken from {} (a header from any \
+             other peer closes its connection)",
+            config.trusted_proxies.to_text()
+        );
+    }
     let mut dev_token_file = None;
     if development {
         let claims = TokenClaims {
@@ -643,11 +652,11 @@ fn check_config(matches: &ArgMatches) -> ExitCode {
     }
     match amqp_tls(&config) {
         Ok(tls) => {
-            if config
-                .amqp_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("amqps://"))
-            {
+            if config.amqp_url.as_deref().is_some_and(|list| {
+                horizon::ingest::brokers::broker_urls(list)
+                    .iter()
+                    .any(|u| u.starts_with("amqps://"))
+            }) {
                 println!(
                     "amqps: ok, {}, {}",
                     if tls.ca_pem.is_some() {
@@ -733,12 +742,27 @@ fn check_config(matches: &ArgMatches) -> ExitCode {
     }
 }
 
-/// Reaches the broker (`amqp_url`) and the webhooks database, each within 5 s.
+/// Reaches each broker of `amqp_url` and the webhooks database, each within 5 s.
 async fn reach_services(config: &ServeConfig) -> Vec<(String, Result<String, String>)> {
     let within = Duration::from_secs(5);
     let mut out = Vec::new();
-    if let Some(url) = &config.amqp_url {
-        let what = format!("amqp_url {}", horizon::ingest::redact_url(url));
+    let brokers = config
+        .amqp_url
+        .as_deref()
+        .map(horizon::ingest::brokers::broker_urls)
+        .unwrap_or_default();
+    let several = brokers.len() > 1;
+    for (i, url) in brokers.iter().enumerate() {
+        let what = if several {
+            format!(
+                "amqp_url broker {} of {} {}",
+                i + 1,
+                brokers.len(),
+                horizon::ingest::redact_url(url)
+            )
+        } else {
+            format!("amqp_url {}", horizon::ingest::redact_url(url))
+        };
         let connect = horizon::ingest::tls::connect(url);
         let result = match tokio::time::timeout(within, connect).await {
             Ok(Ok(connection)) => {

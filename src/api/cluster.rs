@@ -287,19 +287,38 @@ impl Cluster {
             );
             return;
         }
+        let mut brokers = crate::ingest::brokers::Brokers::new(&url);
         let mut backoff = Duration::from_millis(100);
         loop {
-            if let Err(e) = self.session(&url).await {
-                tracing::warn!("cluster: control connection lost ({e}); reconnecting");
+            let connection = match brokers.connect().await {
+                Ok(connection) => connection,
+                Err(e) => {
+                    tracing::warn!("cluster: cannot connect ({e}); retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            tracing::info!(
+                "cluster: control plane on {}{}",
+                brokers.current(),
+                brokers.position()
+            );
+            if let Err(e) = self.session(connection).await {
+                tracing::warn!(
+                    "cluster: control connection to {} lost ({e}); reconnecting",
+                    brokers.current()
+                );
             }
+            brokers.lost();
             self.state().channel = None;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            let jitter = 0.5 + (crate::ids::random_u64() % 1000) as f64 / 2000.0;
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
         }
     }
 
-    async fn session(self: &Arc<Self>, url: &str) -> Result<(), lapin::Error> {
-        let connection = crate::ingest::tls::connect(url).await?;
+    async fn session(self: &Arc<Self>, connection: lapin::Connection) -> Result<(), lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .exchange_declare(

@@ -152,6 +152,17 @@ pub fn render(
         out,
         "horizon_handshakes_refused_total{{reason=\"tls\"}} {tls}"
     );
+    // The WebSocket listeners' and the REST listener's: a PROXY header from an untrusted peer,
+    // malformed, or too long.
+    let proxy: u64 = stats
+        .iter()
+        .map(|s| s.handshakes_proxy_refused)
+        .sum::<u64>()
+        + crate::proxy::REST_REFUSALS.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "horizon_handshakes_refused_total{{reason=\"proxy\"}} {proxy}"
+    );
     let by_address: u64 = stats.iter().map(|s| s.handshakes_limited_address).sum();
     let by_node: u64 = stats.iter().map(|s| s.handshakes_limited_node).sum();
     let _ = writeln!(

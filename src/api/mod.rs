@@ -62,6 +62,8 @@ pub struct ApiConfig {
     pub webhooks: Option<WebhooksConfig>,
     /// The WebSocket listener's port (the console's live tail connects to it).
     pub ws_port: u16,
+    /// Peers whose PROXY header and `X-Forwarded-For` name the client.
+    pub trusted_proxies: crate::proxy::TrustedProxies,
 }
 
 struct State {
@@ -69,6 +71,7 @@ struct State {
     cors_allowed_origins: Vec<String>,
     max_connections: usize,
     header_timeout: Duration,
+    trusted_proxies: crate::proxy::TrustedProxies,
     auth: Arc<Auth>,
     ingest: Ingest,
     cluster: Arc<Cluster>,
@@ -115,6 +118,7 @@ impl Api {
             node: config.node,
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
+            trusted_proxies: config.trusted_proxies,
             cors_allowed_origins: config.cors_allowed_origins,
             auth,
             ingest,
@@ -221,7 +225,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
         tokio::select! {
             _ = stop.notified() => return,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     // Out of descriptors and the like: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -235,9 +239,16 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
                 tokio::spawn(async move {
                     let _slot = slot;
                     let timeout = state.header_timeout;
+                    // The PROXY header (if any) counts against the same deadline.
+                    let started = tokio::time::Instant::now();
+                    let read = tokio::time::timeout(timeout, preface(&stream, peer, &state));
+                    let Ok(Some(client)) = read.await else {
+                        return;
+                    };
+                    let timeout = timeout.saturating_sub(started.elapsed());
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(state, request).await) }
+                        async move { Ok::<_, Infallible>(answer(state, request, client).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     // A client that does not finish its headers in time is cut (slow-loris).
@@ -252,6 +263,53 @@ async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Arc<Not
     }
 }
 
+/// The client of a REST connection from `peer`: the one a trusted proxy's PROXY header names
+/// (the header is consumed), else `peer`. A header from any other peer, or a malformed one,
+/// closes the connection (`None`, counted). The first bytes are peeked, so a connection without
+/// a header reaches hyper untouched.
+async fn preface(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: &State,
+) -> Option<SocketAddr> {
+    use crate::proxy::{self, Preface};
+    let trusted = state.trusted_proxies.contains(peer.ip());
+    let mut buf = [0u8; proxy::MAX_HEADER_BYTES];
+    let (len, source) = loop {
+        let seen = stream.peek(&mut buf).await.ok()?;
+        if seen == 0 {
+            return None;
+        }
+        match proxy::parse(&buf[..seen]) {
+            Preface::Absent => return Some(peer),
+            Preface::Header { len, source } if trusted => break (len, source),
+            Preface::Incomplete if seen < buf.len() => {
+                // The rest of a header split across segments (rare): look again shortly.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            _ => {
+                proxy::count_rest_refusal();
+                tracing::debug!(
+                    "api: connection from {peer} closed: bad or untrusted PROXY header"
+                );
+                return None;
+            }
+        }
+    };
+    // Consume exactly the header; what follows is the request.
+    let mut left = len;
+    while left > 0 {
+        stream.readable().await.ok()?;
+        match stream.try_read(&mut buf[..left]) {
+            Ok(0) => return None,
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(source.unwrap_or(peer))
+}
+
 /// The answer to a connection over `api_max_connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
 Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections to the API\n";
@@ -259,8 +317,22 @@ Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections to the API\n
 /// Every answer, with CORS as crossbar does it: a preflight `OPTIONS` is answered at once, and
 /// every answer says which origin may read it, so that a browser UI on another origin (Monster
 /// UI's default set-up) can call the API.
-async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+async fn answer(
+    state: Arc<State>,
+    request: Request<Incoming>,
+    connection: SocketAddr,
+) -> Response<Body> {
     let origin = request.headers().get(ORIGIN).cloned();
+    // The client: from a trusted proxy, the right-most untrusted X-Forwarded-For hop.
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = state
+        .trusted_proxies
+        .forwarded_client(connection.ip(), forwarded);
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let mut response = if request.method() == Method::OPTIONS {
         let mut response = Response::new(Body::default());
         *response.status_mut() = StatusCode::NO_CONTENT;
@@ -301,6 +373,12 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     headers.insert(
         ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Content-Type, X-Request-ID"),
+    );
+    tracing::debug!(
+        target: "horizon::api::access",
+        "{method} {} {} from {client}",
+        shorten(&path),
+        response.status().as_u16()
     );
     response
 }

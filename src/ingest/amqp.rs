@@ -28,6 +28,7 @@ use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::brokers::Brokers;
 use super::counts::Counts;
 use super::{route, Command, IngestStatus, PublishError, SkipLog, SourceState};
 use crate::families::{AmqpBinding, Normalizer, EXCHANGES};
@@ -36,6 +37,7 @@ use crate::fanout::Publisher;
 /// How the node talks to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AmqpConfig {
+    /// The broker URLs, comma-separated: the first that answers, in order ([`Brokers`]).
     pub url: String,
     /// Routing-key-safe node name (the host name by default).
     pub node: String,
@@ -48,7 +50,6 @@ pub struct AmqpConfig {
 /// Acks go out after this many deliveries, or this long after the oldest unacked one.
 const ACK_BATCH: u64 = 64;
 const ACK_DELAY: Duration = Duration::from_millis(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -66,6 +67,7 @@ impl From<lapin::Error> for Ended {
 /// State that outlives connections.
 struct Node {
     config: AmqpConfig,
+    brokers: Brokers,
     queue: String,
     counts: Counts,
     normalizer: Normalizer,
@@ -82,6 +84,7 @@ pub(super) async fn run(
     status: Arc<IngestStatus>,
 ) {
     let mut node = Node {
+        brokers: Brokers::new(&config.url),
         config,
         queue,
         counts: Counts::default(),
@@ -103,7 +106,11 @@ pub(super) async fn run(
                 node.counts.deactivate_all();
                 if node.status.connects.load(Ordering::Relaxed) != connects {
                     failures = 0;
-                    tracing::warn!("amqp: connection lost ({why}); reconnecting");
+                    node.brokers.lost();
+                    tracing::warn!(
+                        "amqp: connection to {} lost ({why}); reconnecting",
+                        node.brokers.current()
+                    );
                     reported = Instant::now();
                 } else {
                     failures += 1;
@@ -211,11 +218,9 @@ pub(crate) async fn ensure_exchange(
 
 /// One connection's life. Returns why it ended.
 async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command>) -> Ended {
-    let connect = super::tls::connect(&node.config.url);
-    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(e)) => return e.into(),
-        Err(_) => return Ended::Lost("connect timed out".into()),
+    let connection = match node.brokers.connect().await {
+        Ok(connection) => connection,
+        Err(why) => return Ended::Lost(why),
     };
     let channel = match open_queue(node, &connection).await {
         Ok(channel) => channel,
@@ -264,9 +269,10 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
             // Consuming and every live binding is in place: ready.
             node.status.set_state(SourceState::Consuming);
             tracing::info!(
-                "amqp: consuming from {} on {} ({} bindings)",
+                "amqp: consuming from {} on {}{} ({} bindings)",
                 node.queue,
-                redact(&node.config.url),
+                node.brokers.current(),
+                node.brokers.position(),
                 bound.len()
             );
             announced = true;
@@ -466,8 +472,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// The URL without its password, for logs.
+/// The URL (or each of a comma-separated list) without its password, for logs.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme && url[scheme + 3..at].contains(':') => {
             let userinfo = &url[scheme + 3..at];
@@ -487,6 +496,10 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(super::redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(
+            super::redact("amqp://u:p@a:5672,amqp://v:q@b:5672"),
+            "amqp://u:***@a:5672,amqp://v:***@b:5672"
+        );
         assert_eq!(
             super::redact("postgres://postgres@127.0.0.1/test"),
             "postgres://postgres@127.0.0.1/test"

@@ -11,6 +11,7 @@
 //! [`Ingest`] is the handle the rest of the gateway holds: `Clone`, `Send`, cheap.
 
 mod amqp;
+pub mod brokers;
 mod counts;
 mod embedded;
 

@@ -45,7 +45,8 @@ pub struct Conn {
     /// A receive is in flight (io_uring), armed or being cancelled.
     pub(super) recv_armed: bool,
     /// Non-zero: the upgrade is to be refused with this HTTP status (a connection limit), and
-    /// the connection was not counted against the limits.
+    /// the connection was not counted against the limits; [`NOT_ADMITTED`] while a trusted
+    /// proxy's header, which names the client to count, is still to be read.
     pub(super) refusal: u16,
     /// On the shard's service list.
     pub(super) scheduled: bool,
@@ -56,11 +57,19 @@ pub struct Conn {
     pub(crate) labels: Option<Box<Labels>>,
 }
 
-/// Where a connection is in its life. Handshake -> Open -> Closing -> Ending, or straight to
+/// [`Conn::refusal`] of a connection not yet counted against the limits (never a status).
+pub(super) const NOT_ADMITTED: u16 = 1;
+
+/// Where a connection is in its life. Preface -> Handshake -> Open -> Closing -> Ending, or straight to
 /// Ending (a refusal, a violation, the client's close, a close that does not wait). The readiness
 /// interest and the service-list mark beside it are I/O bookkeeping, not lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Stage {
+    /// Nothing read yet, or the start of a PROXY protocol header: the first bytes say whether the
+    /// connection begins with one (see `proxy.rs`). `trusted`: the peer is a trusted proxy, so a
+    /// header is taken (and the connection is counted against the limits once it is read);
+    /// from any other peer a header closes the connection.
+    Preface { trusted: bool },
     /// The upgrade request is being read; the keepalive sweep cuts it after [`HANDSHAKE_SECS`].
     /// Nothing is queued for it but the answer to the request.
     ///
@@ -116,7 +125,10 @@ impl Conn {
 
     /// Input is parsed (the upgrade request, or frames for the session).
     pub(super) fn is_parsing(&self) -> bool {
-        matches!(self.stage, Stage::Handshake | Stage::Open)
+        matches!(
+            self.stage,
+            Stage::Preface { .. } | Stage::Handshake | Stage::Open
+        )
     }
 
     pub(super) fn is_ending(&self) -> bool {
@@ -146,7 +158,7 @@ impl Conn {
     /// close frames).
     pub fn is_upgraded(&self) -> bool {
         match self.stage {
-            Stage::Handshake => false,
+            Stage::Preface { .. } | Stage::Handshake => false,
             Stage::Open | Stage::Closing => true,
             Stage::Ending { upgraded } => upgraded,
         }
@@ -196,8 +208,8 @@ impl Conn {
 }
 
 impl Conn {
-    /// A connection just accepted on `fd`, in its handshake, at shard clock second `now`: not
-    /// yet registered with the backend, counted against the limits, or given its id.
+    /// A connection just accepted on `fd`, before its first byte, at shard clock second `now`:
+    /// not yet registered with the backend, counted against the limits, or given its id.
     pub(crate) fn accepted(
         fd: RawFd,
         token: Token,
@@ -215,7 +227,7 @@ impl Conn {
             last_heard: now,
             last_ping: now,
             expires_at: 0,
-            stage: Stage::Handshake,
+            stage: Stage::Preface { trusted: false },
             read_paused: false,
             write_armed: false,
             send_in_flight: false,

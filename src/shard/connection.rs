@@ -28,7 +28,7 @@ use bytes::Bytes;
 
 use super::backend::SocketIo;
 use super::bindings::Subscriptions;
-use super::conn::{Conn, Stage};
+use super::conn::{Conn, Stage, NOT_ADMITTED};
 use super::context::ShardContext;
 use super::control::Counters;
 use super::executor;
@@ -39,6 +39,7 @@ use super::session::{Reply, Session};
 use super::sockets::{Input, Socket};
 use super::tls::{Received, TlsLayer, HANDSHAKE_RECORD};
 use super::uring::Completion;
+use crate::proxy::{self, Preface};
 use crate::ws::frame::{encode, Message, Reader};
 use crate::ws::{handshake, CloseCode};
 
@@ -95,7 +96,14 @@ pub(crate) fn accept_fd(shard: &ShardContext, fd: RawFd, peer: SocketAddr, tls: 
         return;
     }
     conn.id = shard.next_socket_id();
-    conn.refusal = shard.limits.admit(peer.ip()).status();
+    // A trusted proxy's connection is counted for the client its header names, once read.
+    let trusted = shard.config.trusted_proxies.contains(peer.ip());
+    conn.stage = Stage::Preface { trusted };
+    conn.refusal = if trusted {
+        NOT_ADMITTED
+    } else {
+        shard.limits.admit(peer.ip()).status()
+    };
     sockets.insert(Socket {
         conn: Rc::new(RefCell::new(conn)),
         input: Input {
@@ -426,6 +434,10 @@ fn feed(
     data: &mut [u8],
     next: &mut Next,
 ) -> bool {
+    let stage = conn.borrow().stage;
+    if let Stage::Preface { trusted } = stage {
+        return read_preface(shard, conn, input, data, next, trusted);
+    }
     let received = {
         let mut guard = conn.borrow_mut();
         let c = &mut *guard;
@@ -480,6 +492,79 @@ fn feed(
         return false;
     }
     more
+}
+
+/// The connection's first bytes, before TLS and HTTP: a PROXY protocol header (v1 or v2) from a
+/// trusted proxy names the client, and the connection is counted for that client; no header is
+/// a direct connection. A header from any other peer, a malformed one, or one past the bound
+/// closes the connection at once. Returns whether reading should go on now.
+fn read_preface(
+    shard: &ShardContext,
+    conn: &Rc<RefCell<Conn>>,
+    input: &mut Input,
+    data: &mut [u8],
+    next: &mut Next,
+    trusted: bool,
+) -> bool {
+    let buffered = !input.partial.is_empty();
+    if buffered {
+        input.partial.extend_from_slice(data);
+    }
+    let bytes: &[u8] = if buffered { &input.partial } else { data };
+    let (used, source) = match proxy::parse(bytes) {
+        Preface::Incomplete => {
+            // At most proxy::MAX_HEADER_BYTES: longer is Invalid.
+            if !buffered {
+                input.partial.extend_from_slice(data);
+            }
+            return true;
+        }
+        Preface::Absent => (0, None),
+        Preface::Header { len, source } if trusted => (len, source),
+        Preface::Header { .. } => {
+            return refuse_preface(
+                shard,
+                conn,
+                input,
+                next,
+                "PROXY header from an untrusted peer",
+            )
+        }
+        Preface::Invalid(why) => return refuse_preface(shard, conn, input, next, why),
+    };
+    {
+        let mut c = conn.borrow_mut();
+        if trusted {
+            if let Some(client) = source {
+                c.peer = client;
+            }
+            c.refusal = shard.limits.admit(c.peer.ip()).status();
+        }
+        c.stage = Stage::Handshake;
+    }
+    if buffered {
+        let mut rest = std::mem::take(&mut input.partial);
+        rest.drain(..used);
+        rest.is_empty() || feed(shard, conn, input, &mut rest, next)
+    } else {
+        let rest = &mut data[used..];
+        rest.is_empty() || feed(shard, conn, input, rest, next)
+    }
+}
+
+fn refuse_preface(
+    shard: &ShardContext,
+    conn: &Rc<RefCell<Conn>>,
+    input: &mut Input,
+    next: &mut Next,
+    why: &str,
+) -> bool {
+    Counters::add(&shard.counters.handshakes_proxy_refused, 1);
+    let c = conn.borrow();
+    tracing::debug!("socket {} from {}: {why}; closed", c.id, c.peer);
+    input.partial = Vec::new();
+    *next = Next::End;
+    false
 }
 
 /// A TLS client on the plain listener: a fatal `handshake_failure` alert (which a TLS client

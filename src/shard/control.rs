@@ -59,6 +59,8 @@ pub struct ShardStats {
     /// Connections that failed before any upgrade request for want of TLS: a failed TLS
     /// handshake or record on the wss port, plain HTTP sent to it, or TLS sent to the plain one.
     pub handshakes_tls_failed: u64,
+    /// Connections closed for their PROXY header: from an untrusted peer, malformed or too long.
+    pub handshakes_proxy_refused: u64,
     /// Upgrades refused with 429: `max_connections_per_ip`.
     pub handshakes_limited_address: u64,
     /// Upgrades refused with 503: `max_connections`.
@@ -92,6 +94,7 @@ pub(crate) struct Counters {
     pub handshakes_invalid: Cell<u64>,
     pub handshakes_refused: Cell<u64>,
     pub handshakes_tls_failed: Cell<u64>,
+    pub handshakes_proxy_refused: Cell<u64>,
     pub handshakes_limited_address: Cell<u64>,
     pub handshakes_limited_node: Cell<u64>,
     pub closed_blocked: Cell<u64>,

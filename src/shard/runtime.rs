@@ -640,6 +640,7 @@ async fn answer_control(
                         handshakes_invalid: c.handshakes_invalid.get(),
                         handshakes_refused: c.handshakes_refused.get(),
                         handshakes_tls_failed: c.handshakes_tls_failed.get(),
+                        handshakes_proxy_refused: c.handshakes_proxy_refused.get(),
                         handshakes_limited_address: c.handshakes_limited_address.get(),
                         handshakes_limited_node: c.handshakes_limited_node.get(),
                         closed_blocked: c.closed_blocked.get(),

@@ -19,13 +19,25 @@ use lapin::{Channel, Connection};
 use super::Webhooks;
 
 pub(super) async fn run(webhooks: Arc<Webhooks>, url: String) {
+    let mut brokers = crate::ingest::brokers::Brokers::new(&url);
     let mut backoff = Duration::from_millis(100);
     loop {
-        if let Err(e) = session(&webhooks, &url).await {
-            tracing::warn!("webhooks: broker session ended ({e}); reconnecting");
+        match brokers.connect().await {
+            Ok(connection) => {
+                backoff = Duration::from_millis(100);
+                let on = format!("{}{}", brokers.current(), brokers.position());
+                if let Err(e) = session(&webhooks, connection, &on).await {
+                    tracing::warn!("webhooks: broker session on {on} ended ({e}); reconnecting");
+                }
+                brokers.lost();
+            }
+            Err(e) => {
+                tracing::warn!("webhooks: cannot connect ({e}); retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        let jitter = 0.5 + (crate::ids::random_u64() % 1000) as f64 / 2000.0;
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
     }
 }
 
@@ -49,6 +61,11 @@ async fn declare(connection: &Connection, queue: &str) -> Result<Channel, lapin:
     {
         return Ok(channel);
     }
+    tracing::warn!(
+        "webhooks: {queue} is not a quorum queue on this broker (it exists as a classic queue, \
+         or the broker has no quorum queues): it is not replicated and dies with its node; \
+         delete it while no node runs to let Horizon declare a quorum queue"
+    );
     let channel = connection.create_channel().await?;
     channel
         .queue_declare(queue.into(), durable, FieldTable::default())
@@ -56,13 +73,18 @@ async fn declare(connection: &Connection, queue: &str) -> Result<Channel, lapin:
     Ok(channel)
 }
 
-async fn session(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), String> {
-    session_on(webhooks, url).await.map_err(|e| e.to_string())?;
+async fn session(webhooks: &Arc<Webhooks>, connection: Connection, on: &str) -> Result<(), String> {
+    session_on(webhooks, connection, on)
+        .await
+        .map_err(|e| e.to_string())?;
     Err("the consumer was cancelled".into())
 }
 
-async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Error> {
-    let connection = crate::ingest::tls::connect(url).await?;
+async fn session_on(
+    webhooks: &Arc<Webhooks>,
+    connection: Connection,
+    on: &str,
+) -> Result<(), lapin::Error> {
     let queue = webhooks.config.queue.clone();
     for exchange in super::exchanges() {
         crate::ingest::ensure_exchange(&connection, exchange).await?;
@@ -83,7 +105,10 @@ async fn session_on(webhooks: &Arc<Webhooks>, url: &str) -> Result<(), lapin::Er
             FieldTable::default(),
         )
         .await?;
-    tracing::info!("webhooks: consuming {queue} ({} bindings)", bound.len());
+    tracing::info!(
+        "webhooks: consuming {queue} on {on} ({} bindings)",
+        bound.len()
+    );
     loop {
         let changed = webhooks.bindings_changed.notified();
         tokio::pin!(changed);

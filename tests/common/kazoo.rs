@@ -139,9 +139,11 @@ impl Node {
         let keys = JwtKeys::new(Some(JWT_SECRET.as_bytes().to_vec()), None).unwrap();
         let auth = Arc::new(Auth::new(Some(auth_file.clone()), keys).expect("valid auth file"));
         let node = format!("test-{}", horizon::ids::random_hex(4));
+        // The test broker, unless the tweak named others (a cluster's nodes).
+        let amqp_url = config.amqp_url.clone().unwrap_or_else(super::amqp_url);
         let source = if amqp {
             Source::Amqp(AmqpConfig {
-                url: super::amqp_url(),
+                url: amqp_url.clone(),
                 node: node.clone(),
                 prefetch: 500,
                 queue_expires: Duration::from_secs(30),
@@ -157,6 +159,7 @@ impl Node {
         );
         let api_limits = (config.api_max_connections, config.api_header_timeout);
         let cors = config.cors_allowed_origins.clone();
+        let trusted_proxies = config.trusted_proxies.clone();
         let mut gateway = Gateway::start(config, Arc::new(dialects)).expect("gateway starts");
         let publisher = gateway.take_publisher().expect("publisher");
         ingest.start(publisher).expect("ingest starts");
@@ -164,7 +167,7 @@ impl Node {
             ApiConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 node: node.clone(),
-                amqp_url: amqp.then(super::amqp_url),
+                amqp_url: amqp.then_some(amqp_url),
                 cluster_timeout: Duration::from_secs(2),
                 cluster_key: Some(CLUSTER_SECRET.to_vec()),
                 max_connections: api_limits.0,
@@ -173,6 +176,7 @@ impl Node {
                 // The in-process nodes test the sockets; webhooks are tested on `serve`.
                 webhooks: None,
                 ws_port: gateway.local_addr().port(),
+                trusted_proxies: trusted_proxies.clone(),
             },
             auth.clone(),
             ingest.clone(),

@@ -223,6 +223,8 @@ pub struct DevNode {
     pub wss: Option<std::net::SocketAddr>,
     pub api: std::net::SocketAddr,
     pub token: String,
+    /// Its log (stdout) so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// [`start_dev_node`] with `extra` arguments (`--wss-listen` and its files, for one).
@@ -256,16 +258,23 @@ pub fn start_dev_node_with(extra: &[&std::ffi::OsStr]) -> DevNode {
             break;
         }
     }
-    std::thread::spawn(move || for _ in lines {});
     let (Some(ws), Some(api), Some(token)) = (ws, api, token) else {
         panic!("serve did not start: {log:?}");
     };
+    let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    });
     DevNode {
         child: Killed(child),
         ws,
         wss,
         api,
         token,
+        log,
     }
 }
 
