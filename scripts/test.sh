@@ -195,10 +195,10 @@ cargo fmt --all -- --check
 say "cargo test --workspace"
 cargo test --workspace --locked
 
-# The suites above run on the default backend (io_uring here: `auto`); run the socket and
-# hostile-client suites (and the PROXY header reading), whose bounds must hold on both, again on epoll. (tests/wss.rs runs each
-# of its cases on both backends itself.)
-say "socket and hostile-client tests on the epoll backend (HORIZON_IO_BACKEND=epoll)"
+# The suites above run on the default backend (io_uring here: `auto`); run the socket,
+# hostile-client and proxy suites, whose bounds must hold on both, again on epoll.
+# (tests/wss.rs runs each of its cases on both backends itself.)
+say "socket, hostile-client and proxy tests on the epoll backend (HORIZON_IO_BACKEND=epoll)"
 # (--workspace: the same feature set as the run above, so nothing is rebuilt.)
 HORIZON_IO_BACKEND=epoll cargo test --workspace --locked --test shard_sockets --test hostile --test proxies
 
