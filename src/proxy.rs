@@ -245,6 +245,12 @@ pub fn count_rest_refusal() {
 mod tests {
     use super::*;
 
+    fn each_is(inputs: &[&[u8]], want: Preface) {
+        for input in inputs {
+            assert_eq!(parse(input), want, "{input:?}");
+        }
+    }
+
     fn v2(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
         let mut out = V2_SIGNATURE.to_vec();
         out.push(0x20 | command);
@@ -279,14 +285,10 @@ mod tests {
                 source: None
             }
         );
-        for partial in [
-            &b"P"[..],
-            b"PROX",
-            b"PROXY TCP4 203.0.113.7",
-            b"PROXY UNKNOWN\r",
-        ] {
-            assert_eq!(parse(partial), Preface::Incomplete, "{partial:?}");
-        }
+        each_is(
+            &[b"P", b"PROX", b"PROXY TCP4 203.0.113.7", b"PROXY UNKNOWN\r"],
+            Preface::Incomplete,
+        );
         for bad in [
             &b"PROXY TCP4 nonsense 10.0.0.1 1 2\r\n"[..],
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX",
@@ -340,14 +342,15 @@ mod tests {
 
     #[test]
     fn other_protocols_are_not_headers() {
-        for input in [
-            &b"GET / HTTP/1.1\r\n"[..],
-            b"\x16\x03\x01",
-            b"POST /v2",
-            b"\r\n\r\nX",
-        ] {
-            assert_eq!(parse(input), Preface::Absent, "{input:?}");
-        }
+        each_is(
+            &[
+                b"GET / HTTP/1.1\r\n",
+                b"\x16\x03\x01",
+                b"POST /v2",
+                b"\r\n\r\nX",
+            ],
+            Preface::Absent,
+        );
     }
 
     #[test]

@@ -94,12 +94,12 @@ fn numbered_calls(
     })
 }
 
+fn call_id(event: Option<&simd_json::OwnedValue>) -> Option<&str> {
+    event?.get("data")?.get_str("call_id")
+}
+
 fn seq_of(event: &simd_json::OwnedValue) -> Option<usize> {
-    event
-        .get("data")
-        .and_then(|d| d.get_str("call_id"))
-        .and_then(|id| id.strip_prefix("seq-"))
-        .and_then(|n| n.parse().ok())
+    call_id(Some(event))?.strip_prefix("seq-")?.parse().ok()
 }
 
 #[test]
@@ -123,9 +123,7 @@ fn a_node_keeps_serving_when_its_broker_is_killed() {
         publish_call(&channel, "CHANNEL_CREATE", "before", &t.a).await;
         let got = client.next_json(Duration::from_secs(5)).await;
         assert_eq!(
-            got.as_ref()
-                .and_then(|g| g.get("data"))
-                .and_then(|d| d.get_str("call_id")),
+            call_id(got.as_ref()),
             Some("before"),
             "delivery before the kill: {got:?}"
         );
@@ -203,9 +201,7 @@ fn a_node_keeps_serving_when_its_broker_is_killed() {
         publish_call(&channel, "CHANNEL_DESTROY", "after", &t.a).await;
         let got = late.next_json(Duration::from_secs(5)).await;
         assert_eq!(
-            got.as_ref()
-                .and_then(|g| g.get("data"))
-                .and_then(|d| d.get_str("call_id")),
+            call_id(got.as_ref()),
             Some("after"),
             "a subscription made after the failover: {got:?}"
         );
@@ -286,12 +282,7 @@ fn listings_and_the_control_plane_span_nodes_on_different_brokers() {
         publish_call(&channel, "CHANNEL_CREATE", "both", &t.a).await;
         for client in [&mut a1, &mut a2] {
             let got = client.next_json(Duration::from_secs(5)).await;
-            assert_eq!(
-                got.as_ref()
-                    .and_then(|g| g.get("data"))
-                    .and_then(|d| d.get_str("call_id")),
-                Some("both")
-            );
+            assert_eq!(call_id(got.as_ref()), Some("both"));
         }
     });
     one.stop();

@@ -356,15 +356,7 @@ async fn a_browser_subscribes_and_receives_over_wss() {
         horizon::ids::random_hex(6)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let (_, cert, key, _) = common::certificates(&dir, "DNS:localhost,IP:127.0.0.1", "server");
-    let node = common::start_dev_node_with(&[
-        "--wss-listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--tls-cert-file".as_ref(),
-        cert.as_os_str(),
-        "--tls-key-file".as_ref(),
-        key.as_os_str(),
-    ]);
+    let (node, _) = common::start_wss_dev_node(&dir, &[]);
     let wss = node.wss.expect("a wss listener");
     let (_browser, devtools, profile) =
         start_browser("about:blank", &["--ignore-certificate-errors"]);

@@ -350,21 +350,17 @@ async fn direct(world: &World) {
 async fn clients_behind_nginx_and_haproxy_are_seen_by_their_own_addresses() {
     let dir = std::env::temp_dir().join(format!("horizon-proxies-{}", horizon::ids::random_hex(6)));
     std::fs::create_dir_all(&dir).unwrap();
-    let (ca, cert, key, both) = common::certificates(&dir, "DNS:localhost,IP:127.0.0.1", "leaf");
-    let node = common::start_dev_node_with(&[
-        "--wss-listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--tls-cert-file".as_ref(),
-        cert.as_os_str(),
-        "--tls-key-file".as_ref(),
-        key.as_os_str(),
-        "--trusted-proxies".as_ref(),
-        "127.0.0.1".as_ref(),
-        "--max-connections-per-ip".as_ref(),
-        "2".as_ref(),
-        "--log-level".as_ref(),
-        "info,horizon::api::access=debug".as_ref(),
-    ]);
+    let (node, (ca, cert, key, both)) = common::start_wss_dev_node(
+        &dir,
+        &[
+            "--trusted-proxies".as_ref(),
+            "127.0.0.1".as_ref(),
+            "--max-connections-per-ip".as_ref(),
+            "2".as_ref(),
+            "--log-level".as_ref(),
+            "info,horizon::api::access=debug".as_ref(),
+        ],
+    );
     let world = World { node, ca };
     let (ws, wss, api) = (world.node.ws, world.node.wss.unwrap(), world.node.api);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/proxy");

@@ -278,6 +278,35 @@ pub fn start_dev_node_with(extra: &[&std::ffi::OsStr]) -> DevNode {
     }
 }
 
+/// A development node with a wss listener too, on a certificate for `localhost` and 127.0.0.1
+/// made in `dir` (see [`certificates`]), started with `extra` arguments: the node and the
+/// (CA, cert, key, cert+key) files.
+#[allow(dead_code)]
+pub fn start_wss_dev_node(
+    dir: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> (
+    DevNode,
+    (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    ),
+) {
+    let files = certificates(dir, "DNS:localhost,IP:127.0.0.1", "leaf");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--wss-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--tls-cert-file".as_ref(),
+        files.1.as_os_str(),
+        "--tls-key-file".as_ref(),
+        files.2.as_os_str(),
+    ];
+    args.extend_from_slice(extra);
+    (start_dev_node_with(&args), files)
+}
+
 /// What a `serve` log line says about a listener.
 #[allow(dead_code)]
 pub enum Listening {
