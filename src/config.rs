@@ -1055,4 +1055,53 @@ mod tests {
             Err(ConfigError::File { .. })
         ));
     }
+
+    #[test]
+    fn broker_and_proxy_lists_read_from_a_list_or_commas() {
+        let pairs = parse_file_text(
+            "amqp_url = [\"amqp://a:5672\", \" amqps://b:5671 \"]\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.10\"]\n",
+        )
+        .unwrap();
+        let mut config = ServeConfig::default();
+        config.apply(&pairs).unwrap();
+        assert_eq!(
+            config.amqp_url.as_deref(),
+            Some("amqp://a:5672,amqps://b:5671")
+        );
+        assert!(config.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+        assert!(config
+            .trusted_proxies
+            .contains("192.0.2.10".parse().unwrap()));
+        assert!(!config
+            .trusted_proxies
+            .contains("192.0.2.11".parse().unwrap()));
+        assert_eq!(
+            config.value_text("trusted_proxies").as_deref(),
+            Some("10.0.0.0/8,192.0.2.10/32")
+        );
+        let flags = args(&[
+            "--amqp-url",
+            "amqp://a, amqp://b",
+            "--trusted-proxies",
+            "::1",
+        ]);
+        let config = ServeConfig::load(&flags, |_| None).unwrap();
+        assert_eq!(config.amqp_url.as_deref(), Some("amqp://a,amqp://b"));
+        for bad in [
+            "amqp_url = \"amqp://a,http://b\"\n",
+            "amqp_url = [\"amqp://a\", 5]\n",
+            "trusted_proxies = \"10.0.0.0/40\"\n",
+            "trusted_proxies = \"proxy.internal\"\n",
+        ] {
+            let result = parse_file_text(bad)
+                .map_err(|e| e.to_string())
+                .and_then(|pairs| {
+                    ServeConfig::default()
+                        .apply(&pairs)
+                        .map_err(|e| e.to_string())
+                });
+            assert!(result.is_err(), "{bad}");
+        }
+    }
 }

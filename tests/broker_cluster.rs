@@ -442,3 +442,36 @@ fn channel_create(call: &str, account: &str) -> String {
         horizon::ids::random_hex(8)
     )
 }
+
+#[test]
+fn check_config_reaches_each_broker_and_names_the_silent_one() {
+    let (_serial, mut urls) = cluster_up();
+    // A fourth "broker" nothing listens on.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    drop(silent);
+    urls.push(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    let output = common::horizon_command()
+        .args(["check-config", "--amqp-url", &urls.join(",")])
+        .output()
+        .expect("run horizon check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for n in 1..=3 {
+        let line = format!("amqp_url broker {n} of 4 amqp://guest:***@127.0.0.1:");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&line) && l.ends_with("ok, connected and authenticated")),
+            "broker {n}: {stdout}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!(
+            "amqp_url broker 4 of 4 amqp://guest:***@127.0.0.1:{port}/%2f"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(output.status.code(), Some(1), "one broker does not answer");
+    assert!(!stdout.contains("guest:guest"), "passwords stay hidden");
+}
