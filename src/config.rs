@@ -67,6 +67,15 @@ pub struct ServeConfig {
     /// WebSocket connections one client address may hold at once (0: no limit; Kazoo's
     /// `max_connections_per_ip`); past it an upgrade is answered `429`.
     pub max_connections_per_ip: usize,
+    /// WebSocket connections one account may hold on this node (0: no limit; Kazoo's
+    /// `bh_limit`); past it `429` at the upgrade, or the error reply to the command that first
+    /// names the account.
+    pub max_connections_per_account: usize,
+    /// New WebSocket connections this node takes per second (0: no limit); past it an upgrade
+    /// is answered `503` with `Retry-After`.
+    pub max_connects_per_sec: usize,
+    /// On shutdown, the sockets' close frames are spread over this long (0: all at once).
+    pub drain_spread: Duration,
     /// Peers (addresses, CIDR blocks) that may begin a connection with a PROXY protocol header
     /// and whose `X-Forwarded-For` the REST API believes; their clients' addresses count for
     /// `max_connections_per_ip`, listings and logs (default: none).
@@ -178,6 +187,9 @@ impl Default for ServeConfig {
             max_bindings_per_socket: 1000,
             max_connections: 0,
             max_connections_per_ip: 0,
+            max_connections_per_account: 0,
+            max_connects_per_sec: 0,
+            drain_spread: Duration::from_secs(10),
             trusted_proxies: crate::proxy::TrustedProxies::default(),
             blocked_close: Duration::from_secs(30),
             cluster_secret: None,
@@ -349,6 +361,21 @@ pub const OPTIONS: &[Key] = &[
     Key {
         name: "max_connections_per_ip",
         help: "WebSocket connections one client address may hold (0: no limit); past it 429",
+    },
+    Key {
+        name: "max_connections_per_account",
+        help: "WebSocket connections one account may hold on this node (0: no limit); past it \
+               429 `account connections limit`",
+    },
+    Key {
+        name: "max_connects_per_sec",
+        help: "new WebSocket connections per second this node takes (0: no limit); past it 503 \
+               with Retry-After",
+    },
+    Key {
+        name: "drain_spread_secs",
+        help: "on shutdown, the sockets' 1001 closes are spread over this long (0: at once), \
+               then shutdown_grace_secs for the last answers",
     },
     Key {
         name: "trusted_proxies",
@@ -671,6 +698,9 @@ impl ServeConfig {
             "max_bindings_per_socket" => Some(self.max_bindings_per_socket.to_string()),
             "max_connections" => Some(self.max_connections.to_string()),
             "max_connections_per_ip" => Some(self.max_connections_per_ip.to_string()),
+            "max_connections_per_account" => Some(self.max_connections_per_account.to_string()),
+            "max_connects_per_sec" => Some(self.max_connects_per_sec.to_string()),
+            "drain_spread_secs" => Some(self.drain_spread.as_secs().to_string()),
             "trusted_proxies" => Some(self.trusted_proxies.to_text()),
             "blocked_close_secs" => secs(self.blocked_close),
             "cluster_secret" => masked(&self.cluster_secret),
@@ -824,6 +854,16 @@ impl ServeConfig {
             }
             "max_connections" => self.max_connections = count()?,
             "max_connections_per_ip" => self.max_connections_per_ip = count()?,
+            "max_connections_per_account" => self.max_connections_per_account = count()?,
+            "max_connects_per_sec" => self.max_connects_per_sec = count()?,
+            "drain_spread_secs" => {
+                self.drain_spread = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= 3600)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| invalid("expected seconds from 0 to 3600"))?
+            }
             "trusted_proxies" => {
                 self.trusted_proxies = crate::proxy::TrustedProxies::parse(value).map_err(|_| {
                     invalid(

@@ -98,6 +98,13 @@ impl<'t, 'i> TapeValue<'t, 'i> {
         matches!(self.0.first(), Some(Node::Object { .. }))
     }
 
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.0.first() {
+            Some(Node::Static(StaticNode::Bool(b))) => Some(*b),
+            _ => None,
+        }
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(self.0.first(), Some(Node::Static(StaticNode::Null)))
     }

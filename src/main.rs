@@ -93,6 +93,12 @@ fn cli() -> Command {
                         .help("may publish events (POST /v2/events) for its account"),
                 )
                 .arg(
+                    Arg::new("admin")
+                        .long("admin")
+                        .action(ArgAction::SetTrue)
+                        .help("may close its accounts' sockets (DELETE /v2/accounts/{A}/websockets)"),
+                )
+                .arg(
                     Arg::new("superduper_admin")
                         .long("superduper-admin")
                         .action(ArgAction::SetTrue)
@@ -343,6 +349,7 @@ fn serve(matches: &ArgMatches) -> ExitCode {
             rate_burst: config.rate_limit_burst,
             rate_per_sec: config.rate_limit_per_sec,
             max_bindings: config.max_bindings_per_socket,
+            max_connections_per_account: config.max_connections_per_account,
             ..BlackholeLimits::default()
         },
     );
@@ -466,7 +473,13 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         match wait_for_signal(&signals) {
             libc::SIGHUP => {
                 match auth.reload() {
-                    Ok(()) => info!("SIGHUP: auth file reloaded"),
+                    Ok(()) => {
+                        // Sockets whose token or access key left the file go now (4001).
+                        let closed = api.close_revoked();
+                        info!(
+                            "SIGHUP: auth file reloaded; {closed} socket(s) closed (token revoked)"
+                        )
+                    }
                     Err(e) => {
                         warn!(
                             "SIGHUP: auth file not reloaded, the previous one stays in force: {e}"
@@ -602,6 +615,7 @@ fn token(matches: &ArgMatches) -> ExitCode {
         permissions,
         publish: matches.get_flag("publish"),
         superduper_admin: matches.get_flag("superduper_admin"),
+        admin: matches.get_flag("admin"),
         expires_at: Some(expires_at),
     };
     match keys.sign_hs256(&claims) {

@@ -107,7 +107,14 @@ fn the_catalog_lists_plain_binding_strings_for_every_family() {
             common::http(node.api.local_addr(), "GET", "/v2/websockets", &[], "").await;
         assert_eq!(status, 200, "{body}");
         let data = parse(&body).get("data").cloned().expect("data");
-        for family in ["call", "object", "conference", "fax", "presence"] {
+        for family in [
+            "call",
+            "object",
+            "conference",
+            "fax",
+            "presence",
+            "registration",
+        ] {
             let list = data
                 .get_array(family)
                 .unwrap_or_else(|| panic!("{family} listed"));
@@ -116,6 +123,14 @@ fn the_catalog_lists_plain_binding_strings_for_every_family() {
                 "{family}: plain strings"
             );
         }
+        // PROTOCOLS section 10: exactly the one binding bh_registration takes.
+        let registration: Vec<&str> = data
+            .get_array("registration")
+            .unwrap()
+            .iter()
+            .filter_map(|b| b.as_str())
+            .collect();
+        assert_eq!(registration, ["registration.success"]);
         let presence: Vec<&str> = data
             .get_array("presence")
             .unwrap()

@@ -162,7 +162,7 @@ fn every_kazoo_delivery_reaches_exactly_the_bindings_that_may_see_it() {
                 assert!(!data.encode().contains("null"), "{name}: nulls dropped: {data}");
             }
         }
-        for family in ["callevt", "configuration", "conference", "faxes", "presence"] {
+        for family in ["callevt", "configuration", "conference", "faxes", "presence", "registrar"] {
             assert!(families.contains(family), "the corpus has {family} deliveries");
         }
         amqp.close(200, "done".into()).await.unwrap();

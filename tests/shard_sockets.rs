@@ -83,6 +83,7 @@ fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Gateway {
         shards: 2,
         max_message_bytes: 1024,
         io_backend: io_backend(),
+        drain_spread: Duration::ZERO,
         ..ServeConfig::default()
     };
     tweak(&mut config);

@@ -61,7 +61,7 @@ pub struct Options {
     pub reseller_every: usize,
 }
 
-fn ip_range(text: &str) -> Result<Vec<IpAddr>, String> {
+pub fn ip_range(text: &str) -> Result<Vec<IpAddr>, String> {
     let bad = || {
         format!("invalid --source-ips `{text}` (e.g. 127.0.0.2-127.0.0.20 or 127.0.0.1,127.0.0.2)")
     };
@@ -140,6 +140,18 @@ pub const FLAGS: &[(&str, &str, &str)] = &[
 
 /// The environment variable of an option: `HORIZON_LOADTEST_` and its name (`--amqp-url`:
 /// `HORIZON_LOADTEST_AMQP_URL`). A flag beats its variable.
+/// The text of option `key` (empty when absent).
+pub fn text(m: &clap::ArgMatches, key: &str) -> String {
+    m.get_one::<String>(key).cloned().unwrap_or_default()
+}
+
+/// Option `key` as a whole number.
+pub fn number(m: &clap::ArgMatches, key: &str) -> Result<u64, String> {
+    text(m, key)
+        .parse::<u64>()
+        .map_err(|_| format!("--{key}: expected a number"))
+}
+
 pub fn env_name(option: &str) -> String {
     format!(
         "HORIZON_LOADTEST_{}",

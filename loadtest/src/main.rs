@@ -6,6 +6,7 @@
 //! horizon-loadtest connect [--connections 15000 --ramp-rate 5000 --hold 5 ...]
 //! horizon-loadtest churn   [--connections 1000 --churn-rate 2 --rate 500 ...]
 //! horizon-loadtest auth-file --accounts 1000 --resellers 20 > tree.toml   # for --resellers runs
+//! horizon-loadtest storm   [--clients 10000 --victim ADDR --survivor ADDR ...]  # loadtest/storm.sh
 //! ```
 //! The parent spawns `--processes` worker processes (this binary, `worker` role), each holding a
 //! share of the connections on `--threads` monoio runtimes and binding its sockets to
@@ -18,6 +19,7 @@ mod mqtt;
 mod procstat;
 mod publisher;
 mod report;
+mod storm;
 mod webhooks;
 mod worker;
 mod ws;
@@ -61,6 +63,7 @@ fn command() -> clap::Command {
         .subcommand(scenario("connect", "Open idle connections at a ramp rate and hold them: memory per socket"))
         .subcommand(scenario("churn", "Subscribe/unsubscribe churn while events flow"))
         .subcommand(webhooks::command())
+        .subcommand(storm::command())
         .subcommand(
             Command::new("auth-file")
                 .about("Print the auth file (account tree) a gateway needs for --resellers runs")
@@ -122,6 +125,16 @@ fn main() -> ExitCode {
             }
         }
         Some(("webhooks", m)) => ExitCode::from(webhooks::main(m) as u8),
+        Some(("storm", m)) => match storm::run(m) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("horizon-loadtest storm: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(("auth-file", m)) => match (number(m, "accounts"), number(m, "resellers")) {
             (Ok(accounts), Ok(resellers)) if resellers <= accounts => {
                 print!("{}", events::auth_file(accounts.max(1), resellers));

@@ -64,12 +64,8 @@ pub fn command() -> clap::Command {
 }
 
 fn parse(m: &clap::ArgMatches) -> Result<Options, String> {
-    let text = |key: &str| m.get_one::<String>(key).cloned().unwrap_or_default();
-    let number = |key: &str| {
-        text(key)
-            .parse::<u64>()
-            .map_err(|_| format!("--{key}: expected a number"))
-    };
+    let text = |key: &str| crate::cli::text(m, key);
+    let number = |key: &str| crate::cli::number(m, key);
     Ok(Options {
         api: text("api"),
         amqp_url: text("amqp-url"),

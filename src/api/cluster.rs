@@ -171,30 +171,49 @@ impl Cluster {
         nodes
     }
 
-    /// This node's sockets filed under `account` (and with id `socket`, if given), as JSON.
-    async fn local(&self, account: String, socket: Option<String>) -> Vec<Vec<u8>> {
+    /// This node's sockets filed under `account` (and with id `socket`, if given), as JSON;
+    /// `close`: closed too (4003 `closed by administrator`), and those closed are the answer.
+    async fn local(&self, account: String, socket: Option<String>, close: bool) -> Vec<Vec<u8>> {
         let node = self.node.clone();
         self.with_registry(move |registry| {
             let (sockets, _) = registry.sockets(Duration::from_secs(1));
-            sockets
+            let found: Vec<_> = sockets
                 .iter()
                 .filter(|s| socket.as_ref().is_none_or(|id| *id == socket_id(s)))
                 .filter_map(|s| {
                     let filed = s.filed.iter().find(|f| f.account == account)?;
-                    Some(socket_json(s, &filed.bindings, &node))
+                    Some((s, socket_json(s, &filed.bindings, &node)))
                 })
+                .collect();
+            if !close {
+                return found.into_iter().map(|(_, json)| json).collect();
+            }
+            let ids = found.iter().map(|(s, _)| (s.instance, s.id)).collect();
+            let closed = registry.close(ids, Duration::from_secs(1));
+            found
+                .into_iter()
+                .filter(|(s, _)| closed.contains(&s.id))
+                .map(|(_, json)| json)
                 .collect()
         })
         .await
         .unwrap_or_default()
     }
 
-    /// Every socket of `account` (or the one with id `socket`) across the cluster.
-    pub async fn list(&self, account: &str, socket: Option<&str>) -> Listing {
+    /// Closes this node's sockets whose credential the last auth reload revoked; how many.
+    /// Blocking: for the signal-handling thread.
+    pub fn close_revoked(&self) -> usize {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.revalidate(Duration::from_secs(1))
+    }
+
+    /// Every socket of `account` (or the one with id `socket`) across the cluster; `close`:
+    /// each node closes those it holds (4003), and the listing is of what was closed.
+    pub async fn list(&self, account: &str, socket: Option<&str>, close: bool) -> Listing {
         let channel = self.state().channel.clone();
         let Some(channel) = channel else {
             let sockets = self
-                .local(account.to_string(), socket.map(str::to_string))
+                .local(account.to_string(), socket.map(str::to_string), close)
                 .await;
             // With a broker configured but unreachable, other nodes may exist: say so.
             let missing = if self.url.is_some() {
@@ -225,6 +244,9 @@ impl Cluster {
         if let Some(socket) = socket {
             body.extend_from_slice(b",\"socket\":");
             json::write_str(&mut body, socket);
+        }
+        if close {
+            body.extend_from_slice(b",\"close\":true");
         }
         body.extend_from_slice(b",\"reply_to\":");
         json::write_str(&mut body, &self.queue);
@@ -475,9 +497,11 @@ impl Cluster {
                     return;
                 };
                 let socket = text("socket");
+                // Signed like every control message: only a node of this cluster asks to close.
+                let close = root.get("close").and_then(|c| c.as_bool()) == Some(true);
                 let channel = channel.clone();
                 tokio::spawn(async move {
-                    let sockets = self.local(account, socket).await;
+                    let sockets = self.local(account, socket, close).await;
                     let mut body = self.open_message("reply");
                     body.extend_from_slice(b",\"request\":");
                     json::write_str(&mut body, &request);

@@ -163,6 +163,11 @@ pub fn render(
         out,
         "horizon_handshakes_refused_total{{reason=\"proxy\"}} {proxy}"
     );
+    let rate: u64 = stats.iter().map(|s| s.handshakes_connect_rate).sum();
+    let _ = writeln!(
+        out,
+        "horizon_handshakes_refused_total{{reason=\"connect_rate\"}} {rate}"
+    );
     let by_address: u64 = stats.iter().map(|s| s.handshakes_limited_address).sum();
     let by_node: u64 = stats.iter().map(|s| s.handshakes_limited_node).sum();
     let _ = writeln!(
@@ -173,6 +178,31 @@ pub fn render(
         out,
         "horizon_handshakes_refused_total{{reason=\"connection_limit\"}} {by_node}"
     );
+    family(
+        &mut out,
+        "horizon_drain_closed_total",
+        "counter",
+        "Sockets closed with 1001 by a drain (spread over drain_spread_secs).",
+    );
+    let drained: u64 = stats.iter().map(|s| s.drain_closed).sum();
+    let _ = writeln!(out, "horizon_drain_closed_total {drained}");
+    family(
+        &mut out,
+        "horizon_account_limit_refusals_total",
+        "counter",
+        "Sockets refused for max_connections_per_account: at the upgrade (429) or at the command \
+         that first named the account.",
+    );
+    for (at, counter) in ["upgrade", "command"]
+        .iter()
+        .zip(&crate::dialect::ACCOUNT_LIMIT_REFUSALS)
+    {
+        let _ = writeln!(
+            out,
+            "horizon_account_limit_refusals_total{{at=\"{at}\"}} {}",
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     family(
         &mut out,
         "horizon_sockets_closed_blocked_total",

@@ -87,6 +87,7 @@ struct State {
 /// The running API.
 pub struct Api {
     local_addr: SocketAddr,
+    cluster: Arc<Cluster>,
     draining: Arc<AtomicBool>,
     stop: Arc<Notify>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -122,7 +123,7 @@ impl Api {
             cors_allowed_origins: config.cors_allowed_origins,
             auth,
             ingest,
-            cluster,
+            cluster: cluster.clone(),
             draining: draining.clone(),
             webhooks: None,
             ws_port: config.ws_port,
@@ -171,6 +172,7 @@ impl Api {
         }
         Ok(Api {
             local_addr,
+            cluster,
             draining,
             stop,
             thread: Mutex::new(Some(thread)),
@@ -179,6 +181,12 @@ impl Api {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// After the auth file was reloaded: closes this node's sockets whose token or access key
+    /// the file no longer holds (4001 `token revoked`); how many. Blocks (the signal thread).
+    pub fn close_revoked(&self) -> usize {
+        self.cluster.close_revoked()
     }
 
     /// From now on `readyz` answers 503 (called before the shards start draining).
@@ -412,7 +420,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
     let allowed: &[Method] = match segments.as_slice() {
         ["healthz"] | ["readyz"] | ["metrics"] | ["v2", "websockets"] => &[Method::GET],
         ["v2", "accounts", _, "websockets"] | ["v2", "accounts", _, "websockets", _] => {
-            &[Method::GET]
+            &[Method::GET, Method::DELETE]
         }
         ["v2", "events"] => &[Method::POST],
         ["console"] | ["console", _] | ["v2", "console", "stats"] => &[Method::GET],
@@ -566,7 +574,22 @@ async fn listing(
     if !state.auth.may_see(&identity, account) {
         return env.error(StatusCode::FORBIDDEN, "unauthorized account id");
     }
-    let listing = state.cluster.list(account, socket).await;
+    // DELETE closes what GET would list (4003), and answers with what it closed.
+    let close = request.method() == Method::DELETE;
+    if close && !identity.admin {
+        return env.error(
+            StatusCode::FORBIDDEN,
+            "closing websockets needs a token with the admin right",
+        );
+    }
+    let listing = state.cluster.list(account, socket, close).await;
+    if close {
+        tracing::info!(
+            "api: closed {} websocket(s) of account {account}{} (closed by administrator)",
+            listing.sockets.len(),
+            socket.map(|s| format!(", socket {s}")).unwrap_or_default()
+        );
+    }
     let mut extra = String::new();
     if !listing.missing.is_empty() {
         let mut missing = Vec::new();

@@ -47,6 +47,9 @@ struct TokenEntry {
     superduper_admin: bool,
     #[serde(default)]
     publish: bool,
+    /// May close sockets through the REST API for the accounts it sees.
+    #[serde(default)]
+    admin: bool,
     customer_id: Option<String>,
     agent_id: Option<String>,
     #[serde(default)]
@@ -154,6 +157,8 @@ pub(super) fn parse(text: &str) -> Result<Directory, String> {
             agent_id: entry.agent_id,
             permissions,
             expires_at,
+            admin: entry.admin,
+            file_credential: Some(entry.token.as_str().into()),
         };
         let listed = if entry.access_key {
             identity.permissions.0 |= Permissions::ADMIN;

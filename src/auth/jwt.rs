@@ -52,6 +52,8 @@ pub struct TokenClaims {
     pub permissions: Permissions,
     pub publish: bool,
     pub superduper_admin: bool,
+    /// May close sockets through the REST API (the `admin` claim).
+    pub admin: bool,
     pub expires_at: Option<SystemTime>,
 }
 
@@ -144,6 +146,9 @@ impl JwtKeys {
         payload.extend_from_slice(b",\"permissions\":");
         json::write_str_array(&mut payload, claims.permissions.names());
         payload.extend_from_slice(format!(",\"publish\":{}", claims.publish).as_bytes());
+        if claims.admin {
+            payload.extend_from_slice(b",\"admin\":true");
+        }
         if claims.superduper_admin {
             payload.extend_from_slice(b",\"superduper_admin\":true");
         }
@@ -268,6 +273,8 @@ fn identity_from_claims(root: TapeValue<'_, '_>) -> Result<Identity, JwtError> {
         agent_id,
         permissions,
         expires_at,
+        admin: flag("admin"),
+        file_credential: None,
     })
 }
 

@@ -75,6 +75,11 @@ pub struct Identity {
     pub permissions: Permissions,
     /// The moment the token stops being valid; enforced for the life of a socket.
     pub expires_at: Option<SystemTime>,
+    /// May close sockets through the REST API (`DELETE .../websockets`) for the accounts it sees.
+    pub admin: bool,
+    /// The auth file's token or access key it came from (`None`: a JWT). Removing it from the
+    /// file revokes it: on SIGHUP its sockets are closed with 4001 `token revoked`.
+    pub file_credential: Option<Arc<str>>,
 }
 
 /// Why a token was refused. The messages are Kazoo's and never contain the token.
@@ -251,6 +256,20 @@ impl Auth {
     /// fuzzing): the error names the entry at fault.
     pub fn check_file_text(text: &str) -> Result<(), String> {
         file::parse(text).map(|_| ())
+    }
+
+    /// Whether `identity` came from an auth-file token or access key that the file no longer
+    /// holds (for the same account): revoked by the last reload.
+    pub fn revoked(&self, identity: &Identity) -> bool {
+        let Some(key) = identity.file_credential.as_deref() else {
+            return false;
+        };
+        let directory = self.snapshot();
+        let now = directory
+            .tokens
+            .get(key)
+            .or_else(|| directory.access_keys.get(key));
+        now.is_none_or(|held| held.account_id != identity.account_id)
     }
 
     /// The SIP realm of `account` (from the auth file's `realm`): presence events of that realm

@@ -18,7 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{handshake_token, remaining, Sequencer, TokenBucket};
+use super::{
+    handshake_token, refusal, remaining, AccountConnections, AccountSlot, Sequencer, TokenBucket,
+    ACCOUNT_LIMIT,
+};
 use crate::auth::{Auth, AuthError, Identity};
 use crate::binding::{validate_pattern, Separator};
 use crate::families::{self, AmqpBinding};
@@ -41,6 +44,8 @@ pub struct BlackholeLimits {
     /// Longest a subscribe reply waits for its AMQP binds; past it the reply is sent anyway and
     /// the bindings become active as soon as the broker has them.
     pub bind_wait: Duration,
+    /// Sockets one account may hold on this node (0: no limit).
+    pub max_connections_per_account: usize,
 }
 
 impl Default for BlackholeLimits {
@@ -50,6 +55,7 @@ impl Default for BlackholeLimits {
             rate_per_sec: 10.0,
             max_bindings: 1000,
             bind_wait: Duration::from_secs(5),
+            max_connections_per_account: 0,
         }
     }
 }
@@ -64,6 +70,8 @@ pub struct Blackhole {
     auth: Arc<Auth>,
     source: Arc<dyn EventSource>,
     limits: BlackholeLimits,
+    /// Sockets per account on this node, shared with the VoIPBin dialect.
+    pub(super) accounts: Arc<AccountConnections>,
 }
 
 /// Kazoo's error strings (and Horizon's few additions), exactly as clients match them.
@@ -89,6 +97,7 @@ impl Blackhole {
         Blackhole {
             auth,
             source,
+            accounts: AccountConnections::new(limits.max_connections_per_account),
             limits,
         }
     }
@@ -104,22 +113,23 @@ impl Blackhole {
             None => None,
             Some(token) => match self.auth.authenticate(&token, SystemTime::now()) {
                 Ok(identity) => Some(identity),
-                Err(e) => {
-                    let mut body = Vec::new();
-                    body.extend_from_slice(b"{\"status\":\"error\",\"data\":{\"errors\":[");
-                    json::write_str(&mut body, &e.to_string());
-                    body.extend_from_slice(b"]}}");
-                    return Err(HttpRefusal {
-                        status: 401,
-                        content_type: "application/json",
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                    });
+                Err(e) => return Err(refusal(401, &e.to_string())),
+            },
+        };
+        let slot = match &identity {
+            None => None,
+            Some(identity) => match self.accounts.claim(&identity.account_id) {
+                Some(slot) => Some(slot),
+                None => {
+                    AccountConnections::refused(true);
+                    return Err(refusal(429, ACCOUNT_LIMIT));
                 }
             },
         };
         Ok(Box::new(BlackholeSession {
             dialect: self.clone(),
             identity,
+            slot,
             subscriptions: Vec::new(),
             bucket: TokenBucket::new(self.limits.rate_burst, self.limits.rate_per_sec),
             sequencer: Sequencer::default(),
@@ -139,6 +149,8 @@ struct Subscription {
 pub struct BlackholeSession {
     dialect: Arc<Blackhole>,
     identity: Option<Identity>,
+    /// The socket's place in its identity's account count (`max_connections_per_account`).
+    slot: Option<AccountSlot>,
     subscriptions: Vec<Subscription>,
     bucket: TokenBucket,
     sequencer: Sequencer,
@@ -210,6 +222,12 @@ impl Session for BlackholeSession {
             "{{\"action\":\"lagged\",\"data\":{{\"skipped\":{skipped}}}}}"
         ))
     }
+
+    fn revoked(&self) -> bool {
+        self.identity
+            .as_ref()
+            .is_some_and(|identity| self.dialect.auth.revoked(identity))
+    }
 }
 
 impl BlackholeSession {
@@ -242,7 +260,22 @@ impl BlackholeSession {
                     return answer.error(&[errors::TOKEN_FORMAT]);
                 };
                 match self.dialect.auth.authenticate(token, SystemTime::now()) {
-                    Ok(identity) => self.adopt(identity, subscriptions),
+                    Ok(identity) => {
+                        // The socket counts for its identity's account: a token of another
+                        // account needs a place in that account's count first.
+                        let counted = self.slot.as_ref().and_then(AccountSlot::account);
+                        if self.slot.is_none() || counted.is_some_and(|a| a != identity.account_id)
+                        {
+                            match self.dialect.accounts.claim(&identity.account_id) {
+                                Some(slot) => self.slot = Some(slot),
+                                None => {
+                                    AccountConnections::refused(false);
+                                    return answer.error(&[ACCOUNT_LIMIT]);
+                                }
+                            }
+                        }
+                        self.adopt(identity, subscriptions)
+                    }
                     Err(AuthError::Format) => return answer.error(&[errors::TOKEN_FORMAT]),
                     Err(AuthError::Failed) => return answer.error(&[errors::TOKEN_FAILED]),
                     Err(AuthError::Expired) => {

@@ -26,6 +26,96 @@ pub use voipbin::Voipbin;
 /// The WebSocket path of the VoIPBin dialect.
 pub const VOIPBIN_PATH: &str = "/v1.0/ws";
 
+/// The error of PROTOCOLS section 10 (Kazoo's `bh_limit`): at the upgrade (HTTP 429) or in
+/// the reply to the command that first names the account.
+pub const ACCOUNT_LIMIT: &str = "account connections limit";
+
+/// Refusals for `max_connections_per_account`, since the process started: at the upgrade and at
+/// a command (one node per process).
+pub static ACCOUNT_LIMIT_REFUSALS: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// Sockets per account on this node (`max_connections_per_account`; Kazoo's `bh_limit`),
+/// shared by both dialects. A socket holds an [`AccountSlot`] for its identity's account; the
+/// slot is given back when the session ends or moves to another account.
+pub struct AccountConnections {
+    limit: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One socket's place in its account's count (nothing is counted without a limit).
+pub struct AccountSlot {
+    owner: Option<(Arc<AccountConnections>, String)>,
+}
+
+impl AccountSlot {
+    /// The account this slot counts for (`None`: no limit is configured).
+    pub fn account(&self) -> Option<&str> {
+        self.owner.as_ref().map(|(_, account)| account.as_str())
+    }
+}
+
+impl AccountConnections {
+    pub fn new(limit: usize) -> Arc<AccountConnections> {
+        Arc::new(AccountConnections {
+            limit,
+            counts: Default::default(),
+        })
+    }
+
+    /// A slot for one more socket of `account`, or `None` when it holds `limit` already.
+    pub fn claim(self: &Arc<Self>, account: &str) -> Option<AccountSlot> {
+        if self.limit == 0 {
+            return Some(AccountSlot { owner: None });
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(account.to_string()).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AccountSlot {
+            owner: Some((self.clone(), account.to_string())),
+        })
+    }
+
+    /// Counts a refusal: `at_upgrade`, or at a command.
+    pub fn refused(at_upgrade: bool) {
+        ACCOUNT_LIMIT_REFUSALS[usize::from(!at_upgrade)]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        let Some((owner, account)) = self.owner.take() else {
+            return;
+        };
+        let mut counts = owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&account) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&account);
+            }
+        }
+    }
+}
+
+/// The JSON body of a refused upgrade: `{"status":"error","data":{"errors":[why]}}`.
+pub(crate) fn refusal(status: u16, why: &str) -> HttpRefusal {
+    let mut body = Vec::new();
+    body.extend_from_slice(b"{\"status\":\"error\",\"data\":{\"errors\":[");
+    crate::json::write_str(&mut body, why);
+    body.extend_from_slice(b"]}}");
+    HttpRefusal {
+        status,
+        content_type: "application/json",
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
 /// Picks the dialect by path: VoIPBin on `/v1.0/ws`, Kazoo's blackhole everywhere else.
 pub struct Dialects {
     pub blackhole: Arc<Blackhole>,
@@ -39,9 +129,11 @@ impl Dialects {
         source: Arc<dyn crate::ingest::EventSource>,
         limits: BlackholeLimits,
     ) -> Dialects {
+        let blackhole = Blackhole::new(auth.clone(), source.clone(), limits.clone());
+        let voipbin = Voipbin::new(auth, source, limits, blackhole.accounts.clone());
         Dialects {
-            blackhole: Arc::new(Blackhole::new(auth.clone(), source.clone(), limits.clone())),
-            voipbin: Arc::new(Voipbin::new(auth, source, limits)),
+            blackhole: Arc::new(blackhole),
+            voipbin: Arc::new(voipbin),
         }
     }
 }

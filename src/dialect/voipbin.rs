@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::{remaining, BlackholeLimits, Sequencer, TokenBucket};
+use super::{remaining, AccountConnections, AccountSlot, BlackholeLimits, Sequencer, TokenBucket};
 use crate::auth::{Auth, Identity, Permissions};
 use crate::binding::{validate_pattern, Separator};
 use crate::families::voipbin::{Scope, Topic};
@@ -35,6 +35,8 @@ pub struct Voipbin {
     auth: Arc<Auth>,
     source: Arc<dyn EventSource>,
     limits: BlackholeLimits,
+    /// Sockets per account on this node, shared with the blackhole dialect.
+    accounts: Arc<AccountConnections>,
 }
 
 /// The messages of error frames.
@@ -49,11 +51,17 @@ mod errors {
 }
 
 impl Voipbin {
-    pub fn new(auth: Arc<Auth>, source: Arc<dyn EventSource>, limits: BlackholeLimits) -> Voipbin {
+    pub fn new(
+        auth: Arc<Auth>,
+        source: Arc<dyn EventSource>,
+        limits: BlackholeLimits,
+        accounts: Arc<AccountConnections>,
+    ) -> Voipbin {
         Voipbin {
             auth,
             source,
             limits,
+            accounts,
         }
     }
 
@@ -84,9 +92,14 @@ impl Voipbin {
                 &request_id,
             )
         })?;
+        let Some(slot) = self.accounts.claim(&identity.account_id) else {
+            AccountConnections::refused(true);
+            return Err(super::refusal(429, super::ACCOUNT_LIMIT));
+        };
         Ok(Box::new(VoipbinSession {
             dialect: self.clone(),
             identity,
+            _slot: slot,
             topics: Vec::new(),
             bucket: TokenBucket::new(self.limits.rate_burst, self.limits.rate_per_sec),
             sequencer: Sequencer::default(),
@@ -203,6 +216,8 @@ struct Subscribed {
 pub struct VoipbinSession {
     dialect: Arc<Voipbin>,
     identity: Identity,
+    /// The socket's place in its account's count, given back when the session ends.
+    _slot: AccountSlot,
     topics: Vec<Subscribed>,
     bucket: TokenBucket,
     sequencer: Sequencer,
@@ -250,6 +265,10 @@ impl Session for VoipbinSession {
 
     fn lag_notice(&self, skipped: u64) -> Option<String> {
         Some(format!("{{\"type\":\"lagged\",\"skipped\":{skipped}}}"))
+    }
+
+    fn revoked(&self) -> bool {
+        self.dialect.auth.revoked(&self.identity)
     }
 }
 
@@ -415,6 +434,8 @@ mod tests {
             agent_id: agent.map(str::to_string),
             permissions: Permissions(bits),
             expires_at: None,
+            admin: false,
+            file_credential: None,
         }
     }
 

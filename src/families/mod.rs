@@ -15,6 +15,7 @@
 //! | conference | `conference.event.CONF.CALL`, `conference.event.EVENT.CONF.CALL`, `conference.command.CONF` | `conference`, `conference.event.*.ACCT.*.*` / `conference.command.*` | `conference.event.ACCT.EVENT.CONF.CALL` / `conference.command.ACCT.CONF` |
 //! | fax | `fax.status.FAX_ID`, `fax.object.ACTION` | `faxes`, `fax.status.ACCT.*` / as object | `fax.status.ACCT.FAX_ID` / as object |
 //! | presence | `presence.KIND.ID` | `presence`, `KIND.REALM.*` | `presence.REALM.KIND.ID` |
+//! | registration | `registration.success` | `registrar`, `registration.success.REALM.*` | `registration.success.REALM.USERNAME` |
 
 mod encoding;
 mod normalize;
@@ -52,6 +53,10 @@ pub const EXCHANGES: &[Exchange] = &[
     },
     Exchange {
         name: "presence",
+        durable: false,
+    },
+    Exchange {
+        name: "registrar",
         durable: false,
     },
     Exchange {
@@ -142,6 +147,19 @@ pub enum ResolveError {
     /// A raw object binding naming another account's database.
     #[error("unauthorized account id")]
     Unauthorized,
+    /// Registrations are per SIP realm, and the account has none (`bh_registration` fetches it).
+    #[error("account has no realm")]
+    NoRealm,
+}
+
+/// The realm segment of `account`'s presence and registration keys: `*` for every account, the
+/// account's realm lower-cased and encoded, or `None` when it has none.
+fn realm_segment(account: &str, realm: Option<&str>) -> Option<String> {
+    match (account, realm) {
+        ("*", _) => Some("*".to_string()),
+        (_, Some(realm)) => Some(encode_segment(&realm.to_ascii_lowercase())),
+        (_, None) => None,
+    }
 }
 
 fn invalid(family: &'static str, keys: &[&str]) -> ResolveError {
@@ -152,7 +170,8 @@ fn invalid(family: &'static str, keys: &[&str]) -> ResolveError {
 }
 
 /// Resolves `binding` for `account` (an account id, or `*` for every account); `realm` is the
-/// account's SIP realm, for presence (`None`: the account has none, and presence cannot match).
+/// account's SIP realm, for presence and registrations (`None`: the account has none: presence
+/// cannot match, and a registration subscription is refused).
 ///
 /// `account` must already be authorized and valid as a segment (see [`valid_account_id`]).
 pub fn resolve(
@@ -247,15 +266,23 @@ pub fn resolve(
                 return Err(ResolveError::EventNotSupported((*kind).to_string()));
             }
             let id = id_segment(id, "presence", &keys)?;
-            let realm = match (account, realm) {
-                ("*", _) => "*".to_string(),
-                (_, Some(realm)) => encode_segment(&realm.to_ascii_lowercase()),
-                // Without a realm no presence event can be this account's: nothing to bind.
-                (_, None) => return Err(ResolveError::NoSubscription),
-            };
+            // Without a realm no presence event can be this account's: nothing to bind.
+            let realm = realm_segment(account, realm).ok_or(ResolveError::NoSubscription)?;
             Ok(Resolved {
                 internal_pattern: format!("presence.{realm}.{kind}.{id}"),
                 amqp: one("presence", format!("{kind}.{realm}.*")),
+            })
+        }
+        // `bh_registration`: exactly `registration.success`, for the account's realm.
+        "registration" => {
+            let keys: Vec<&str> = rest.split('.').collect();
+            if keys != ["success"] {
+                return Err(invalid("registration", &keys));
+            }
+            let realm = realm_segment(account, realm).ok_or(ResolveError::NoRealm)?;
+            Ok(Resolved {
+                internal_pattern: format!("registration.success.{realm}.*"),
+                amqp: one("registrar", format!("registration.success.{realm}.*")),
             })
         }
         // The seed docs' raw object form: `{ACTION}.{* or DB}.{TYPE or *}.{ID or *}`.
@@ -426,6 +453,10 @@ pub fn catalog() -> Vec<CatalogEntry> {
             family: "presence",
             bindings: presence,
         },
+        CatalogEntry {
+            family: "registration",
+            bindings: vec!["registration.success".to_string()],
+        },
     ]
 }
 
@@ -505,6 +536,33 @@ mod tests {
         let r = resolve("conference.command.c1", "acct-a").expect("command");
         assert_eq!(r.internal_pattern, "conference.command.acct-a.c1");
         assert_eq!(r.amqp, [amqp("conference", "conference.command.*")]);
+
+        // Registrations: exactly `registration.success`, for the account's realm.
+        let r = resolve("registration.success", "acct-a").expect("registrations");
+        assert_eq!(
+            r.internal_pattern,
+            "registration.success.a%2Esip%2Eexample%2Ecom.*"
+        );
+        assert_eq!(
+            r.amqp,
+            [amqp(
+                "registrar",
+                "registration.success.a%2Esip%2Eexample%2Ecom.*"
+            )]
+        );
+        for bad in ["registration.success.1000", "registration.failure"] {
+            let err = resolve(bad, "acct-a").unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid format for registration subscription : "),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            super::resolve("registration.success", "acct-a", None)
+                .unwrap_err()
+                .to_string(),
+            "account has no realm"
+        );
 
         let r = resolve("fax.status.*", "acct-a").expect("fax status");
         assert_eq!(r.internal_pattern, "fax.status.acct-a.*");

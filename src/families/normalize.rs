@@ -243,6 +243,23 @@ impl Normalizer {
                 let key = format!("presence.{realm}.{kind}.{}", canonical(id)?);
                 (key, realm, event_name().unwrap_or(kind))
             }
+            // kapi_registration: `registration.success.{REALM}.{USERNAME}` on `registrar`, both
+            // amqp-encoded. The account is the realm's, as for presence.
+            "registrar" => {
+                let ["registration", "success", realm, username] = segments.as_slice() else {
+                    return Err(Skip::MalformedRoutingKey);
+                };
+                let name = event_name()?;
+                if name != "reg_success" {
+                    return Err(Skip::UnsupportedEvent);
+                }
+                let realm = encode_segment(&decode_segment(realm).to_ascii_lowercase());
+                if realm.is_empty() {
+                    return Err(Skip::MalformedRoutingKey);
+                }
+                let key = format!("registration.success.{realm}.{}", canonical(username)?);
+                (key, realm, name)
+            }
             _ => return Err(Skip::UnknownExchange),
         };
 

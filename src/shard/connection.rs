@@ -33,6 +33,7 @@ use super::context::ShardContext;
 use super::control::Counters;
 use super::executor;
 use super::io::{self, Flushed};
+use super::limits::TOO_FAST;
 use super::outbound::Outbound;
 use super::poller::{Ready, Token};
 use super::session::{Reply, Session};
@@ -675,6 +676,18 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
         }
     };
     let refusal = conn.borrow().refusal;
+    if refusal == TOO_FAST {
+        // A reconnect storm: come back in a second or so (jittered by the client's own retry).
+        Counters::add(&shard.counters.handshakes_connect_rate, 1);
+        let answer = handshake::refuse_with(
+            503,
+            "text/plain; charset=utf-8",
+            "too many new connections on this node; retry\n",
+            "Retry-After: 1\r\n",
+        );
+        conn.borrow_mut().outbound.push_control(Bytes::from(answer));
+        return Next::FlushAndEnd;
+    }
     if refusal != 0 {
         let (counter, body) = if refusal == 429 {
             (

@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 
 use crate::fanout::RingStats;
@@ -61,6 +61,10 @@ pub struct ShardStats {
     pub handshakes_tls_failed: u64,
     /// Connections closed for their PROXY header: from an untrusted peer, malformed or too long.
     pub handshakes_proxy_refused: u64,
+    /// Upgrades answered 503 + `Retry-After` for `max_connects_per_sec`.
+    pub handshakes_connect_rate: u64,
+    /// Sockets closed with 1001 by a drain.
+    pub drain_closed: u64,
     /// Upgrades refused with 429: `max_connections_per_ip`.
     pub handshakes_limited_address: u64,
     /// Upgrades refused with 503: `max_connections`.
@@ -81,6 +85,12 @@ pub struct ShardStats {
 pub(crate) enum Control {
     Sockets(mpsc::Sender<Vec<SocketInfo>>),
     Stats(mpsc::Sender<ShardStats>),
+    /// Close every socket whose session's credential is revoked (4001 `token revoked`); the
+    /// answer is how many.
+    Revalidate(mpsc::Sender<usize>),
+    /// Close these sockets (gateway instance, socket id) with 4003 `closed by administrator`;
+    /// the answer is the ids this shard closed (a socket already closing is not closed again).
+    Close(Arc<Vec<(u64, u64)>>, mpsc::Sender<Vec<u64>>),
 }
 
 /// The shard-local counters behind [`ShardStats`] (single-threaded: plain cells).
@@ -95,6 +105,8 @@ pub(crate) struct Counters {
     pub handshakes_refused: Cell<u64>,
     pub handshakes_tls_failed: Cell<u64>,
     pub handshakes_proxy_refused: Cell<u64>,
+    pub handshakes_connect_rate: Cell<u64>,
+    pub drain_closed: Cell<u64>,
     pub handshakes_limited_address: Cell<u64>,
     pub handshakes_limited_node: Cell<u64>,
     pub closed_blocked: Cell<u64>,

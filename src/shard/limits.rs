@@ -7,6 +7,10 @@
 //! accept, handshake included, so that a client cannot hold more sockets half-open than open. One
 //! over a limit is not counted: it is still read up to its upgrade request (bounded in size and
 //! time like any handshake) and answered `429` (per address) or `503` (node), then closed.
+//!
+//! `max_connects_per_sec` caps how fast the node takes new connections (a reconnect storm after
+//! another node's drain or death): a one-second window shared by the shards; past it the upgrade
+//! is answered `503` with `Retry-After`, and the connection is not counted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,7 +26,14 @@ pub enum Admission {
     TooManyFromAddress,
     /// The node holds `max_connections` already: `503`.
     TooMany,
+    /// The node took `max_connects_per_sec` new connections this second: `503` with
+    /// `Retry-After`.
+    TooFast,
 }
+
+/// [`Admission::status`] of [`Admission::TooFast`]: not an HTTP status, so that the upgrade can
+/// tell it from the node limit (both are answered `503`).
+pub const TOO_FAST: u16 = 2;
 
 impl Admission {
     /// The HTTP status the upgrade is refused with (0 when admitted).
@@ -31,6 +42,7 @@ impl Admission {
             Admission::Admitted => 0,
             Admission::TooManyFromAddress => 429,
             Admission::TooMany => 503,
+            Admission::TooFast => TOO_FAST,
         }
     }
 }
@@ -41,6 +53,10 @@ pub struct ConnectionLimits {
     per_address: usize,
     total: AtomicUsize,
     by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// `max_connects_per_sec` (0: none), and the window: (second since `epoch`, taken in it).
+    per_second: usize,
+    window: Mutex<(u64, usize)>,
+    epoch: Option<std::time::Instant>,
 }
 
 impl ConnectionLimits {
@@ -52,8 +68,35 @@ impl ConnectionLimits {
         }
     }
 
+    /// These limits, and at most `per_second` new connections a second (0: no limit).
+    pub fn with_rate(mut self, per_second: usize) -> ConnectionLimits {
+        self.per_second = per_second;
+        self.epoch = Some(std::time::Instant::now());
+        self
+    }
+
+    /// Whether one more connection fits this second's window.
+    fn within_rate(&self) -> bool {
+        let Some(epoch) = self.epoch.filter(|_| self.per_second != 0) else {
+            return true;
+        };
+        let second = epoch.elapsed().as_secs();
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if window.0 != second {
+            *window = (second, 0);
+        }
+        if window.1 >= self.per_second {
+            return false;
+        }
+        window.1 += 1;
+        true
+    }
+
     /// Counts a new connection from `address`, unless a limit says no.
     pub fn admit(&self, address: IpAddr) -> Admission {
+        if !self.within_rate() {
+            return Admission::TooFast;
+        }
         let total = self.total.fetch_add(1, Ordering::AcqRel);
         if self.max != 0 && total >= self.max {
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -95,6 +138,18 @@ impl ConnectionLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connect_rate_is_a_window_per_second() {
+        let limits = ConnectionLimits::new(0, 0).with_rate(3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(limits.admit(a), Admission::Admitted);
+        }
+        assert_eq!(limits.admit(a), Admission::TooFast);
+        assert_eq!(Admission::TooFast.status(), TOO_FAST);
+        assert_eq!(limits.current(), 3, "a refusal is not counted");
+    }
 
     #[test]
     fn limits_count_per_address_and_per_node_and_give_back() {

@@ -9,7 +9,7 @@
 //! shard stop accepting, send close 1001 `going away` to its sockets, give them
 //! `shutdown_grace` to answer and drain, cut whatever is left, and exit; `join` waits for that.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 
 use super::backend::{Driver, IoBackend, SocketIo};
+use super::conn::Conn;
 use super::connection;
 use super::context::ShardContext;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
@@ -133,10 +134,10 @@ impl Gateway {
                 control: Vec::new(),
             }),
         };
-        let limits = Arc::new(ConnectionLimits::new(
-            config.max_connections,
-            config.max_connections_per_ip,
-        ));
+        let limits = Arc::new(
+            ConnectionLimits::new(config.max_connections, config.max_connections_per_ip)
+                .with_rate(config.max_connects_per_sec),
+        );
         let instance = u64::from_str_radix(&crate::ids::random_hex(8), 16).unwrap_or_default();
         let mut producers = Vec::with_capacity(shards);
         for index in 0..shards {
@@ -621,6 +622,33 @@ async fn answer_control(
                         .collect();
                     let _ = reply.send(list);
                 }
+                Control::Revalidate(reply) => {
+                    let mut closed = 0;
+                    for socket in shard.sockets.borrow().iter() {
+                        if socket.input.session.as_ref().is_some_and(|s| s.revoked()) {
+                            let mut conn = socket.conn.borrow_mut();
+                            if !conn.is_closing() {
+                                conn.close_now(CloseCode::TOKEN_EXPIRED, "token revoked");
+                                closed += 1;
+                            }
+                        }
+                    }
+                    let _ = reply.send(closed);
+                }
+                Control::Close(ids, reply) => {
+                    let mut closed = Vec::new();
+                    for socket in shard.sockets.borrow().iter() {
+                        let mut conn = socket.conn.borrow_mut();
+                        if conn.is_upgraded()
+                            && !conn.is_closing()
+                            && ids.contains(&(shard.instance, conn.id))
+                        {
+                            conn.close_now(CloseCode::CLOSED_BY_ADMIN, "closed by administrator");
+                            closed.push(conn.id);
+                        }
+                    }
+                    let _ = reply.send(closed);
+                }
                 Control::Stats(reply) => {
                     let c = &shard.counters;
                     let _ = reply.send(ShardStats {
@@ -641,6 +669,8 @@ async fn answer_control(
                         handshakes_refused: c.handshakes_refused.get(),
                         handshakes_tls_failed: c.handshakes_tls_failed.get(),
                         handshakes_proxy_refused: c.handshakes_proxy_refused.get(),
+                        handshakes_connect_rate: c.handshakes_connect_rate.get(),
+                        drain_closed: c.drain_closed.get(),
                         handshakes_limited_address: c.handshakes_limited_address.get(),
                         handshakes_limited_node: c.handshakes_limited_node.get(),
                         closed_blocked: c.closed_blocked.get(),
@@ -663,18 +693,39 @@ async fn answer_control(
     }
 }
 
-/// Graceful shutdown of one shard: close 1001 to everyone, wait for answers and drains, cut the
-/// rest.
+/// Graceful shutdown of one shard: a handshake in progress is cut; open sockets get close 1001
+/// spread evenly over `drain_spread` (so that their clients do not all reconnect elsewhere in the
+/// same second), then `shutdown_grace` to answer and drain; the rest is cut.
 async fn going_away(shard: &ShardContext) {
-    let deadline = Instant::now() + shard.config.shutdown_grace;
-    for socket in shard.sockets.borrow().iter() {
-        let mut conn = socket.conn.borrow_mut();
-        if conn.is_upgraded() {
+    let open: Vec<Rc<RefCell<Conn>>> = shard
+        .sockets
+        .borrow()
+        .iter()
+        .filter_map(|socket| {
+            let conn = socket.conn.borrow();
+            if conn.is_upgraded() {
+                Some(socket.conn.clone())
+            } else {
+                conn.cut();
+                None
+            }
+        })
+        .collect();
+    let spread = shard.config.drain_spread;
+    let started = Instant::now();
+    for (i, conn) in open.iter().enumerate() {
+        let due = started + spread.mul_f64(i as f64 / open.len() as f64);
+        let now = Instant::now();
+        if due > now + Duration::from_millis(1) {
+            executor::sleep(due - now).await;
+        }
+        let mut conn = conn.borrow_mut();
+        if conn.is_upgraded() && !conn.is_closing() {
             conn.queue_close(CloseCode::GOING_AWAY, "going away");
-        } else {
-            conn.cut();
+            Counters::add(&shard.counters.drain_closed, 1);
         }
     }
+    let deadline = Instant::now() + shard.config.shutdown_grace;
     while !shard.sockets.borrow().is_empty() && Instant::now() < deadline {
         executor::sleep(Duration::from_millis(5)).await;
     }
@@ -708,10 +759,23 @@ impl Registry {
         self.ask(timeout, Control::Stats)
     }
 
+    /// Closes every socket whose credential the last auth reload revoked; how many.
+    pub fn revalidate(&self, timeout: Duration) -> usize {
+        self.ask(timeout, Control::Revalidate).0.into_iter().sum()
+    }
+
+    /// Closes the sockets `(instance, id)` (as [`SocketInfo`] names them) with 4003; the ids of
+    /// those closed (one already closing is not).
+    pub fn close(&self, sockets: Vec<(u64, u64)>, timeout: Duration) -> Vec<u64> {
+        let sockets = Arc::new(sockets);
+        let (answers, _) = self.ask(timeout, |reply| Control::Close(sockets.clone(), reply));
+        answers.into_iter().flatten().collect()
+    }
+
     fn ask<T>(
         &self,
         timeout: Duration,
-        question: fn(mpsc::Sender<T>) -> Control,
+        question: impl Fn(mpsc::Sender<T>) -> Control,
     ) -> (Vec<T>, bool) {
         let (tx, rx) = mpsc::channel();
         let mut asked = 0;

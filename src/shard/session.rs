@@ -66,4 +66,10 @@ pub trait Session {
         let _ = skipped;
         None
     }
+
+    /// Whether the session's credential was revoked (asked after the auth file is reloaded):
+    /// the socket is then closed with 4001 `token revoked`.
+    fn revoked(&self) -> bool {
+        false
+    }
 }

@@ -154,6 +154,11 @@ pub fn accept(request: &Request) -> Vec<u8> {
 
 /// A refusal that closes the connection: `status` with `body` (`content_type` as given).
 pub fn refuse(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    refuse_with(status, content_type, body, "")
+}
+
+/// [`refuse`] with `extra` header lines (each ending in CRLF), e.g. `Retry-After: 1\r\n`.
+pub fn refuse_with(status: u16, content_type: &str, body: &str, extra: &str) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -167,7 +172,7 @@ pub fn refuse(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+         {extra}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

@@ -31,6 +31,8 @@ impl CloseCode {
     pub const INTERNAL: CloseCode = CloseCode(1011);
     /// Horizon: the socket's token expired.
     pub const TOKEN_EXPIRED: CloseCode = CloseCode(4001);
+    /// Closed by an operator (`DELETE /v2/accounts/{A}/websockets[/{ID}]`).
+    pub const CLOSED_BY_ADMIN: CloseCode = CloseCode(4003);
 
     /// Whether a peer may send this code in a close frame (1004-1006 and 1015 are reserved for
     /// reporting, 1016-2999 are unassigned, below 1000 unused).

@@ -132,6 +132,8 @@ impl Node {
                 .ok()
                 .and_then(|value| value.parse().ok())
                 .unwrap_or_default(),
+            // Stopping a node with sockets open is instant (tests/drain.rs measures the spread).
+            drain_spread: Duration::ZERO,
             ..ServeConfig::default()
         };
         let mut limits = BlackholeLimits::default();
@@ -453,6 +455,7 @@ pub async fn declare_kazoo_exchanges(channel: &lapin::Channel) {
         "conference",
         "faxes",
         "presence",
+        "registrar",
     ] {
         channel
             .exchange_declare(

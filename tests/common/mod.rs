@@ -72,6 +72,8 @@ pub fn horizon_command() -> std::process::Command {
     // Webhooks (and their database file in the working directory) only where a test asks for
     // them (tests/common/webhooks.rs).
     command.env("HORIZON_WEBHOOKS_ENABLED", "false");
+    // A node stopped with sockets open closes them at once, unless a test asks for a drain.
+    command.env("HORIZON_DRAIN_SPREAD_SECS", "0");
     // SAFETY: prctl is async-signal-safe and touches only the child being set up.
     unsafe {
         command.pre_exec(|| {
