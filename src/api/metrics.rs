@@ -14,6 +14,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A family of one unlabelled series.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 fn per_shard(
     out: &mut String,
     stats: &[ShardStats],
@@ -178,14 +184,14 @@ pub fn render(
         out,
         "horizon_handshakes_refused_total{{reason=\"connection_limit\"}} {by_node}"
     );
-    family(
+    let drained: u64 = stats.iter().map(|s| s.drain_closed).sum();
+    single(
         &mut out,
         "horizon_drain_closed_total",
         "counter",
         "Sockets closed with 1001 by a drain (spread over drain_spread_secs).",
+        drained,
     );
-    let drained: u64 = stats.iter().map(|s| s.drain_closed).sum();
-    let _ = writeln!(out, "horizon_drain_closed_total {drained}");
     family(
         &mut out,
         "horizon_account_limit_refusals_total",
@@ -203,30 +209,24 @@ pub fn render(
             counter.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
-    family(
+    let blocked: u64 = stats.iter().map(|s| s.closed_blocked).sum();
+    single(
         &mut out,
         "horizon_sockets_closed_blocked_total",
         "counter",
         "Sockets closed with 1008 because their client stopped reading its output.",
+        blocked,
     );
-    let blocked: u64 = stats.iter().map(|s| s.closed_blocked).sum();
-    let _ = writeln!(out, "horizon_sockets_closed_blocked_total {blocked}");
-    family(
+    let paused: usize = stats.iter().map(|s| s.read_paused).sum();
+    single(
         &mut out,
         "horizon_sockets_read_paused",
         "gauge",
         "Sockets not being read because their client does not read its output.",
-    );
-    let paused: usize = stats.iter().map(|s| s.read_paused).sum();
-    let _ = writeln!(out, "horizon_sockets_read_paused {paused}");
-    family(
-        &mut out,
-        "horizon_uring_cq_overflows_total",
-        "counter",
-        "io_uring: shard turns that found the completion queue overflowed (each costs one more enter).",
+        paused,
     );
     let overflows: u64 = stats.iter().map(|s| s.cq_overflows).sum();
-    let _ = writeln!(out, "horizon_uring_cq_overflows_total {overflows}");
+    single(&mut out, "horizon_uring_cq_overflows_total", "counter", "io_uring: shard turns that found the completion queue overflowed (each costs one more enter).", overflows);
     family(
         &mut out,
         "horizon_auth_failures_total",
