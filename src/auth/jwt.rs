@@ -5,15 +5,17 @@
 //!
 //! Expiry: the standard `exp` (seconds), and VoIPBin's own string claim `expire`
 //! (`2026-01-01T15:04:05.000000Z`); with both, the earlier counts.
+//!
+//! The cryptography - HMAC and RSA signatures, the RSA key's PEM - is the `jsonwebtoken` crate's
+//! (on *ring*). Horizon's own rules sit on top: which algorithms a configured key admits, `none`
+//! refused, the token's shape checked before any work, and the claims (both Horizon's and
+//! VoIPBin's shapes) read here, so that every refusal keeps its reason.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use rsa::pkcs1v15::{Signature, VerifyingKey};
-use rsa::signature::Verifier as _;
-use sha2::{Sha256, Sha384, Sha512};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
 use super::{parse_rfc3339, Identity, Permissions};
 use crate::families::valid_account_id;
@@ -40,7 +42,7 @@ pub enum JwtError {
 #[derive(Default)]
 pub struct JwtKeys {
     hs256: Option<Vec<u8>>,
-    rs256: Option<VerifyingKey<Sha256>>,
+    rs256: Option<DecodingKey>,
 }
 
 /// What `horizon token` (and the development token of `serve`) puts in a token.
@@ -65,14 +67,10 @@ impl JwtKeys {
     ) -> Result<JwtKeys, JwtError> {
         let rs256 = match rs256_pem {
             None => None,
-            Some(pem) => {
-                use rsa::pkcs1::DecodeRsaPublicKey as _;
-                use rsa::pkcs8::DecodePublicKey as _;
-                let key = rsa::RsaPublicKey::from_public_key_pem(pem.trim())
-                    .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem.trim()))
-                    .map_err(|e| JwtError::Key(e.to_string()))?;
-                Some(VerifyingKey::<Sha256>::new(key))
-            }
+            Some(pem) => Some(
+                DecodingKey::from_rsa_pem(pem.trim().as_bytes())
+                    .map_err(|e| JwtError::Key(e.to_string()))?,
+            ),
         };
         Ok(JwtKeys {
             hs256: hs256_secret.filter(|s| !s.is_empty()),
@@ -95,30 +93,26 @@ impl JwtKeys {
         };
         let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError::Format);
         let mut header_json = decode(header)?;
-        let signature = decode(signature)?;
+        decode(signature)?;
         let signed = &token.as_bytes()[..header.len() + 1 + payload.len()];
         let alg = {
             let tape = simd_json::to_tape(&mut header_json).map_err(|_| JwtError::Format)?;
             let root = TapeValue::root(&tape.0).ok_or(JwtError::Format)?;
             root.get("alg").and_then(|a| a.as_str()).map(str::to_string)
         };
-        match (alg.as_deref(), &self.hs256, &self.rs256) {
-            (Some("HS256"), Some(secret), _) => {
-                verify_hmac::<Hmac<Sha256>>(secret, signed, &signature)?
-            }
-            (Some("HS384"), Some(secret), _) => {
-                verify_hmac::<Hmac<Sha384>>(secret, signed, &signature)?
-            }
-            (Some("HS512"), Some(secret), _) => {
-                verify_hmac::<Hmac<Sha512>>(secret, signed, &signature)?
-            }
-            (Some("RS256"), _, Some(key)) => {
-                let signature =
-                    Signature::try_from(signature.as_slice()).map_err(|_| JwtError::Signature)?;
-                key.verify(signed, &signature)
-                    .map_err(|_| JwtError::Signature)?;
-            }
+        // Only what a configured key admits: any HMAC with the secret (VoIPBin signs with any),
+        // RS256 with the public key; `none` and everything else never.
+        let secret = self.hs256.as_deref().map(DecodingKey::from_secret);
+        let (algorithm, key) = match (alg.as_deref(), &secret, &self.rs256) {
+            (Some("HS256"), Some(secret), _) => (Algorithm::HS256, secret),
+            (Some("HS384"), Some(secret), _) => (Algorithm::HS384, secret),
+            (Some("HS512"), Some(secret), _) => (Algorithm::HS512, secret),
+            (Some("RS256"), _, Some(key)) => (Algorithm::RS256, key),
             _ => return Err(JwtError::Algorithm),
+        };
+        match jsonwebtoken::crypto::verify(signature, signed, key, algorithm) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Err(JwtError::Signature),
         }
         let mut claims = decode(payload)?;
         let tape = simd_json::to_tape(&mut claims).map_err(|_| JwtError::Claim("payload"))?;
@@ -164,32 +158,12 @@ impl JwtKeys {
         let mut token = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(&payload));
-        let mut mac = hmac_sha256(secret);
-        mac.update(token.as_bytes());
-        let signature = mac.finalize().into_bytes();
+        let key = EncodingKey::from_secret(secret);
+        let signature = jsonwebtoken::crypto::sign(token.as_bytes(), &key, Algorithm::HS256)
+            .map_err(|_| JwtError::Signature)?;
         token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        token.push_str(&signature);
         Ok(token)
-    }
-}
-
-/// Checks an HMAC signature in constant time.
-fn verify_hmac<M: Mac + hmac::digest::KeyInit>(
-    secret: &[u8],
-    signed: &[u8],
-    signature: &[u8],
-) -> Result<(), JwtError> {
-    let mut mac =
-        <M as hmac::digest::KeyInit>::new_from_slice(secret).map_err(|_| JwtError::Signature)?;
-    mac.update(signed);
-    mac.verify_slice(signature).map_err(|_| JwtError::Signature)
-}
-
-fn hmac_sha256(secret: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC accepts keys of every length"),
     }
 }
 
@@ -281,6 +255,9 @@ fn identity_from_claims(root: TapeValue<'_, '_>) -> Result<Identity, JwtError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Test tokens are signed with other crates than the one that verifies them.
+    use hmac::{Hmac, Mac};
+    use sha2::{Sha256, Sha384, Sha512};
 
     fn keys() -> JwtKeys {
         JwtKeys::new(Some(b"s3cret".to_vec()), Some(TEST_RSA_PUBLIC)).expect("valid keys")
@@ -297,11 +274,7 @@ mod tests {
     }
 
     fn hs256(secret: &'static [u8]) -> impl Fn(&[u8]) -> Vec<u8> {
-        move |msg| {
-            let mut mac = hmac_sha256(secret);
-            mac.update(msg);
-            mac.finalize().into_bytes().to_vec()
-        }
+        hmac_with::<Hmac<Sha256>>(secret)
     }
 
     fn hmac_with<M: Mac + hmac::digest::KeyInit>(
@@ -465,11 +438,11 @@ mod tests {
 
     #[test]
     fn verifies_rs256() {
-        use rsa::pkcs8::DecodePrivateKey as _;
-        use rsa::signature::{SignatureEncoding as _, Signer as _};
-        let private = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_RSA_PRIVATE).expect("test key");
-        let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(private);
-        let sign = |msg: &[u8]| signer.sign(msg).to_vec();
+        let private = EncodingKey::from_rsa_pem(TEST_RSA_PRIVATE.as_bytes()).expect("test key");
+        let sign = |msg: &[u8]| {
+            let signature = jsonwebtoken::crypto::sign(msg, &private, Algorithm::RS256).unwrap();
+            URL_SAFE_NO_PAD.decode(signature).unwrap()
+        };
         let keys = keys();
         let token = forge(
             r#"{"alg":"RS256"}"#,
@@ -478,6 +451,12 @@ mod tests {
         );
         let id = keys.verify(&token).expect("valid RS256");
         assert!(id.superduper_admin);
+        // Signed by `openssl dgst -sha256 -sign testdata/rs256-private.pem`, not by the crate
+        // that verifies it.
+        let id = keys
+            .verify(include_str!("testdata/rs256-openssl.jwt").trim())
+            .expect("an RS256 token signed by openssl");
+        assert_eq!((id.account_id.as_str(), id.publish), ("acct-openssl", true));
         let forged = forge(
             r#"{"alg":"RS256"}"#,
             r#"{"account_id":"acct-a"}"#,
