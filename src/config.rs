@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::log::LogFormat;
 use crate::shard::{IoBackend, SlowConsumerPolicy};
 
 /// Everything `serve` needs.
@@ -122,25 +123,6 @@ pub struct ServeConfig {
     /// The log filter (`None`: `RUST_LOG`, else `info`).
     pub log_level: Option<String>,
     pub log_format: LogFormat,
-}
-
-/// How log records are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// One human-readable line per record.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
 }
 
 /// The first line of a (clap) error message, without its `error: ` prefix.
