@@ -471,14 +471,7 @@ pub fn config_args() -> Vec<clap::Arg> {
     for key in OPTIONS {
         let default = match key.name {
             "shards" => format!("online CPUs, {} here", defaults.shards),
-            "node" => "<host name>-<random>".to_string(),
-            "amqp_url" => "none: the embedded bus".to_string(),
-            "trusted_proxies" => "none".to_string(),
-            "cluster_secret" => "derived from jwt_hs256_secret".to_string(),
-            "log_level" => "RUST_LOG, else info".to_string(),
-            name => defaults
-                .value_text(name)
-                .unwrap_or_else(|| "none".to_string()),
+            name => default_text(name, &defaults),
         };
         let flag = key.name.replace('_', "-");
         let mut arg = clap::Arg::new(key.name)
@@ -495,6 +488,55 @@ pub fn config_args() -> Vec<clap::Arg> {
         args.push(arg);
     }
     args
+}
+
+/// What key `name` is when nothing sets it, in words where the value is not a constant.
+fn default_text(name: &str, defaults: &ServeConfig) -> String {
+    match name {
+        "shards" => "online CPUs".to_string(),
+        "node" => "<host name>-<random>".to_string(),
+        "amqp_url" => "none: the embedded bus".to_string(),
+        "trusted_proxies" => "none".to_string(),
+        "cluster_secret" => "derived from jwt_hs256_secret".to_string(),
+        "log_level" => "RUST_LOG, else info".to_string(),
+        name => defaults
+            .value_text(name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "none".to_string()),
+    }
+}
+
+/// `docs/configuration.md`: every key of [`OPTIONS`] with its flag, environment variable,
+/// default and meaning. Generated, never edited: `tests/configuration_doc.rs` fails when the file
+/// drifts from this (and rewrites it with `HORIZON_BLESS=1`).
+pub fn reference_markdown() -> String {
+    let defaults = ServeConfig::default();
+    let mut out = String::from(
+        "# Configuration\n\n\
+         <!-- Generated from the key table in src/config.rs (`horizon::config::reference_markdown`);\n\
+         do not edit: `HORIZON_BLESS=1 cargo test --test configuration_doc` rewrites it. -->\n\n\
+         Every key can be given three ways, and the first that says something wins: a flag\n\
+         (`--ws-listen 0.0.0.0:5555`), an environment variable (`HORIZON_WS_LISTEN`), or a line of\n\
+         the flat TOML file named by `--config FILE` (or `HORIZON_CONFIG`). A list may be\n\
+         comma-separated anywhere, or a TOML list in the file. `horizon check-config` prints the\n\
+         effective configuration and where each value came from; `horizon serve --help` prints\n\
+         this table's meanings too. A bad value is refused at start with exit code 2, and the\n\
+         message names the key.\n\n\
+         | key | flag | variable | default | meaning |\n\
+         | --- | --- | --- | --- | --- |\n",
+    );
+    for key in OPTIONS {
+        let cell = |text: &str| text.replace('|', "\\|");
+        out.push_str(&format!(
+            "| `{}` | `--{}` | `HORIZON_{}` | {} | {} |\n",
+            key.name,
+            key.name.replace('_', "-"),
+            key.name.to_ascii_uppercase(),
+            cell(&default_text(key.name, &defaults)),
+            cell(key.help)
+        ));
+    }
+    out
 }
 
 /// The `(key, value)` pairs given on the command line (key in file spelling; `config` too).
