@@ -16,6 +16,10 @@ fn docs_configuration_md_is_the_key_table() {
          HORIZON_BLESS=1 cargo test --test configuration_doc"
     );
     for key in horizon::config::OPTIONS {
-        assert!(have.contains(&format!("| `{}` |", key.name)), "{}", key.name);
+        assert!(
+            have.contains(&format!("| `{}` |", key.name)),
+            "{}",
+            key.name
+        );
     }
 }
