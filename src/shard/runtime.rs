@@ -6,10 +6,13 @@
 //! wait, `io_uring_enter` on its ring or `epoll_wait` on its set, is the thread's only one.
 //!
 //! Lives and dies with [`Gateway`]: `start` returns once every shard listens; `shutdown` makes each
-//! shard stop accepting, send close 1001 `going away` to its sockets, give them
-//! `shutdown_grace` to answer and drain, cut whatever is left, and exit; `join` waits for that.
+//! shard stop accepting, close its sockets with 1001 `going away` spread over `drain_spread`, give
+//! them `shutdown_grace` to answer and drain, cut whatever is left, and exit; `join` waits for
+//! that. Owns the threads, the listeners and the delivery loop; the keepalive sweep and the
+//! graceful end are in `lifecycle.rs`, the control plane's questions and answers in
+//! `registry.rs`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -24,20 +27,20 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 
 use super::backend::{Driver, IoBackend, SocketIo};
-use super::conn::Conn;
 use super::connection;
 use super::context::ShardContext;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
 use super::executor::{self, Executor};
+use super::lifecycle::{going_away, keepalive};
 use super::limits::ConnectionLimits;
 use super::poller::Poller;
+use super::registry::{answer_control, Registry};
 use super::session::SessionFactory;
 use super::turn::Turn;
 use super::uring::Uring;
 use crate::config::ServeConfig;
-use crate::fanout::{self, Consumer, Event, Producer, Publisher, Recv};
+use crate::fanout::{self, Consumer, Event, Publisher, Recv};
 use crate::tls::ServerTls;
-use crate::ws::CloseCode;
 
 const LISTEN_BACKLOG: i32 = 4096;
 /// Events that may wait in one shard's ring before the publisher waits.
@@ -60,12 +63,6 @@ pub struct Gateway {
     publisher: Option<Publisher>,
     /// One control ring per shard (see `control.rs`).
     registry: Option<Registry>,
-}
-
-/// The control plane's handle on the shards: asks each one by message through its control ring.
-/// One owner at a time (the rings are single-producer); `Send`, so the API thread can hold it.
-pub struct Registry {
-    control: Vec<Producer<Control>>,
 }
 
 /// The cross-thread shutdown signal: a flag plus one waker per shard.
@@ -246,52 +243,6 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop.request();
-    }
-}
-
-/// The shard's keepalive sweep: every second, pings each socket whose last ping is
-/// `ping_interval` old, closes (1008 `output blocked`) each one whose reading has been paused for
-/// `blocked_close`, closes (1001 `idle timeout`) each one not heard from for `idle_timeout`,
-/// and cuts a closing socket that stays silent that long (its close frame may sit behind output
-/// the client never reads). One timer per shard instead of one per socket (a timer per socket would
-/// cost more than an idle socket's whole budget); the walk costs ~10 ns per socket.
-/// The clock counts whole seconds, so "silent for more than `idle_timeout` clock seconds" means
-/// between the timeout and the timeout plus two seconds of real silence: never early.
-async fn keepalive(shard: Rc<ShardContext>) {
-    let ping_every = shard.config.ping_interval.as_secs().max(1) as u32;
-    let idle_after = shard.config.idle_timeout.as_secs().max(1) as u32;
-    let blocked_after = shard.config.blocked_close.as_secs().max(1) as u32;
-    let ping = bytes::Bytes::from(crate::ws::frame::encode::ping(b""));
-    loop {
-        executor::sleep(Duration::from_secs(1)).await;
-        let now = shard.clock();
-        for socket in shard.sockets.borrow().iter() {
-            let mut conn = socket.conn.borrow_mut();
-            if connection::handshake_overdue(&conn, now) {
-                continue;
-            }
-            if conn.is_closing() {
-                // Its close frame is queued behind output the client never reads: once it has
-                // been silent for the idle timeout too, give up on the close handshake.
-                if now.saturating_sub(conn.last_heard) > idle_after {
-                    conn.cut();
-                }
-                continue;
-            }
-            if conn.is_read_paused() && now.saturating_sub(conn.last_heard) > blocked_after {
-                // It sends but has not read its output for `blocked_close`: it was not read
-                // since (so `last_heard` is when it stopped reading, near enough).
-                conn.close_blocked();
-                Counters::add(&shard.counters.closed_blocked, 1);
-            } else if conn.expires_at != 0 && now >= conn.expires_at {
-                conn.close_now(CloseCode::TOKEN_EXPIRED, "token expired");
-            } else if now.saturating_sub(conn.last_heard) > idle_after {
-                conn.close_now(CloseCode::GOING_AWAY, "idle timeout");
-            } else if now.saturating_sub(conn.last_ping) >= ping_every {
-                conn.last_ping = now;
-                conn.queue(ping.clone());
-            }
-        }
     }
 }
 
@@ -585,215 +536,5 @@ async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
         // One batch per turn: the turn submits the batch's sends (io_uring: in one enter) and
         // reads the sockets' input before the next batch, however fast events arrive.
         executor::yield_now().await;
-    }
-}
-
-/// Answers the control plane's questions about this shard.
-async fn answer_control(
-    shard: Rc<ShardContext>,
-    control: Consumer<Control>,
-    ring: fanout::StatsHandle,
-) {
-    let mut questions = Vec::new();
-    while control.recv_batch(&mut questions, 16).await != Recv::Closed {
-        for question in questions.drain(..) {
-            match question {
-                Control::Sockets(reply) => {
-                    let table = shard.bindings.borrow();
-                    let sockets = shard.sockets.borrow();
-                    let list = sockets
-                        .iter()
-                        .map(|socket| socket.conn.borrow())
-                        .filter(|conn| conn.is_upgraded())
-                        .map(|conn| {
-                            let labels = conn.labels.as_deref();
-                            SocketInfo {
-                                instance: shard.instance,
-                                id: conn.id,
-                                shard: shard.index,
-                                peer: conn.peer,
-                                connected_at: shard.wall_time(conn.opened),
-                                bindings: table.list(&conn),
-                                name: labels.and_then(|l| l.name.clone()),
-                                metadata: labels.and_then(|l| l.metadata.clone()),
-                                filed: labels.map(|l| l.filed.clone()).unwrap_or_default(),
-                            }
-                        })
-                        .collect();
-                    let _ = reply.send(list);
-                }
-                Control::Revalidate(reply) => {
-                    let mut closed = 0;
-                    for socket in shard.sockets.borrow().iter() {
-                        if socket.input.session.as_ref().is_some_and(|s| s.revoked()) {
-                            let mut conn = socket.conn.borrow_mut();
-                            if !conn.is_closing() {
-                                conn.close_now(CloseCode::TOKEN_EXPIRED, "token revoked");
-                                closed += 1;
-                            }
-                        }
-                    }
-                    let _ = reply.send(closed);
-                }
-                Control::Close(ids, reply) => {
-                    let mut closed = Vec::new();
-                    for socket in shard.sockets.borrow().iter() {
-                        let mut conn = socket.conn.borrow_mut();
-                        if conn.is_upgraded()
-                            && !conn.is_closing()
-                            && ids.contains(&(shard.instance, conn.id))
-                        {
-                            conn.close_now(CloseCode::CLOSED_BY_ADMIN, "closed by administrator");
-                            closed.push(conn.id);
-                        }
-                    }
-                    let _ = reply.send(closed);
-                }
-                Control::Stats(reply) => {
-                    let c = &shard.counters;
-                    let _ = reply.send(ShardStats {
-                        shard: shard.index,
-                        connections: shard
-                            .sockets
-                            .borrow()
-                            .iter()
-                            .filter(|socket| socket.conn.borrow().is_upgraded())
-                            .count(),
-                        bindings: shard.bindings.borrow().len(),
-                        events: c.events.get(),
-                        frames_encoded: c.frames_encoded.get(),
-                        deliveries: c.deliveries.get(),
-                        dropped: c.dropped.get(),
-                        closed_slow: c.closed_slow.get(),
-                        handshakes_invalid: c.handshakes_invalid.get(),
-                        handshakes_refused: c.handshakes_refused.get(),
-                        handshakes_tls_failed: c.handshakes_tls_failed.get(),
-                        handshakes_proxy_refused: c.handshakes_proxy_refused.get(),
-                        handshakes_connect_rate: c.handshakes_connect_rate.get(),
-                        drain_closed: c.drain_closed.get(),
-                        handshakes_limited_address: c.handshakes_limited_address.get(),
-                        handshakes_limited_node: c.handshakes_limited_node.get(),
-                        closed_blocked: c.closed_blocked.get(),
-                        read_paused: shard
-                            .sockets
-                            .borrow()
-                            .iter()
-                            .filter(|socket| socket.conn.borrow().is_read_paused())
-                            .count(),
-                        cq_overflows: match &shard.io {
-                            SocketIo::Uring(uring) => uring.overflows(),
-                            SocketIo::Epoll(_) => 0,
-                        },
-                        ring: ring.stats(),
-                        delivery_latency: c.delivery_latency.borrow().clone(),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Graceful shutdown of one shard: a handshake in progress is cut; open sockets get close 1001
-/// spread evenly over `drain_spread` (so that their clients do not all reconnect elsewhere in the
-/// same second), then `shutdown_grace` to answer and drain; the rest is cut.
-async fn going_away(shard: &ShardContext) {
-    let open: Vec<Rc<RefCell<Conn>>> = shard
-        .sockets
-        .borrow()
-        .iter()
-        .filter_map(|socket| {
-            let conn = socket.conn.borrow();
-            if conn.is_upgraded() {
-                Some(socket.conn.clone())
-            } else {
-                conn.cut();
-                None
-            }
-        })
-        .collect();
-    let spread = shard.config.drain_spread;
-    let started = Instant::now();
-    for (i, conn) in open.iter().enumerate() {
-        let due = started + spread.mul_f64(i as f64 / open.len() as f64);
-        let now = Instant::now();
-        if due > now + Duration::from_millis(1) {
-            executor::sleep(due - now).await;
-        }
-        let mut conn = conn.borrow_mut();
-        if conn.is_upgraded() && !conn.is_closing() {
-            conn.queue_close(CloseCode::GOING_AWAY, "going away");
-            Counters::add(&shard.counters.drain_closed, 1);
-        }
-    }
-    let deadline = Instant::now() + shard.config.shutdown_grace;
-    while !shard.sockets.borrow().is_empty() && Instant::now() < deadline {
-        executor::sleep(Duration::from_millis(5)).await;
-    }
-    for socket in shard.sockets.borrow().iter() {
-        socket.conn.borrow().cut();
-    }
-    // The poller sees the cut sockets' end of stream and unregisters them.
-    let cut_deadline = Instant::now() + Duration::from_secs(1);
-    while !shard.sockets.borrow().is_empty() && Instant::now() < cut_deadline {
-        executor::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-impl Registry {
-    /// A registry of no shards (it answers every question with nothing).
-    pub fn empty() -> Registry {
-        Registry {
-            control: Vec::new(),
-        }
-    }
-
-    /// Every socket of every shard, asked by message. A shard that does not answer within
-    /// `timeout` is left out; the second value says whether the answer is complete.
-    pub fn sockets(&self, timeout: Duration) -> (Vec<SocketInfo>, bool) {
-        let (answers, complete) = self.ask(timeout, Control::Sockets);
-        (answers.into_iter().flatten().collect(), complete)
-    }
-
-    /// The counters of every shard, asked by message (see [`Registry::sockets`] for `timeout`).
-    pub fn stats(&self, timeout: Duration) -> (Vec<ShardStats>, bool) {
-        self.ask(timeout, Control::Stats)
-    }
-
-    /// Closes every socket whose credential the last auth reload revoked; how many.
-    pub fn revalidate(&self, timeout: Duration) -> usize {
-        self.ask(timeout, Control::Revalidate).0.into_iter().sum()
-    }
-
-    /// Closes the sockets `(instance, id)` (as [`SocketInfo`] names them) with 4003; the ids of
-    /// those closed (one already closing is not).
-    pub fn close(&self, sockets: Vec<(u64, u64)>, timeout: Duration) -> Vec<u64> {
-        let sockets = Arc::new(sockets);
-        let (answers, _) = self.ask(timeout, |reply| Control::Close(sockets.clone(), reply));
-        answers.into_iter().flatten().collect()
-    }
-
-    fn ask<T>(
-        &self,
-        timeout: Duration,
-        question: impl Fn(mpsc::Sender<T>) -> Control,
-    ) -> (Vec<T>, bool) {
-        let (tx, rx) = mpsc::channel();
-        let mut asked = 0;
-        for ring in &self.control {
-            if ring.try_push(question(tx.clone())).is_ok() {
-                asked += 1;
-            }
-        }
-        drop(tx);
-        let deadline = Instant::now() + timeout;
-        let mut answers = Vec::with_capacity(asked);
-        while answers.len() < asked {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(answer) => answers.push(answer),
-                Err(_) => break,
-            }
-        }
-        let complete = answers.len() == self.control.len();
-        (answers, complete)
     }
 }
