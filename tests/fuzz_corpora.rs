@@ -3,7 +3,7 @@
 //! so that CI keeps them honest without libFuzzer: an input that once crashed the gateway, or that
 //! the fuzzer found interesting, must still be handled. The corpora are archives so that git
 //! tracks a dozen files instead of some 23,000; `fuzz/run.sh` unpacks a target's archive before it
-//! runs and packs the minimized corpus again after. See README "Fuzzing".
+//! runs and packs the minimized corpus again after. See docs/security.md, "Fuzzing".
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -383,7 +383,7 @@ fn each_backend_runs_when_asked_and_auto_takes_io_uring_here() {
     for (asked, runs) in [
         (IoBackend::Epoll, Driver::Epoll),
         (IoBackend::IoUring, Driver::IoUring),
-        // Development and CI machines have io_uring (Linux 6.x, see the README).
+        // Development and CI machines have io_uring (Linux 6.x, see docs/architecture.md).
         (IoBackend::Auto, Driver::IoUring),
     ] {
         let gateway = start(|c| c.io_backend = asked);

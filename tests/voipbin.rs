@@ -305,7 +305,7 @@ fn topics_match_whole_segments_and_each_event_arrives_once() {
         );
 
         // VoIPBin publishes an event for an agent as a second message under the agent's key:
-        // a socket subscribed to both scopes gets both messages (see the README).
+        // a socket subscribed to both scopes gets both messages (see docs/voipbin.md).
         publish_event(
             &channel,
             &format!("agent_id.{}.call.call_hangup.call-3", w.agent1),
