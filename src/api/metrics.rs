@@ -143,47 +143,23 @@ pub fn render(
         "counter",
         "WebSocket upgrades refused, by reason.",
     );
-    let invalid: u64 = stats.iter().map(|s| s.handshakes_invalid).sum();
-    let refused: u64 = stats.iter().map(|s| s.handshakes_refused).sum();
-    let _ = writeln!(
-        out,
-        "horizon_handshakes_refused_total{{reason=\"invalid_request\"}} {invalid}"
-    );
-    let _ = writeln!(
-        out,
-        "horizon_handshakes_refused_total{{reason=\"dialect\"}} {refused}"
-    );
-    let tls: u64 = stats.iter().map(|s| s.handshakes_tls_failed).sum();
-    let _ = writeln!(
-        out,
-        "horizon_handshakes_refused_total{{reason=\"tls\"}} {tls}"
-    );
-    // The WebSocket listeners' and the REST listener's: a PROXY header from an untrusted peer,
-    // malformed, or too long.
-    let proxy: u64 = stats
-        .iter()
-        .map(|s| s.handshakes_proxy_refused)
-        .sum::<u64>()
-        + crate::proxy::REST_REFUSALS.load(std::sync::atomic::Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "horizon_handshakes_refused_total{{reason=\"proxy\"}} {proxy}"
-    );
-    let rate: u64 = stats.iter().map(|s| s.handshakes_connect_rate).sum();
-    let _ = writeln!(
-        out,
-        "horizon_handshakes_refused_total{{reason=\"connect_rate\"}} {rate}"
-    );
-    let by_address: u64 = stats.iter().map(|s| s.handshakes_limited_address).sum();
-    let by_node: u64 = stats.iter().map(|s| s.handshakes_limited_node).sum();
-    let _ = writeln!(
-        out,
-        "horizon_handshakes_refused_total{{reason=\"per_ip_limit\"}} {by_address}"
-    );
-    let _ = writeln!(
-        out,
-        "horizon_handshakes_refused_total{{reason=\"connection_limit\"}} {by_node}"
-    );
+    let sum = |count: fn(&ShardStats) -> u64| stats.iter().map(count).sum::<u64>();
+    // PROXY headers are refused by the WebSocket listeners' shards and by the REST listener.
+    let rest_proxy = crate::proxy::REST_REFUSALS.load(std::sync::atomic::Ordering::Relaxed);
+    for (reason, count) in [
+        ("invalid_request", sum(|s| s.handshakes_invalid)),
+        ("dialect", sum(|s| s.handshakes_refused)),
+        ("tls", sum(|s| s.handshakes_tls_failed)),
+        ("proxy", sum(|s| s.handshakes_proxy_refused) + rest_proxy),
+        ("connect_rate", sum(|s| s.handshakes_connect_rate)),
+        ("per_ip_limit", sum(|s| s.handshakes_limited_address)),
+        ("connection_limit", sum(|s| s.handshakes_limited_node)),
+    ] {
+        let _ = writeln!(
+            out,
+            "horizon_handshakes_refused_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
     let drained: u64 = stats.iter().map(|s| s.drain_closed).sum();
     single(
         &mut out,
