@@ -99,6 +99,12 @@ fn cli() -> Command {
                         .help("may close its accounts' sockets (DELETE /v2/accounts/{A}/websockets)"),
                 )
                 .arg(
+                    Arg::new("commands")
+                        .long("commands")
+                        .action(ArgAction::SetTrue)
+                        .help("may issue call and conference commands (over the socket and REST)"),
+                )
+                .arg(
                     Arg::new("superduper_admin")
                         .long("superduper-admin")
                         .action(ArgAction::SetTrue)
@@ -342,6 +348,13 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         None => Source::Embedded,
     };
     let ingest = Ingest::new(source);
+    ingest
+        .live_calls()
+        .configure(horizon::commands::LiveLimits {
+            max_total: config.commands_max_calls,
+            max_per_account: config.commands_max_calls_per_account,
+            idle_expiry: config.call_idle_expiry,
+        });
     let dialects = Dialects::new(
         auth.clone(),
         Arc::new(ingest.clone()) as Arc<dyn EventSource>,
@@ -616,6 +629,7 @@ fn token(matches: &ArgMatches) -> ExitCode {
         publish: matches.get_flag("publish"),
         superduper_admin: matches.get_flag("superduper_admin"),
         admin: matches.get_flag("admin"),
+        commands: matches.get_flag("commands"),
         expires_at: Some(expires_at),
     };
     match keys.sign_hs256(&claims) {

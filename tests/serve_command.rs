@@ -151,6 +151,7 @@ fn horizon_token_mints_what_serve_accepts() {
             "--permissions",
             "admin,agent",
             "--publish",
+            "--commands",
         ])
         .env("HORIZON_JWT_HS256_SECRET", "shared-secret")
         .output()
@@ -181,6 +182,12 @@ fn horizon_token_mints_what_serve_accepts() {
         &format!(r#"{{"action":"subscribe","request_id":"r","auth_token":"{token}","data":{{"binding":"object.*.user"}}}}"#),
     ));
     assert!(reply.contains(r#""status":"success""#), "{reply}");
+    // `--commands` gives the command right: the call is unknown, not the right missing.
+    let reply = runtime().block_on(one_command(
+        &format!("ws://{addr}/"),
+        &format!(r#"{{"action":"channel","request_id":"r","auth_token":"{token}","data":{{"call_id":"c1","action":"hangup"}}}}"#),
+    ));
+    assert!(reply.contains("bad identifier"), "{reply}");
     // Another secret's token is refused.
     let out = Command::new(env!("CARGO_BIN_EXE_horizon"))
         .args([

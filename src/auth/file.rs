@@ -50,6 +50,9 @@ struct TokenEntry {
     /// May close sockets through the REST API for the accounts it sees.
     #[serde(default)]
     admin: bool,
+    /// May issue call and conference commands for the accounts it sees.
+    #[serde(default)]
+    commands: bool,
     customer_id: Option<String>,
     agent_id: Option<String>,
     #[serde(default)]
@@ -158,6 +161,7 @@ pub(super) fn parse(text: &str) -> Result<Directory, String> {
             permissions,
             expires_at,
             admin: entry.admin,
+            commands: entry.commands,
             file_credential: Some(entry.token.as_str().into()),
         };
         let listed = if entry.access_key {

@@ -56,6 +56,8 @@ pub struct TokenClaims {
     pub superduper_admin: bool,
     /// May close sockets through the REST API (the `admin` claim).
     pub admin: bool,
+    /// May issue call and conference commands (the `commands` claim).
+    pub commands: bool,
     pub expires_at: Option<SystemTime>,
 }
 
@@ -142,6 +144,9 @@ impl JwtKeys {
         payload.extend_from_slice(format!(",\"publish\":{}", claims.publish).as_bytes());
         if claims.admin {
             payload.extend_from_slice(b",\"admin\":true");
+        }
+        if claims.commands {
+            payload.extend_from_slice(b",\"commands\":true");
         }
         if claims.superduper_admin {
             payload.extend_from_slice(b",\"superduper_admin\":true");
@@ -248,6 +253,7 @@ fn identity_from_claims(root: TapeValue<'_, '_>) -> Result<Identity, JwtError> {
         permissions,
         expires_at,
         admin: flag("admin"),
+        commands: flag("commands"),
         file_credential: None,
     })
 }
@@ -368,6 +374,15 @@ mod tests {
         assert!(id.publish && !id.superduper_admin);
         assert!(id.permissions.has(Permissions::ADMIN));
         assert_eq!(id.expires_at, claims.expires_at);
+        assert!(!id.commands, "no command right unless the token says so");
+        let commanding = TokenClaims {
+            commands: true,
+            ..claims.clone()
+        };
+        let id = keys
+            .verify(&keys.sign_hs256(&commanding).expect("signed"))
+            .expect("valid");
+        assert!(id.commands, "the `commands` claim");
 
         let other = JwtKeys::new(Some(b"other".to_vec()), None).expect("keys");
         assert_eq!(other.verify(&token), Err(JwtError::Signature));

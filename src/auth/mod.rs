@@ -77,6 +77,9 @@ pub struct Identity {
     pub expires_at: Option<SystemTime>,
     /// May close sockets through the REST API (`DELETE .../websockets`) for the accounts it sees.
     pub admin: bool,
+    /// May issue call and conference commands (docs/kazoo.md "Commands"; the auth file's `commands`,
+    /// the JWT claim `commands`).
+    pub commands: bool,
     /// The auth file's token or access key it came from (`None`: a JWT). Removing it from the
     /// file revokes it: on SIGHUP its sockets are closed with 4001 `token revoked`.
     pub file_credential: Option<Arc<str>>,

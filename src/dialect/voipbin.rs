@@ -435,6 +435,7 @@ mod tests {
             permissions: Permissions(bits),
             expires_at: None,
             admin: false,
+            commands: false,
             file_credential: None,
         }
     }
