@@ -77,6 +77,12 @@ pub struct ServeConfig {
     pub max_connects_per_sec: usize,
     /// On shutdown, the sockets' close frames are spread over this long (0: all at once).
     pub drain_spread: Duration,
+    /// Commands: a tracked call or conference with no event for this long is forgotten.
+    pub call_idle_expiry: Duration,
+    /// Commands: calls and conferences tracked on this node at most.
+    pub commands_max_calls: usize,
+    /// Commands: calls (and as many conferences) tracked per account at most.
+    pub commands_max_calls_per_account: usize,
     /// Peers (addresses, CIDR blocks) that may begin a connection with a PROXY protocol header
     /// and whose `X-Forwarded-For` the REST API believes; their clients' addresses count for
     /// `max_connections_per_ip`, listings and logs (default: none).
@@ -172,6 +178,9 @@ impl Default for ServeConfig {
             max_connections_per_account: 0,
             max_connects_per_sec: 0,
             drain_spread: Duration::from_secs(10),
+            call_idle_expiry: Duration::from_secs(7200),
+            commands_max_calls: 200_000,
+            commands_max_calls_per_account: 10_000,
             trusted_proxies: crate::proxy::TrustedProxies::default(),
             blocked_close: Duration::from_secs(30),
             cluster_secret: None,
@@ -358,6 +367,20 @@ pub const OPTIONS: &[Key] = &[
         name: "drain_spread_secs",
         help: "on shutdown, the sockets' 1001 closes are spread over this long (0: at once), \
                then shutdown_grace_secs for the last answers",
+    },
+    Key {
+        name: "call_idle_expiry_secs",
+        help: "commands: a call or conference with no event for this long is forgotten (a lost \
+               CHANNEL_DESTROY costs memory for this long only)",
+    },
+    Key {
+        name: "commands_max_calls",
+        help: "commands: calls and conferences this node tracks at most; past it new ones are \
+               not tracked (and cannot be commanded)",
+    },
+    Key {
+        name: "commands_max_calls_per_account",
+        help: "commands: calls (and as many conferences) tracked per account at most",
     },
     Key {
         name: "trusted_proxies",
@@ -725,6 +748,11 @@ impl ServeConfig {
             "max_connections_per_account" => Some(self.max_connections_per_account.to_string()),
             "max_connects_per_sec" => Some(self.max_connects_per_sec.to_string()),
             "drain_spread_secs" => Some(self.drain_spread.as_secs().to_string()),
+            "call_idle_expiry_secs" => secs(self.call_idle_expiry),
+            "commands_max_calls" => Some(self.commands_max_calls.to_string()),
+            "commands_max_calls_per_account" => {
+                Some(self.commands_max_calls_per_account.to_string())
+            }
             "trusted_proxies" => Some(self.trusted_proxies.to_text()),
             "blocked_close_secs" => secs(self.blocked_close),
             "cluster_secret" => masked(&self.cluster_secret),
@@ -896,6 +924,14 @@ impl ServeConfig {
                 })?
             }
             "blocked_close_secs" => self.blocked_close = seconds()?,
+            "call_idle_expiry_secs" => self.call_idle_expiry = seconds()?,
+            "commands_max_calls" => {
+                self.commands_max_calls = positive("expected a positive number")? as usize
+            }
+            "commands_max_calls_per_account" => {
+                self.commands_max_calls_per_account =
+                    positive("expected a positive number")? as usize
+            }
             "cluster_secret" => self.cluster_secret = optional(value),
             "api_max_connections" => {
                 self.api_max_connections = positive("expected a positive number")? as usize

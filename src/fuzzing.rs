@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("webhook_input", webhook_input),
     ("proxy_header", proxy_header),
+    ("commands", commands),
 ];
 
 /// Splits at the first `\n`: (head, rest).
@@ -412,4 +413,108 @@ pub fn proxy_header(data: &[u8]) {
             assert_eq!(client, peer);
         }
     }
+}
+
+/// A call or conference command as a client sends it: the first line names the kind (`channel`
+/// or `conference`, else a REST participant path segment), the rest is the command's `data`.
+/// Whatever parses is authorized against a call and a conference that are live, and the message
+/// built must be JSON with a routing key of the right number of words: nothing a client sends
+/// reaches a key or a body unchecked.
+pub fn commands(data: &[u8]) {
+    use crate::commands::{self, Commander, Kind, Target};
+    use crate::families::Facts;
+
+    struct Tracking(Arc<commands::Live>);
+    impl EventSource for Tracking {
+        fn acquire(
+            &self,
+            _binding: AmqpBinding,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SourceDown>> + Send>>
+        {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn release(&self, _binding: AmqpBinding) {}
+        fn live(&self) -> Option<(Arc<commands::Live>, String)> {
+            Some((self.0.clone(), "fuzz".into()))
+        }
+    }
+    static COMMANDER: OnceLock<Option<Arc<Commander>>> = OnceLock::new();
+    let Some(commander) = COMMANDER.get_or_init(|| {
+        let live = commands::Live::new(Default::default());
+        let auth = Arc::new(Auth::new(None, JwtKeys::new(None, None).ok()?).ok()?);
+        let commander = Commander::new(auth, Arc::new(Tracking(live.clone())))?;
+        // Held for the life of the process: the account stays watched.
+        std::mem::forget(commander.watch("a"));
+        for (call, leg) in [("c1", Some("c2")), ("c.*#1", None)] {
+            let facts = Facts::Call {
+                call_id: call.into(),
+                other_leg: leg.map(str::to_string),
+                destroyed: false,
+            };
+            live.observe("a", &facts);
+        }
+        let conference = Facts::Conference {
+            conference: "conf1".into(),
+            destroyed: false,
+        };
+        live.observe("a", &conference);
+        Some(commander)
+    }) else {
+        return;
+    };
+    let (head, rest) = split_line(data);
+    let kind = match head {
+        b"channel" => Kind::Channel,
+        b"conference" => Kind::Conference,
+        other => {
+            if let Ok(p) = commands::parse_participant(&String::from_utf8_lossy(other)) {
+                assert!(u64::from(p) <= u64::from(u32::MAX));
+            }
+            return;
+        }
+    };
+    let mut bytes = rest.to_vec();
+    let Ok(tape) = simd_json::to_tape(&mut bytes) else {
+        return;
+    };
+    let Some(root) = crate::json::TapeValue::root(&tape.0) else {
+        return;
+    };
+    let Ok(command) = commands::parse(kind, root, "a") else {
+        return;
+    };
+    match &command.target {
+        Target::Channel { call_id } => {
+            assert!(!call_id.is_empty() && call_id.len() <= 256 && call_id != "*");
+        }
+        Target::Conference { conference_id } => {
+            assert!(commands::valid_conference_id(conference_id));
+        }
+    }
+    let identity = crate::auth::Identity {
+        account_id: "a".into(),
+        superduper_admin: false,
+        publish: false,
+        customer_id: None,
+        agent_id: None,
+        permissions: Default::default(),
+        expires_at: None,
+        admin: false,
+        commands: true,
+        file_credential: None,
+    };
+    let Ok(prepared) = commander.authorize(&identity, command) else {
+        return;
+    };
+    let words = prepared.routing_key.split('.').count();
+    match prepared.exchange {
+        "metaflow" => assert_eq!(words, 4, "{}", prepared.routing_key),
+        _ => assert_eq!(words, 3, "{}", prepared.routing_key),
+    }
+    assert!(!prepared
+        .routing_key
+        .split('.')
+        .any(|w| w == "*" || w == "#"));
+    let mut body = prepared.body.clone();
+    assert!(simd_json::to_tape(&mut body).is_ok(), "the body is JSON");
 }

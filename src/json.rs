@@ -105,6 +105,15 @@ impl<'t, 'i> TapeValue<'t, 'i> {
         }
     }
 
+    /// A non-negative integer (`3`, not `3.0` nor `"3"`).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self.0.first() {
+            Some(Node::Static(StaticNode::U64(n))) => Some(*n),
+            Some(Node::Static(StaticNode::I64(n))) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(self.0.first(), Some(Node::Static(StaticNode::Null)))
     }

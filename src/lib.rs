@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod binding;
+pub mod commands;
 pub mod config;
 pub mod dialect;
 pub mod families;

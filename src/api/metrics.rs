@@ -307,6 +307,51 @@ pub fn render(
 }
 
 /// The webhook metrics (appended when webhooks run on this node).
+/// Call and conference commands, and what the node tracks for them.
+pub fn render_commands(out: &mut String, live: &crate::commands::Live) {
+    use crate::commands::{counted_actions, CommandError, COUNTS};
+    use std::sync::atomic::Ordering::Relaxed;
+    family(
+        out,
+        "horizon_commands_total",
+        "counter",
+        "Call and conference commands (socket and REST), by command and result.",
+    );
+    for (command, counts) in counted_actions().zip(COUNTS.iter()) {
+        for (result, counter) in CommandError::RESULTS.iter().zip(counts) {
+            let n = counter.load(Relaxed);
+            // Every command's `published` line is always there; other results once they happen.
+            if n > 0 || *result == "published" {
+                let _ = writeln!(
+                    out,
+                    "horizon_commands_total{{command=\"{command}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
+    }
+    let (calls, conferences, accounts) = live.sizes();
+    family(
+        out,
+        "horizon_command_tracked",
+        "gauge",
+        "What this node tracks for commands: live calls, live conferences, watched accounts.",
+    );
+    for (what, n) in [
+        ("calls", calls),
+        ("conferences", conferences),
+        ("accounts", accounts),
+    ] {
+        let _ = writeln!(out, "horizon_command_tracked{{what=\"{what}\"}} {n}");
+    }
+    single(
+        out,
+        "horizon_command_untracked_total",
+        "counter",
+        "Calls and conferences not tracked because commands_max_calls(_per_account) was reached.",
+        live.untracked.load(Relaxed),
+    );
+}
+
 pub fn render_webhooks(out: &mut String, webhooks: &crate::webhooks::Webhooks) {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &webhooks.metrics;

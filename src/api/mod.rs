@@ -6,6 +6,7 @@
 //! crossbar envelope ([`http`]); `/metrics` is Prometheus text.
 
 pub mod cluster;
+mod commands;
 mod console;
 mod http;
 mod metrics;
@@ -82,6 +83,10 @@ struct State {
     started: std::time::Instant,
     /// The console's rate history.
     history: console::History,
+    /// Call and conference commands (`None`: the source tracks no calls).
+    commander: Option<Arc<crate::commands::Commander>>,
+    /// Accounts watched for REST commands.
+    rest_watches: commands::RestWatches,
 }
 
 /// The running API.
@@ -121,6 +126,11 @@ impl Api {
             header_timeout: config.header_timeout,
             trusted_proxies: config.trusted_proxies,
             cors_allowed_origins: config.cors_allowed_origins,
+            commander: crate::commands::Commander::new(
+                auth.clone(),
+                Arc::new(ingest.clone()) as Arc<dyn crate::ingest::EventSource>,
+            ),
+            rest_watches: commands::RestWatches::default(),
             auth,
             ingest,
             cluster: cluster.clone(),
@@ -424,6 +434,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         }
         ["v2", "events"] => &[Method::POST],
         ["console"] | ["console", _] | ["v2", "console", "stats"] => &[Method::GET],
+        _ if commands::methods(&segments).is_some() => commands::methods(&segments).unwrap_or(&[]),
         _ if webhooks::methods(&segments).is_some() => webhooks::methods(&segments).unwrap_or(&[]),
         _ => {
             return env.error(
@@ -458,6 +469,9 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         }
         ["v2", "events"] => publish(&state, &env, request).await,
         ["v2", "console", "stats"] => console::stats(&state, &env, &request).await,
+        _ if commands::methods(&segments).is_some() => {
+            commands::route(&state, &env, request, &segments).await
+        }
         ["console"] | ["console", _] => console::asset(&segments).unwrap_or_else(|| {
             env.error(
                 StatusCode::NOT_FOUND,
@@ -507,6 +521,7 @@ async fn metrics_text(state: &State) -> Response<Body> {
         state.cluster.live_nodes().len(),
         ready(state).is_ok(),
     );
+    metrics::render_commands(&mut text, state.ingest.live_calls());
     if let Some(webhooks) = &state.webhooks {
         metrics::render_webhooks(&mut text, webhooks);
     }

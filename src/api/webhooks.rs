@@ -164,7 +164,7 @@ fn not_found(env: &Envelope<'_>, id: &str) -> Response<Body> {
     )
 }
 
-async fn read_body(
+pub(super) async fn read_body(
     state: &State,
     env: &Envelope<'_>,
     request: Request<Incoming>,

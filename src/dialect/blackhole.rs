@@ -1,6 +1,7 @@
 //! Kazoo's blackhole protocol (docs/kazoo.md), one [`BlackholeSession`] per socket.
 //!
-//! A command is one JSON object: `action` (`subscribe`, `unsubscribe`, `ping`), `auth_token`
+//! A command is one JSON object: `action` (`subscribe`, `unsubscribe`, `ping`, and the call and
+//! conference commands `channel` and `conference` of [`crate::commands`]), `auth_token`
 //! (required until the socket has an identity), `request_id` (echoed, or generated), `data`.
 //! A subscribe resolves each client binding through its family into an account-scoped internal
 //! pattern, adds the socket to the shard's binding for it, takes one reference on the AMQP
@@ -24,6 +25,7 @@ use super::{
 };
 use crate::auth::{Auth, AuthError, Identity};
 use crate::binding::{validate_pattern, Separator};
+use crate::commands::{self, CommandWatch, Commander};
 use crate::families::{self, AmqpBinding};
 use crate::fanout::Event;
 use crate::ingest::EventSource;
@@ -72,7 +74,13 @@ pub struct Blackhole {
     limits: BlackholeLimits,
     /// Sockets per account on this node, shared with the VoIPBin dialect.
     pub(super) accounts: Arc<AccountConnections>,
+    /// Takes call and conference commands (`None`: the source tracks no calls).
+    commander: Option<Arc<Commander>>,
 }
+
+/// The most accounts one socket keeps call and conference events flowing for (its token's and
+/// those it subscribes to), for commands.
+const MAX_WATCHED_ACCOUNTS: usize = 32;
 
 /// Kazoo's error strings (and Horizon's few additions), exactly as clients match them.
 mod errors {
@@ -95,6 +103,7 @@ impl Blackhole {
         limits: BlackholeLimits,
     ) -> Blackhole {
         Blackhole {
+            commander: Commander::new(auth.clone(), source.clone()),
             auth,
             source,
             accounts: AccountConnections::new(limits.max_connections_per_account),
@@ -126,14 +135,19 @@ impl Blackhole {
                 }
             },
         };
-        Ok(Box::new(BlackholeSession {
+        let mut session = BlackholeSession {
             dialect: self.clone(),
             identity,
             slot,
             subscriptions: Vec::new(),
             bucket: TokenBucket::new(self.limits.rate_burst, self.limits.rate_per_sec),
             sequencer: Sequencer::default(),
-        }))
+            watches: Vec::new(),
+            pending_binds: Vec::new(),
+        };
+        // The upgrade cannot wait for the binds; the first subscribe's reply does.
+        drop(session.rewatch());
+        Ok(Box::new(session))
     }
 }
 
@@ -154,6 +168,11 @@ pub struct BlackholeSession {
     subscriptions: Vec<Subscription>,
     bucket: TokenBucket,
     sequencer: Sequencer,
+    /// With command rights: the accounts whose calls and conferences this socket keeps tracked.
+    watches: Vec<CommandWatch>,
+    /// Binds of those watches begun by an authentication; the next subscribe reply waits for
+    /// them, so events published after it reach the tracker.
+    pending_binds: Vec<commands::BindWait>,
 }
 
 /// The event frame of one binding: a head made once per binding, the event's shared tail.
@@ -306,6 +325,12 @@ impl BlackholeSession {
         match action.and_then(|a| a.as_str()) {
             Some("subscribe") => self.subscribe(&answer, root, data, subscriptions),
             Some("unsubscribe") => self.unsubscribe(&answer, data, subscriptions),
+            Some("channel") => {
+                self.take_command(commands::Kind::Channel, &answer, root, subscriptions)
+            }
+            Some("conference") => {
+                self.take_command(commands::Kind::Conference, &answer, root, subscriptions)
+            }
             Some(other) => {
                 let shown: String = other.chars().take(64).collect();
                 answer.error(&[&format!("unknown action {shown}")])
@@ -334,6 +359,86 @@ impl BlackholeSession {
         }
         self.identity = Some(identity);
         self.file(subscriptions);
+        self.pending_binds = self.rewatch();
+    }
+
+    /// Keeps the call and conference events of the socket's accounts flowing while it has
+    /// command rights: its token's account and every account it subscribes for.
+    fn rewatch(&mut self) -> Vec<commands::BindWait> {
+        let Some(commander) = &self.dialect.commander else {
+            return Vec::new();
+        };
+        let mut wanted: Vec<&str> = Vec::new();
+        if let Some(identity) = self.identity.as_ref().filter(|i| i.commands) {
+            wanted.push(&identity.account_id);
+            for sub in &self.subscriptions {
+                if sub.account != "*"
+                    && !wanted.contains(&sub.account.as_str())
+                    && wanted.len() < MAX_WATCHED_ACCOUNTS
+                {
+                    wanted.push(&sub.account);
+                }
+            }
+        }
+        self.watches.retain(|w| wanted.contains(&w.account()));
+        let mut waits = Vec::new();
+        for account in wanted {
+            if !self.watches.iter().any(|w| w.account() == account) {
+                let (watch, binding) = commander.watch(account);
+                self.watches.push(watch);
+                waits.extend(binding);
+            }
+        }
+        waits
+    }
+
+    /// A call or conference command (docs/kazoo.md "Commands"): checked, then published; the reply
+    /// names the published `Msg-ID`.
+    fn take_command(
+        &mut self,
+        kind: commands::Kind,
+        answer: &Answer,
+        root: TapeValue<'_, '_>,
+        subscriptions: &mut Subscriptions<'_>,
+    ) -> Reply {
+        let Some(identity) = self.identity.as_ref() else {
+            return answer.error(&[errors::TOKEN_REQUIRED]);
+        };
+        let data = root.get("data");
+        let action = data.and_then(|d| d.get("action")).and_then(|a| a.as_str());
+        let refuse = |e: commands::CommandError| {
+            commands::refused(action, &e);
+            answer.error(&[&e.to_string()])
+        };
+        let Some(commander) = self.dialect.commander.clone() else {
+            return refuse(commands::CommandError::Unavailable);
+        };
+        if !identity.commands {
+            return refuse(commands::CommandError::NotAllowed);
+        }
+        let Some(data) = data else {
+            return refuse(commands::CommandError::Invalid("data", "required"));
+        };
+        let command = match commands::parse(kind, data, &identity.account_id) {
+            Ok(command) => command,
+            Err(e) => return refuse(e),
+        };
+        let prepared = match commander.authorize(identity, command) {
+            Ok(prepared) => prepared,
+            Err(e) => return answer.error(&[&e.to_string()]),
+        };
+        let sent = commander.publish(prepared, format!("socket {}", subscriptions.socket_id()));
+        let answer = Answer {
+            request_id: answer.request_id.clone(),
+        };
+        Reply::Later(Box::pin(async move {
+            match sent.await {
+                Ok(prepared) => Reply::Text(
+                    answer.success(|out| out.extend_from_slice(&commands::reply_data(&prepared))),
+                ),
+                Err(e) => answer.error(&[&e.to_string()]),
+            }
+        }))
     }
 
     /// Files the socket for the REST listing as it is now: under its identity's account (with
@@ -475,6 +580,8 @@ impl BlackholeSession {
             self.subscriptions.push(sub);
         }
         self.file(subscriptions);
+        waits.extend(self.rewatch());
+        waits.append(&mut self.pending_binds);
         // Kazoo master reads `name` and `metadata` at the top level of the command; its docs put
         // them in `data`. Either works; the top level wins.
         let label = |key: &str| {
@@ -544,6 +651,7 @@ impl BlackholeSession {
             self.leave(sub, subscriptions);
         }
         self.file(subscriptions);
+        drop(self.rewatch());
         Reply::Text(answer.success(|out| {
             out.extend_from_slice(b"{\"unsubscribed\":");
             json::write_str_array(out, unsubscribed.iter().map(String::as_str));

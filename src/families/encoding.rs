@@ -19,6 +19,13 @@ pub fn encode_segment(raw: &str) -> String {
     out
 }
 
+/// A routing-key word exactly as Kazoo's `kz_amqp_util:encode/1` writes it for a message it
+/// publishes: as [`encode_segment`], but a space becomes `+`. Used for the keys Horizon publishes
+/// on Kazoo's behalf (commands), where the consumer matches Kazoo's own encoding.
+pub fn encode_kazoo_key(raw: &str) -> String {
+    encode_segment(raw).replace("%20", "+")
+}
+
 /// Undoes percent-encoding where it is well formed; anything else is kept as it is (so a raw id
 /// and its encoded form name the same segment).
 pub fn decode_segment(segment: &str) -> String {
@@ -99,6 +106,7 @@ mod tests {
         assert_eq!(encode_segment("a*b#c d/e"), "a%2Ab%23c%20d%2Fe");
         assert_eq!(encode_segment("plain-id_1~"), "plain-id_1~");
         assert_eq!(encode_segment("é"), "%C3%A9");
+        assert_eq!(encode_kazoo_key("a b.c@d"), "a+b%2Ec%40d");
     }
 
     #[test]

@@ -21,8 +21,8 @@ mod encoding;
 mod normalize;
 pub mod voipbin;
 
-pub use encoding::{account_db, account_from_db, decode_segment, encode_segment};
-pub use normalize::{Normalized, Normalizer, Skip};
+pub use encoding::{account_db, account_from_db, decode_segment, encode_kazoo_key, encode_segment};
+pub use normalize::{Facts, Normalized, Normalizer, Skip};
 
 /// An AMQP binding of the node queue: `(exchange, binding key)`. Reference-counted node-wide by
 /// the ingest side.
@@ -64,6 +64,10 @@ pub const EXCHANGES: &[Exchange] = &[
         durable: true,
     },
 ];
+
+/// The exchanges call and conference commands are published on (docs/kazoo.md "Commands"),
+/// declared (topic, not durable, as Kazoo does) if missing.
+pub const COMMAND_EXCHANGES: &[&str] = &["metaflow", "conference"];
 
 /// A topic exchange Horizon binds to (declared if missing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

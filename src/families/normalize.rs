@@ -47,6 +47,23 @@ pub struct Normalized {
     pub account: String,
     /// `"name":..,"routing_key":..,"data":{..}}`: the tail of every event frame for it.
     pub tail: Bytes,
+    /// What a call or conference event says about what is live (commands check against it).
+    pub facts: Option<Facts>,
+}
+
+/// The part of a call or conference event that command authorization needs
+/// ([`crate::ingest::live::Live`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Facts {
+    /// A call event: the call is live until its `CHANNEL_DESTROY`.
+    Call {
+        call_id: String,
+        /// `Other-Leg-Call-ID`: the call is bridged to that leg.
+        other_leg: Option<String>,
+        destroyed: bool,
+    },
+    /// A conference event (ecallmgr's): the conference is live until `conference-destroy`.
+    Conference { conference: String, destroyed: bool },
 }
 
 /// Why a delivery was skipped (acked and counted, never retried: it would fail again).
@@ -161,6 +178,7 @@ impl Normalizer {
         };
         let event_name = || field("Event-Name");
         let segments: Vec<&str> = routing_key.split('.').collect();
+        let mut facts = None;
         let (key, account, name) = match exchange {
             "callevt" => {
                 let name = event_name()?;
@@ -175,6 +193,15 @@ impl Normalizer {
                     .ok_or(Skip::Missing("Custom-Channel-Vars.Account-ID"))?;
                 let account = checked_account(account)?;
                 let key = format!("call.{account}.{name}.{}", encode_segment(call_id));
+                facts = Some(Facts::Call {
+                    call_id: call_id.to_string(),
+                    other_leg: root
+                        .get("Other-Leg-Call-ID")
+                        .and_then(|v| v.as_str())
+                        .filter(|leg| !leg.is_empty())
+                        .map(str::to_string),
+                    destroyed: name == "CHANNEL_DESTROY",
+                });
                 (key, account.to_string(), name)
             }
             // `{ACTION}.{DB}.{TYPE}.{ID}`; a monthly database (`...-YYYYMM`) is keyed as its
@@ -207,6 +234,10 @@ impl Normalizer {
                         canonical(call)?
                     );
                     let name = field("Event").or_else(|_| event_name())?;
+                    facts = Some(Facts::Conference {
+                        conference: decode_segment(conference),
+                        destroyed: *event == "conference-destroy",
+                    });
                     (key, account.to_string(), name)
                 }
                 // Commands name no account in their key: the payload's, or no one's.
@@ -290,6 +321,7 @@ impl Normalizer {
             separator: Separator::Dot,
             account,
             tail: Bytes::copy_from_slice(out),
+            facts,
         })
     }
 
@@ -353,6 +385,7 @@ impl Normalizer {
             separator: Separator::Colon,
             account: owner,
             tail: Bytes::copy_from_slice(out),
+            facts: None,
         })
     }
 }

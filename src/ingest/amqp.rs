@@ -74,6 +74,7 @@ struct Node {
     skips: SkipLog,
     publisher: Publisher,
     status: Arc<IngestStatus>,
+    live: Arc<super::live::Live>,
 }
 
 pub(super) async fn run(
@@ -82,6 +83,7 @@ pub(super) async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     publisher: Publisher,
     status: Arc<IngestStatus>,
+    live: Arc<super::live::Live>,
 ) {
     let mut node = Node {
         brokers: Brokers::new(&config.url),
@@ -92,6 +94,7 @@ pub(super) async fn run(
         skips: SkipLog::default(),
         publisher,
         status,
+        live,
     };
     let mut backoff = BACKOFF_FIRST;
     // Failed attempts since the last successful connection, and when the log last said so.
@@ -294,6 +297,16 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
                 Some(Command::Publish { exchange, routing_key, payload, done }) => {
                     // Publishes use a channel of their own: a publish to a missing exchange
                     // closes its channel, and that must not stop consumption.
+                    // A command exchange is declared once per connection (a publish to a missing
+                    // exchange is lost).
+                    if let Some(name) = crate::families::COMMAND_EXCHANGES
+                        .iter()
+                        .find(|name| **name == exchange && !declared.contains(**name))
+                    {
+                        if ensure_exchange(&connection, name).await.is_ok() {
+                            declared.insert(name);
+                        }
+                    }
                     let result = publish(&connection, &mut publisher, &exchange, &routing_key, &payload).await;
                     let _ = done.send(result);
                 }
@@ -303,6 +316,7 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
                     let exchange = delivery.exchange.to_string();
                     let routing_key = delivery.routing_key.to_string();
                     let routed = route(
+                        &node.live,
                         &mut node.normalizer,
                         &mut node.skips,
                         &node.publisher,

@@ -16,6 +16,7 @@ pub(super) async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     publisher: Publisher,
     status: Arc<IngestStatus>,
+    live: Arc<super::live::Live>,
 ) {
     status.set_state(SourceState::Embedded);
     let mut counts = Counts::default();
@@ -37,6 +38,7 @@ pub(super) async fn run(
                 done,
             } => {
                 let result = route(
+                    &live,
                     &mut normalizer,
                     &mut skips,
                     &publisher,

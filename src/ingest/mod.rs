@@ -14,6 +14,7 @@ mod amqp;
 pub mod brokers;
 mod counts;
 mod embedded;
+pub mod live;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -67,6 +68,23 @@ pub trait EventSource: Send + Sync + 'static {
 
     /// Gives one reference back; the binding is removed after its last reference.
     fn release(&self, binding: AmqpBinding);
+
+    /// Publishes a message (a command) on `exchange`; resolves once it is handed to the broker.
+    fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>> {
+        let _ = (exchange, routing_key, payload);
+        Box::pin(async { Err(PublishError::BrokerUnavailable) })
+    }
+
+    /// The tracker of live calls and conferences this source feeds, and the node's name
+    /// (`None`: it tracks nothing, so commands cannot be taken).
+    fn live(&self) -> Option<(Arc<live::Live>, String)> {
+        None
+    }
 }
 
 pub(crate) enum Command {
@@ -144,6 +162,9 @@ struct Shared {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     status: Arc<IngestStatus>,
     queue: String,
+    /// What the call and conference events routed here say is live (commands).
+    live: Arc<live::Live>,
+    node: String,
 }
 
 /// The handle to the ingest thread.
@@ -163,6 +184,10 @@ impl Ingest {
             }
             Source::Embedded => String::new(),
         };
+        let node = match &source {
+            Source::Amqp(config) => config.node.clone(),
+            Source::Embedded => "embedded".to_string(),
+        };
         Ingest {
             shared: Arc::new(Shared {
                 source,
@@ -171,6 +196,8 @@ impl Ingest {
                 thread: Mutex::new(None),
                 status: Arc::new(IngestStatus::default()),
                 queue,
+                live: live::Live::new(Default::default()),
+                node,
             }),
         }
     }
@@ -187,6 +214,7 @@ impl Ingest {
         let source = self.shared.source.clone();
         let status = self.shared.status.clone();
         let queue = self.shared.queue.clone();
+        let live = self.shared.live.clone();
         let thread = std::thread::Builder::new()
             .name("horizon-ingest".into())
             .spawn(move || {
@@ -204,10 +232,11 @@ impl Ingest {
                 local.block_on(&runtime, async move {
                     match source {
                         Source::Amqp(config) => {
-                            amqp::run(config, queue, receiver, publisher, status.clone()).await
+                            amqp::run(config, queue, receiver, publisher, status.clone(), live)
+                                .await
                         }
                         Source::Embedded => {
-                            embedded::run(receiver, publisher, status.clone()).await
+                            embedded::run(receiver, publisher, status.clone(), live).await
                         }
                     }
                     status.set_state(SourceState::Stopped);
@@ -230,6 +259,11 @@ impl Ingest {
 
     pub fn status(&self) -> &IngestStatus {
         &self.shared.status
+    }
+
+    /// The tracker of live calls and conferences (commands).
+    pub fn live_calls(&self) -> &Arc<live::Live> {
+        &self.shared.live
     }
 
     /// The node queue's name (AMQP); empty for the embedded bus.
@@ -290,10 +324,27 @@ impl EventSource for Ingest {
     fn release(&self, binding: AmqpBinding) {
         let _ = self.shared.commands.send(Command::Release(binding));
     }
+
+    fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>> {
+        let this = self.clone();
+        let (exchange, routing_key) = (exchange.to_string(), routing_key.to_string());
+        Box::pin(async move { Ingest::publish(&this, &exchange, &routing_key, payload).await })
+    }
+
+    fn live(&self) -> Option<(Arc<live::Live>, String)> {
+        Some((self.shared.live.clone(), self.shared.node.clone()))
+    }
 }
 
 /// Normalizes one delivery and hands it to every shard. Shared by both sources.
+#[allow(clippy::too_many_arguments)]
 async fn route(
+    live: &live::Live,
     normalizer: &mut Normalizer,
     skips: &mut SkipLog,
     publisher: &Publisher,
@@ -306,6 +357,9 @@ async fn route(
     status.received.fetch_add(1, Ordering::Relaxed);
     match normalizer.normalize(exchange, routing_key, body) {
         Ok(normalized) => {
+            if let Some(facts) = &normalized.facts {
+                live.observe(&normalized.account, facts);
+            }
             let event = Arc::new(Event {
                 key: normalized.key,
                 also: normalized.also,

@@ -276,6 +276,8 @@ pub struct Subscriptions<'a> {
     pub(crate) conn: &'a Rc<RefCell<Conn>>,
     /// The shard clock (seconds) when the message arrived.
     pub(crate) now: u32,
+    /// This gateway instance's id (with the socket's, the id listings show).
+    pub(crate) instance: u64,
 }
 
 impl Subscriptions<'_> {
@@ -307,6 +309,11 @@ impl Subscriptions<'_> {
     /// `(pattern, label)` of every binding of this socket.
     pub fn list(&self) -> Vec<(String, String)> {
         self.table.borrow().list(&self.conn.borrow())
+    }
+
+    /// The socket's id as the REST listings show it.
+    pub fn socket_id(&self) -> String {
+        format!("{:016x}{:016x}", self.instance, self.conn.borrow().id)
     }
 
     /// Number of bindings of this socket.

@@ -726,6 +726,7 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
             table: &shard.bindings,
             conn,
             now: shard.clock(),
+            instance: shard.instance,
         }
         .set_expiry(Some(left));
     }
@@ -786,6 +787,7 @@ fn handle_input(
                     table: &shard.bindings,
                     conn,
                     now: shard.clock(),
+                    instance: shard.instance,
                 };
                 match session.on_text(text, &mut subscriptions) {
                     Reply::None => {}

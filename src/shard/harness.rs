@@ -38,6 +38,7 @@ impl Harness {
             table: &self.table,
             conn: &self.conn,
             now: self.now,
+            instance: 0,
         };
         match self.session.on_text(text, &mut subscriptions) {
             Reply::Text(text) => Some(text),
