@@ -147,9 +147,19 @@ case "${1:-}" in
         ;;
     kill)
         check_node "${2:-}"
+        # The VM's own word first (a node started by hand may have no pid file); `os:getpid()`
+        # prints a quoted string, so keep the digits only.
+        pid=$(ctl "$2" eval 'os:getpid().' 2>/dev/null | tr -cd '0-9')
         pid_file="$(node_dir "$2")/pid"
-        [ -s "$pid_file" ] || die "node $2 has no pid file: is it running?"
-        kill -KILL "$(cat "$pid_file")" 2>/dev/null || true
+        [ -n "$pid" ] || pid=$(tr -cd '0-9' <"$pid_file" 2>/dev/null)
+        [ -n "$pid" ] || die "node $2 is not running (no answer, no pid file)"
+        kill -KILL "$pid" 2>/dev/null || true
+        # Dead means dead: the test that follows counts on it.
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || exit 0
+            sleep 0.1
+        done
+        die "node $2 (pid $pid) survived SIGKILL for 10 s"
         ;;
     start-node)
         check_node "${2:-}"
