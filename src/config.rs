@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::log::LogFormat;
-use crate::shard::{IoBackend, SlowConsumerPolicy};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -1030,6 +1029,53 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// The `io_backend` setting. The default is `auto`: the io_uring backend where the kernel allows
+/// it, measured at least as good as epoll on every row of BENCHMARKS.md ("io_uring and epoll
+/// side by side"), epoll otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring where the kernel allows it (Linux 6.0+, not blocked by a seccomp profile), else
+    /// epoll.
+    #[default]
+    Auto,
+    /// The native io_uring backend; the node refuses to start without it.
+    IoUring,
+    Epoll,
+}
+
+impl std::fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoBackend::Auto => "auto",
+            IoBackend::IoUring => "io_uring",
+            IoBackend::Epoll => "epoll",
+        })
+    }
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = ();
+
+    fn from_str(value: &str) -> std::result::Result<IoBackend, ()> {
+        match value {
+            "auto" => Ok(IoBackend::Auto),
+            "io_uring" => Ok(IoBackend::IoUring),
+            "epoll" => Ok(IoBackend::Epoll),
+            _ => Err(()),
+        }
+    }
+}
+
+/// What to do with an event for a socket whose queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Skip the event for this socket, count it, and send a lag notice once the queue drains.
+    #[default]
+    Drop,
+    /// Close the socket with 1008 `slow consumer`.
+    Close,
 }
 
 #[cfg(test)]

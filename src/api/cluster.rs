@@ -45,8 +45,6 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
 /// The most peers a node keeps track of; heartbeats from more are ignored.
 pub const MAX_PEERS: usize = 1024;
-/// Seconds from year 0 (Gregorian) to 1970: Kazoo's timestamps count from year 0.
-const GREGORIAN_OFFSET: u64 = 62_167_219_200;
 
 /// One listing: each socket as a JSON object, and which live nodes did not answer.
 #[derive(Debug, Default)]
@@ -568,12 +566,8 @@ fn socket_json(socket: &SocketInfo, bindings: &[String], node: &str) -> Vec<u8> 
     json::write_str(&mut out, &socket_id(socket));
     out.extend_from_slice(b",\"bindings\":");
     json::write_str_array(&mut out, bindings.iter().map(String::as_str));
-    let since_1970 = socket
-        .connected_at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    out.extend_from_slice(format!(",\"timestamp\":{}", since_1970 + GREGORIAN_OFFSET).as_bytes());
+    let timestamp = to_gregorian(socket.connected_at);
+    out.extend_from_slice(format!(",\"timestamp\":{timestamp}").as_bytes());
     out.extend_from_slice(b",\"destination\":");
     json::write_str(&mut out, node);
     out.extend_from_slice(b",\"source\":");
@@ -590,15 +584,7 @@ fn socket_json(socket: &SocketInfo, bindings: &[String], node: &str) -> Vec<u8> 
     out
 }
 
-/// A Kazoo (Gregorian) timestamp: seconds since year 0.
-pub fn to_gregorian(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + GREGORIAN_OFFSET
-}
-
-/// Seconds since 1970 of a Kazoo (Gregorian) timestamp.
-pub fn from_gregorian(seconds: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(seconds.saturating_sub(GREGORIAN_OFFSET))
-}
+pub use crate::families::{from_gregorian, to_gregorian};
 
 /// Hex digits of an HMAC-SHA256 signature.
 const SIGNATURE_HEX: usize = 64;

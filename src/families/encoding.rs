@@ -96,6 +96,21 @@ pub fn account_from_db(db: &str) -> Option<String> {
     Some(format!("{a}{b}{c}"))
 }
 
+/// Seconds from year 0 (Gregorian) to 1970: Kazoo's timestamps count from year 0.
+const GREGORIAN_OFFSET: u64 = 62_167_219_200;
+
+/// A Kazoo (Gregorian) timestamp: seconds since year 0.
+pub fn to_gregorian(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + GREGORIAN_OFFSET
+}
+
+/// Seconds since 1970 of a Kazoo (Gregorian) timestamp.
+pub fn from_gregorian(seconds: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.saturating_sub(GREGORIAN_OFFSET))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,10 @@ mod encoding;
 mod normalize;
 pub mod voipbin;
 
-pub use encoding::{account_db, account_from_db, decode_segment, encode_kazoo_key, encode_segment};
+pub use encoding::{
+    account_db, account_from_db, decode_segment, encode_kazoo_key, encode_segment, from_gregorian,
+    to_gregorian,
+};
 pub use normalize::{Facts, Normalized, Normalizer, Skip};
 
 /// An AMQP binding of the node queue: `(exchange, binding key)`. Reference-counted node-wide by

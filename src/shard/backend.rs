@@ -33,43 +33,6 @@ impl std::fmt::Display for Driver {
     }
 }
 
-/// The `io_backend` setting. The default is `auto`: the io_uring backend where the kernel allows
-/// it, measured at least as good as epoll on every row of BENCHMARKS.md ("io_uring and epoll
-/// side by side"), epoll otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum IoBackend {
-    /// io_uring where the kernel allows it (Linux 6.0+, not blocked by a seccomp profile), else
-    /// epoll.
-    #[default]
-    Auto,
-    /// The native io_uring backend; the node refuses to start without it.
-    IoUring,
-    Epoll,
-}
-
-impl std::fmt::Display for IoBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IoBackend::Auto => "auto",
-            IoBackend::IoUring => "io_uring",
-            IoBackend::Epoll => "epoll",
-        })
-    }
-}
-
-impl std::str::FromStr for IoBackend {
-    type Err = ();
-
-    fn from_str(value: &str) -> std::result::Result<IoBackend, ()> {
-        match value {
-            "auto" => Ok(IoBackend::Auto),
-            "io_uring" => Ok(IoBackend::IoUring),
-            "epoll" => Ok(IoBackend::Epoll),
-            _ => Err(()),
-        }
-    }
-}
-
 pub(crate) enum SocketIo {
     Epoll(Poller),
     Uring(Box<Uring>),

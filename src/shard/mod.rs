@@ -36,14 +36,15 @@ mod tls;
 mod turn;
 mod uring;
 
-pub use backend::{Driver, IoBackend};
+pub use crate::config::{IoBackend, SlowConsumerPolicy};
+pub use backend::Driver;
 pub use bindings::{Delivered, FrameEncoder, Subscriptions};
 pub use conn::Conn;
 pub use control::{Filed, ShardStats, SocketInfo};
 /// For a dialect's `Reply::Later`, which runs on its shard's executor.
 pub(crate) use executor::timeout;
 pub use limits::{Admission, ConnectionLimits};
-pub use outbound::{Enqueued, Outbound, SlowConsumerPolicy};
+pub use outbound::{Enqueued, Outbound};
 pub use registry::Registry;
 pub use runtime::Gateway;
 pub use session::{HttpRefusal, Reply, Session, SessionFactory};

@@ -20,6 +20,7 @@
 //! frames are what goes on the wire as it is (ciphertext, or raw bytes such as TLS handshake
 //! records); on a plain socket every frame is.
 
+use crate::config::SlowConsumerPolicy;
 use std::collections::VecDeque;
 use std::io;
 
@@ -36,16 +37,6 @@ const SEAL_FRAMES: usize = 64;
 thread_local! {
     /// Where a wss socket's batch of frames is gathered to be encrypted (one per shard thread).
     static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// What to do with an event for a socket whose queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SlowConsumerPolicy {
-    /// Skip the event for this socket, count it, and send a lag notice once the queue drains.
-    #[default]
-    Drop,
-    /// Close the socket with 1008 `slow consumer`.
-    Close,
 }
 
 /// What happened to an event frame offered to a queue.

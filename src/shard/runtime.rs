@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
-use super::backend::{Driver, IoBackend, SocketIo};
+use super::backend::{Driver, SocketIo};
 use super::connection;
 use super::context::ShardContext;
 use super::control::{Control, Counters, ShardStats, SocketInfo};
@@ -38,6 +38,7 @@ use super::registry::{answer_control, Registry};
 use super::session::SessionFactory;
 use super::turn::Turn;
 use super::uring::Uring;
+use crate::config::IoBackend;
 use crate::config::ServeConfig;
 use crate::fanout::{self, Consumer, Event, Publisher, Recv};
 use crate::tls::ServerTls;
