@@ -11,11 +11,8 @@ use std::time::Duration;
 use common::kazoo::{declare_kazoo_exchanges, errors, publish, runtime, Client, Node, Tenants};
 use futures_util::StreamExt;
 use horizon::families::encode_segment;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::ExchangeKind;
 use serde_json::Value;
 use simd_json::prelude::*;
 
@@ -31,17 +28,9 @@ fn auth_toml(t: &Tenants) -> String {
     toml
 }
 
-/// A queue bound to `exchange` with `key`, consumed without acks.
+/// A queue bound to `exchange` (declared by `declare_kazoo_exchanges`) with `key`, consumed
+/// without acks.
 async fn capture(channel: &lapin::Channel, exchange: &str, key: &str) -> lapin::Consumer {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare the command exchange as Kazoo does");
     let queue = channel
         .queue_declare(
             "".into(),

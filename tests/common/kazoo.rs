@@ -456,6 +456,8 @@ pub async fn declare_kazoo_exchanges(channel: &lapin::Channel) {
         "faxes",
         "presence",
         "registrar",
+        // Where commands go (konami's).
+        "metaflow",
     ] {
         channel
             .exchange_declare(
