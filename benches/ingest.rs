@@ -4,8 +4,9 @@
 //!
 //! 1. criterion: one delivery parsed (simd-json tape), normalized (Kazoo keys, default headers
 //!    dropped), given its account-scoped internal key, wrapped as the shards' `Arc<Event>` and
-//!    matched against a shard automaton holding 100,000 call bindings - everything the ingest
-//!    thread and one shard do per delivery before socket writes.
+//!    matched against a shard automaton holding 100,000 call bindings, with the account's calls
+//!    tracked for commands - everything the ingest thread and one shard do per delivery before
+//!    socket writes.
 //! 2. end to end (needs the broker at `HORIZON_TEST_AMQP_URL`, default local guest): a Horizon
 //!    node consuming from RabbitMQ, one WebSocket subscriber per shard for the account, and a
 //!    publisher pushing `HORIZON_INGEST_EVENTS` (default 50,000) events into `callevt` as fast
@@ -55,6 +56,10 @@ fn per_delivery(c: &mut Criterion) {
     let mut normalizer = Normalizer::default();
     let mut scratch = body.clone();
     let mut matched = Vec::new();
+    // The node tracks this account's calls for commands (a command-right socket watches it):
+    // the worst case, each call event also updates the tracker.
+    let live = horizon::commands::Live::new(Default::default());
+    let _watch = live.watch(account);
     group.bench_function("parse_normalize_route_1KiB", |b| {
         b.iter(|| {
             // The delivery's own buffer is parsed in place; restore it for the next round.
@@ -62,6 +67,9 @@ fn per_delivery(c: &mut Criterion) {
             let n = normalizer
                 .normalize("callevt", "call.CHANNEL_CREATE.x", black_box(&mut scratch))
                 .expect("routes");
+            if let Some(facts) = &n.facts {
+                live.observe(&n.account, facts);
+            }
             let event = Arc::new(Event::new(n.key, n.separator, n.tail));
             matched.clear();
             shard.matches(&event.key, &mut matched);
