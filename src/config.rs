@@ -76,6 +76,16 @@ pub struct ServeConfig {
     pub max_connects_per_sec: usize,
     /// On shutdown, the sockets' close frames are spread over this long (0: all at once).
     pub drain_spread: Duration,
+    /// The cluster's event log (docs/resume.md): `None` is `history = "off"` (the per-node queue,
+    /// no positions); with a broker, a RabbitMQ stream every node reads; on the embedded bus,
+    /// the process's own log.
+    pub history: bool,
+    /// The log's settings (`history_stream`, `history_max_age_secs`, `history_memory_mb`,
+    /// `resume_max_events`), used when `history` is on.
+    pub history_config: crate::ingest::HistoryConfig,
+    /// A socket that subscribed with `resume_from` is told the log's head this often while the
+    /// log moves.
+    pub position_interval: Duration,
     /// Commands: a tracked call or conference with no event for this long is forgotten.
     pub call_idle_expiry: Duration,
     /// Commands: calls and conferences tracked on this node at most.
@@ -177,6 +187,9 @@ impl Default for ServeConfig {
             max_connections_per_account: 0,
             max_connects_per_sec: 0,
             drain_spread: Duration::from_secs(10),
+            history: false,
+            history_config: crate::ingest::HistoryConfig::default(),
+            position_interval: Duration::from_secs(30),
             call_idle_expiry: Duration::from_secs(7200),
             commands_max_calls: 200_000,
             commands_max_calls_per_account: 10_000,
@@ -366,6 +379,33 @@ pub const OPTIONS: &[Key] = &[
         name: "drain_spread_secs",
         help: "on shutdown, the sockets' 1001 closes are spread over this long (0: at once), \
                then shutdown_grace_secs for the last answers",
+    },
+    Key {
+        name: "history",
+        help: "`off` (the per-node queue, no positions) or `stream` (every event has a position \
+               and a subscribe may resume after a reconnect, on any node: with a broker the \
+               RabbitMQ stream history_stream, on the embedded bus the process's own log)",
+    },
+    Key {
+        name: "history_stream",
+        help: "history = stream: the RabbitMQ stream every node reads (declared if missing)",
+    },
+    Key {
+        name: "history_max_age_secs",
+        help: "history = stream: the stream's retention (set when Horizon declares it)",
+    },
+    Key {
+        name: "history_memory_mb",
+        help: "history = stream: the recent history each node keeps in memory for resumes",
+    },
+    Key {
+        name: "position_interval_secs",
+        help: "a socket that subscribed with resume_from is told the log's head this often while \
+               the log moves (a position frame)",
+    },
+    Key {
+        name: "resume_max_events",
+        help: "the most events one resume replays; past it `recovered: false`",
     },
     Key {
         name: "call_idle_expiry_secs",
@@ -747,6 +787,12 @@ impl ServeConfig {
             "max_connections_per_account" => Some(self.max_connections_per_account.to_string()),
             "max_connects_per_sec" => Some(self.max_connects_per_sec.to_string()),
             "drain_spread_secs" => Some(self.drain_spread.as_secs().to_string()),
+            "history" => Some(if self.history { "stream" } else { "off" }.to_string()),
+            "history_stream" => Some(self.history_config.stream.clone()),
+            "history_max_age_secs" => secs(self.history_config.max_age),
+            "history_memory_mb" => Some((self.history_config.memory_bytes >> 20).to_string()),
+            "resume_max_events" => Some(self.history_config.resume_max_events.to_string()),
+            "position_interval_secs" => secs(self.position_interval),
             "call_idle_expiry_secs" => secs(self.call_idle_expiry),
             "commands_max_calls" => Some(self.commands_max_calls.to_string()),
             "commands_max_calls_per_account" => {
@@ -923,6 +969,34 @@ impl ServeConfig {
                 })?
             }
             "blocked_close_secs" => self.blocked_close = seconds()?,
+            "history" => {
+                self.history = match value {
+                    "off" => false,
+                    "stream" => true,
+                    _ => return Err(invalid("expected `off` or `stream`")),
+                }
+            }
+            "history_stream" => {
+                let valid = !value.is_empty()
+                    && value.len() <= 200
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !valid {
+                    return Err(invalid("expected a queue name of A-Z a-z 0-9 . _ -"));
+                }
+                self.history_config.stream = value.to_string()
+            }
+            "history_max_age_secs" => self.history_config.max_age = seconds()?,
+            "history_memory_mb" => {
+                self.history_config.memory_bytes =
+                    (positive("expected a positive number of MiB")?.min(1 << 20) as usize) << 20
+            }
+            "resume_max_events" => {
+                self.history_config.resume_max_events =
+                    positive("expected a positive number")?.min(10_000_000) as usize
+            }
+            "position_interval_secs" => self.position_interval = seconds()?,
             "call_idle_expiry_secs" => self.call_idle_expiry = seconds()?,
             "commands_max_calls" => {
                 self.commands_max_calls = positive("expected a positive number")? as usize

@@ -347,7 +347,10 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         }),
         None => Source::Embedded,
     };
-    let ingest = Ingest::new(source);
+    let ingest = Ingest::with_history(
+        source,
+        config.history.then(|| config.history_config.clone()),
+    );
     ingest
         .live_calls()
         .configure(horizon::commands::LiveLimits {
@@ -375,6 +378,19 @@ fn serve(matches: &ArgMatches) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         config.log_format.as_str()
     );
+    if config.history {
+        match &config.amqp_url {
+            Some(_) => info!(
+                "history: every node reads the stream {} (positions and resume; {} MiB kept in memory)",
+                config.history_config.stream,
+                config.history_config.memory_bytes >> 20
+            ),
+            None => info!(
+                "history: the embedded bus's own log (positions and resume; {} MiB kept in memory)",
+                config.history_config.memory_bytes >> 20
+            ),
+        }
+    }
     match &config.amqp_url {
         Some(url) => info!(
             "event source: AMQP {} (node queue {})",

@@ -195,7 +195,11 @@ impl KazooFrame {
 impl FrameEncoder for KazooFrame {
     /// Hot path: once per event per matching binding.
     fn encode(&self, event: &Event) -> Bytes {
-        Bytes::from(encode::text_parts(&[&self.head, &event.body]))
+        Bytes::from(encode::text_parts(&[
+            &self.head,
+            event.position_member(),
+            &event.body,
+        ]))
     }
 }
 
@@ -550,9 +554,12 @@ impl BlackholeSession {
         }
 
         let mut added: Vec<Subscription> = Vec::new();
+        // The added bindings' encoders, for a resume's replay.
+        let mut encoders: Vec<(String, Rc<dyn FrameEncoder>)> = Vec::new();
         for (binding, r) in resolved {
             let encoder: Rc<dyn FrameEncoder> =
                 Rc::new(KazooFrame::new(&binding, &r.internal_pattern));
+            encoders.push((r.internal_pattern.clone(), encoder.clone()));
             match subscriptions.subscribe(Separator::Dot, &r.internal_pattern, &binding, encoder) {
                 Ok(true) => added.push(Subscription {
                     binding,
@@ -561,7 +568,9 @@ impl BlackholeSession {
                     amqp: r.amqp,
                 }),
                 // Already subscribed: a duplicate changes nothing (and takes no reference).
-                Ok(false) => {}
+                Ok(false) => {
+                    encoders.pop();
+                }
                 Err(_) => {
                     // Validated above, so not expected; should it happen, undo this command's
                     // part so that the error the client gets is the whole truth.
@@ -600,6 +609,34 @@ impl BlackholeSession {
         });
         subscriptions.set_labels(name, metadata);
 
+        // `resume_from` (docs/resume.md): the reply, then what was missed, then live. The
+        // bindings are in the shard already, so nothing is waited for: every event after the
+        // shard's last one reaches them live, every one up to it is replayed from the history.
+        if let Some(from) = data.and_then(|d| d.get("resume_from")) {
+            let resumed = super::resume(
+                self.dialect.source.as_ref(),
+                from.as_str(),
+                subscriptions.last_offset(),
+                Separator::Dot,
+                &encoders,
+                false,
+            );
+            let reply = answer.success(|out| {
+                out.extend_from_slice(b"{\"subscribed\":");
+                json::write_str_array(out, self.client_bindings());
+                out.push(b',');
+                out.extend_from_slice(resumed.members().as_bytes());
+                out.push(b'}');
+            });
+            if let Some((history, _)) = self.dialect.source.history() {
+                subscriptions.send_positions(
+                    "{\"action\":\"position\",\"position\":\"",
+                    "\"}",
+                    &history.epoch(),
+                );
+            }
+            return Reply::Resumed(reply, resumed.frames);
+        }
         let reply = answer.success(|out| {
             out.extend_from_slice(b"{\"subscribed\":");
             json::write_str_array(out, self.client_bindings());

@@ -103,6 +103,89 @@ impl Drop for AccountSlot {
     }
 }
 
+/// What a subscribe with `resume_from` gets (docs/resume.md): whether it could, the log's head
+/// (the position of the last event this socket's shard dispatched), and the missed events'
+/// frames for the bindings it just added, in log order.
+pub(crate) struct Resumed {
+    pub recovered: bool,
+    pub position: Option<String>,
+    pub frames: Vec<bytes::Bytes>,
+}
+
+impl Resumed {
+    /// `"recovered":..,"position":..` (a JSON object's members, no braces).
+    pub fn members(&self) -> String {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(format!("\"recovered\":{},\"position\":", self.recovered).as_bytes());
+        match &self.position {
+            Some(position) => crate::json::write_str(&mut out, position),
+            None => out.extend_from_slice(b"null"),
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Replays, for the bindings a subscribe just added (`(internal pattern, encoder)`), the events
+/// of the node's history after `from` up to what this socket's shard has dispatched (`head`):
+/// each event once per matching binding (Kazoo), or once per socket (`once`, VoIPBin). The
+/// bindings are account-scoped exactly as for live delivery, so a resume sees what the socket
+/// may see and nothing else. Anything it cannot do is `recovered: false` and nothing replayed.
+pub(crate) fn resume(
+    source: &dyn crate::ingest::EventSource,
+    from: Option<&str>,
+    head: Option<u64>,
+    separator: crate::binding::Separator,
+    bindings: &[(String, Rc<dyn crate::shard::FrameEncoder>)],
+    once: bool,
+) -> Resumed {
+    use crate::binding::{BindingAutomaton, SubscriptionId};
+    use crate::fanout::history::Position;
+    let Some((history, max)) = source.history() else {
+        return Resumed {
+            recovered: false,
+            position: None,
+            frames: Vec::new(),
+        };
+    };
+    let position = head.map(|offset| history.position(offset));
+    let events = from
+        .and_then(Position::parse)
+        .ok_or(crate::fanout::history::Unresumable::Unknown)
+        .and_then(|from| history.since(&from, head, max));
+    let Ok(events) = events else {
+        return Resumed {
+            recovered: false,
+            position,
+            frames: Vec::new(),
+        };
+    };
+    let mut automaton = BindingAutomaton::new(separator);
+    for (i, (pattern, _)) in bindings.iter().enumerate() {
+        let _ = automaton.insert(pattern, SubscriptionId(i as u32));
+    }
+    let mut frames = Vec::new();
+    let mut matched = Vec::new();
+    for event in events {
+        matched.clear();
+        automaton.matches(&event.key, &mut matched);
+        for key in &event.also {
+            automaton.matches(key, &mut matched);
+        }
+        matched.sort_unstable();
+        matched.dedup();
+        for id in matched.iter().take(if once { 1 } else { usize::MAX }) {
+            if let Some((_, encoder)) = bindings.get(id.0 as usize) {
+                frames.push(encoder.encode(&event));
+            }
+        }
+    }
+    Resumed {
+        recovered: true,
+        position,
+        frames,
+    }
+}
+
 /// The JSON body of a refused upgrade: `{"status":"error","data":{"errors":[why]}}`.
 pub(crate) fn refusal(status: u16, why: &str) -> HttpRefusal {
     let mut body = Vec::new();

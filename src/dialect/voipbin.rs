@@ -231,7 +231,11 @@ struct VoipbinFrame {
 impl FrameEncoder for VoipbinFrame {
     /// Hot path: once per event per matching topic.
     fn encode(&self, event: &Event) -> Bytes {
-        Bytes::from(encode::text_parts(&[&self.head, &event.body]))
+        Bytes::from(encode::text_parts(&[
+            &self.head,
+            event.position_member(),
+            &event.body,
+        ]))
     }
 }
 
@@ -345,6 +349,7 @@ impl VoipbinSession {
             return error(errors::TOO_MANY, &topics);
         }
         let mut added: Vec<Subscribed> = Vec::new();
+        let mut encoders: Vec<(String, Rc<dyn FrameEncoder>)> = Vec::new();
         for topic in &parsed {
             let pattern = topic.internal_pattern();
             let mut head = Vec::with_capacity(16 + topic.text.len());
@@ -352,12 +357,15 @@ impl VoipbinSession {
             json::write_str(&mut head, topic.text);
             head.push(b',');
             let encoder: Rc<dyn FrameEncoder> = Rc::new(VoipbinFrame { head });
-            match subscriptions.subscribe(Separator::Colon, &pattern, topic.text, encoder) {
-                Ok(true) => added.push(Subscribed {
-                    topic: topic.text.to_string(),
-                    pattern,
-                    amqp: topic.amqp(),
-                }),
+            match subscriptions.subscribe(Separator::Colon, &pattern, topic.text, encoder.clone()) {
+                Ok(true) => {
+                    encoders.push((pattern.clone(), encoder));
+                    added.push(Subscribed {
+                        topic: topic.text.to_string(),
+                        pattern,
+                        amqp: topic.amqp(),
+                    })
+                }
                 Ok(false) => {}
                 Err(_) => {
                     // Validated above, so not expected; should it happen, undo this command's
@@ -375,6 +383,31 @@ impl VoipbinSession {
             self.topics.push(sub);
         }
         self.file(subscriptions);
+        // `resume_from` (docs/resume.md): the `subscribed` frame says whether it could, then what
+        // was missed, once per socket, then live.
+        if let Some(from) = root.get("resume_from") {
+            let resumed = super::resume(
+                self.dialect.source.as_ref(),
+                from.as_str(),
+                subscriptions.last_offset(),
+                Separator::Colon,
+                &encoders,
+                true,
+            );
+            let mut reply = frame("subscribed", None, &topics);
+            reply.pop();
+            reply.push(',');
+            reply.push_str(&resumed.members());
+            reply.push('}');
+            if let Some((history, _)) = self.dialect.source.history() {
+                subscriptions.send_positions(
+                    "{\"type\":\"position\",\"position\":\"",
+                    "\"}",
+                    &history.epoch(),
+                );
+            }
+            return Reply::Resumed(reply, resumed.frames);
+        }
         let reply = frame("subscribed", None, &topics);
         if waits.is_empty() {
             return Reply::Text(reply);

@@ -68,6 +68,33 @@ pub const EXCHANGES: &[Exchange] = &[
     },
 ];
 
+/// What the cluster's event log (a RabbitMQ stream, docs/resume.md) is bound to: every family's
+/// bindings with the account (or realm, owner, database) as a wildcard, so the log holds every
+/// event any subscription could want, and nothing else.
+pub fn stream_bindings() -> Vec<AmqpBinding> {
+    let one = |exchange: &'static str, key: String| AmqpBinding { exchange, key };
+    let mut out: Vec<AmqpBinding> = CALL_EVENTS
+        .iter()
+        .map(|event| one("callevt", format!("call.{event}.*")))
+        .collect();
+    for action in OBJECT_ACTIONS {
+        for kind in OBJECT_TYPES {
+            out.push(one("configuration", format!("{action}.*.{kind}.*")));
+        }
+    }
+    out.push(one("conference", "conference.event.*.*.*.*".into()));
+    out.push(one("conference", "conference.command.*".into()));
+    out.push(one("faxes", "fax.status.*.*".into()));
+    for kind in PRESENCE_KINDS {
+        out.push(one("presence", format!("{kind}.*.*")));
+    }
+    out.push(one("registrar", "registration.success.*.*".into()));
+    for scope in ["customer_id", "agent_id"] {
+        out.push(one(voipbin::EXCHANGE, format!("{scope}.*.#")));
+    }
+    out
+}
+
 /// The exchanges call and conference commands are published on (docs/kazoo.md "Commands"),
 /// declared (topic, not durable, as Kazoo does) if missing.
 pub const COMMAND_EXCHANGES: &[&str] = &["metaflow", "conference"];

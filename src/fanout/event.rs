@@ -25,6 +25,9 @@ pub struct Event {
     pub body: Bytes,
     /// When the ingest side received it: shards measure delivery latency from here.
     pub received_at: Instant,
+    /// Its place in the cluster's event log (`history` on): the log offset, and the frame
+    /// member `"position":"<epoch>-<offset>",` every frame of it carries, written once.
+    pub position: Option<(u64, Bytes)>,
 }
 
 impl Event {
@@ -36,7 +39,18 @@ impl Event {
             separator,
             body,
             received_at: Instant::now(),
+            position: None,
         }
+    }
+
+    /// The log offset, when the event has a position.
+    pub fn offset(&self) -> Option<u64> {
+        self.position.as_ref().map(|(offset, _)| *offset)
+    }
+
+    /// The `"position":"..",` member of its frames (empty without a position).
+    pub fn position_member(&self) -> &[u8] {
+        self.position.as_ref().map_or(&[], |(_, member)| member)
     }
 }
 

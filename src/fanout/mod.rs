@@ -23,5 +23,7 @@ mod ring;
 pub use ring::{ring, Closed, Consumer, Producer, Recv, RingStats, StatsHandle};
 
 mod event;
+pub mod history;
 
 pub use event::{Event, Publisher};
+pub use history::History;

@@ -30,8 +30,9 @@ use tokio::time::Instant;
 
 use super::brokers::Brokers;
 use super::counts::Counts;
-use super::{route, Command, IngestStatus, PublishError, SkipLog, SourceState};
+use super::{route, Command, HistoryConfig, IngestStatus, PublishError, SkipLog, SourceState};
 use crate::families::{AmqpBinding, Normalizer, EXCHANGES};
+use crate::fanout::History;
 use crate::fanout::Publisher;
 
 /// How the node talks to the broker.
@@ -75,6 +76,10 @@ struct Node {
     publisher: Publisher,
     status: Arc<IngestStatus>,
     live: Arc<super::live::Live>,
+    /// `history = "stream"`: the stream read instead of the node queue, and the offset to
+    /// read from after a reconnect (the last delivered + 1).
+    history: Option<(Arc<History>, HistoryConfig)>,
+    next_offset: Option<u64>,
 }
 
 pub(super) async fn run(
@@ -84,6 +89,7 @@ pub(super) async fn run(
     publisher: Publisher,
     status: Arc<IngestStatus>,
     live: Arc<super::live::Live>,
+    history: Option<(Arc<History>, HistoryConfig)>,
 ) {
     let mut node = Node {
         brokers: Brokers::new(&config.url),
@@ -95,6 +101,8 @@ pub(super) async fn run(
         publisher,
         status,
         live,
+        history,
+        next_offset: None,
     };
     let mut backoff = BACKOFF_FIRST;
     // Failed attempts since the last successful connection, and when the log last said so.
@@ -225,16 +233,20 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
         Ok(connection) => connection,
         Err(why) => return Ended::Lost(why),
     };
-    let channel = match open_queue(node, &connection).await {
-        Ok(channel) => channel,
+    let opened = match node.history.clone() {
+        None => open_queue(node, &connection).await,
+        Some((history, config)) => open_stream(node, &connection, history, config).await,
+    };
+    let (channel, source, arguments) = match opened {
+        Ok(opened) => opened,
         Err(e) => return e.into(),
     };
     let consumer = channel
         .basic_consume(
-            node.queue.as_str().into(),
+            source.as_str().into(),
             format!("{}-consumer", node.queue).into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            arguments,
         )
         .await;
     let mut consumer = match consumer {
@@ -245,7 +257,15 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
 
     let mut declared: HashSet<&'static str> = HashSet::new();
     let mut bound: HashSet<AmqpBinding> = HashSet::new();
-    let mut dirty: VecDeque<AmqpBinding> = node.counts.wanted_bindings().into();
+    let mut dirty: VecDeque<AmqpBinding> = if node.history.is_some() {
+        // The stream holds every family's events: the bindings are active as they are.
+        for binding in node.counts.wanted_bindings() {
+            node.counts.activated(&binding);
+        }
+        VecDeque::new()
+    } else {
+        node.counts.wanted_bindings().into()
+    };
     let mut dirty_set: HashSet<AmqpBinding> = dirty.iter().cloned().collect();
     let mut ack: Option<(u64, u64, Instant)> = None; // (last tag, unacked, oldest)
     let mut publisher: Option<Channel> = None;
@@ -273,7 +293,7 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
             node.status.set_state(SourceState::Consuming);
             tracing::info!(
                 "amqp: consuming from {} on {}{} ({} bindings)",
-                node.queue,
+                source,
                 node.brokers.current(),
                 node.brokers.position(),
                 bound.len()
@@ -285,12 +305,16 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
             command = commands.recv() => match command {
                 None | Some(Command::Shutdown) => break Ended::Shutdown,
                 Some(Command::Acquire(binding, waiter)) => {
-                    if node.counts.acquire(binding.clone(), waiter) || !bound.contains(&binding) {
+                    if node.history.is_some() {
+                        // The stream holds every family's events: nothing to bind.
+                        node.counts.acquire(binding.clone(), waiter);
+                        node.counts.activated(&binding);
+                    } else if node.counts.acquire(binding.clone(), waiter) || !bound.contains(&binding) {
                         mark(&mut dirty, &mut dirty_set, binding);
                     }
                 }
                 Some(Command::Release(binding)) => {
-                    if node.counts.release(&binding) {
+                    if node.counts.release(&binding) && node.history.is_none() {
                         mark(&mut dirty, &mut dirty_set, binding);
                     }
                 }
@@ -315,8 +339,23 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
                 Some(Ok(mut delivery)) => {
                     let exchange = delivery.exchange.to_string();
                     let routing_key = delivery.routing_key.to_string();
-                    let routed = route(
+                    let offset = stream_offset(&delivery);
+                    // A stream consumer may start at the chunk before the asked offset: what
+                    // was delivered already is acked and not routed again.
+                    let seen = matches!(
+                        (offset, node.next_offset),
+                        (Some(offset), Some(next)) if offset < next
+                    );
+                    let at = match (&node.history, offset) {
+                        (Some((history, _)), Some(offset)) if !seen => Some((&**history, offset)),
+                        _ => None,
+                    };
+                    let routed = if seen || (node.history.is_some() && offset.is_none()) {
+                        Ok(())
+                    } else {
+                        route(
                         &node.live,
+                        at,
                         &mut node.normalizer,
                         &mut node.skips,
                         &node.publisher,
@@ -325,7 +364,11 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
                         &routing_key,
                         &mut delivery.data,
                     )
-                    .await;
+                    .await
+                    };
+                    if let (Some(offset), false) = (offset, seen) {
+                        node.next_offset = Some(offset + 1);
+                    }
                     if routed == Err(PublishError::ShuttingDown) {
                         break Ended::Shutdown;
                     }
@@ -395,7 +438,245 @@ async fn publish(
     .map_err(|_| PublishError::BrokerUnavailable)
 }
 
-async fn open_queue(node: &Node, connection: &Connection) -> Result<Channel, lapin::Error> {
+/// The offset of a stream delivery (its `x-stream-offset` header).
+fn stream_offset(delivery: &lapin::message::Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::Timestamp(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// `history = "stream"`: declares the cluster's stream if it is missing (retention, small
+/// segments so that retention works), binds it to every family's exchange, learns its epoch,
+/// and opens a channel to read it from the last offset delivered + 1 (`next` the first time,
+/// `first` in a stream created since).
+async fn open_stream(
+    node: &mut Node,
+    connection: &Connection,
+    history: Arc<History>,
+    config: HistoryConfig,
+) -> Result<(Channel, String, FieldTable), lapin::Error> {
+    let stream = config.stream.clone();
+    // One node at a time checks the stream and its epoch: an exclusive queue is the cluster's
+    // lock (the broker gives it to one connection; a node that dies lets it go).
+    let lock = stream_lock(connection, &stream).await?;
+    let probe = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        durable: true,
+        ..Default::default()
+    };
+    let existed = probe
+        .queue_declare(stream.as_str().into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    if existed {
+        let _ = probe.close(200, "ok".into()).await;
+    }
+    let channel = connection.create_channel().await?;
+    if !existed {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        arguments.insert(
+            "x-max-age".into(),
+            AMQPValue::LongString(format!("{}s", config.max_age.as_secs().max(1)).into()),
+        );
+        arguments.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(STREAM_SEGMENT_BYTES),
+        );
+        channel
+            .queue_declare(
+                stream.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await?;
+    }
+    let epoch = stream_epoch(connection, &stream, !existed).await;
+    let _ = lock
+        .queue_delete(format!("{stream}.lock").as_str().into(), Default::default())
+        .await;
+    let _ = lock.close(200, "ok".into()).await;
+    let epoch = match epoch {
+        Ok(epoch) => epoch,
+        // The epoch's queue is electing a leader (its node died with the broker we were on):
+        // the stream is the one we were reading, so its epoch is the one we know.
+        Err(e) if existed && node.next_offset.is_some() => {
+            tracing::warn!(
+                "amqp: cannot read the epoch of {stream} ({e}); keeping {}",
+                history.epoch()
+            );
+            history.epoch()
+        }
+        Err(e) => return Err(e),
+    };
+    if history.epoch() != epoch {
+        if node.next_offset.is_some() {
+            tracing::warn!(
+                "amqp: stream {stream} is a new log (epoch {epoch}): positions of the old one cannot be resumed"
+            );
+        }
+        history.set_epoch(&epoch);
+        // A log begun since: read it from its start; the first time: from now.
+        node.next_offset = node.next_offset.map(|_| 0);
+    }
+    for binding in crate::families::stream_bindings() {
+        ensure_exchange(connection, binding.exchange).await?;
+        channel
+            .queue_bind(
+                stream.as_str().into(),
+                binding.exchange.into(),
+                binding.key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .basic_qos(node.config.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    let from = match node.next_offset {
+        Some(next) => AMQPValue::LongLongInt(next as i64),
+        None => AMQPValue::LongString("next".into()),
+    };
+    arguments.insert("x-stream-offset".into(), from);
+    Ok((channel, stream, arguments))
+}
+
+/// Takes the cluster-wide lock on `stream`'s set-up: the exclusive queue `<stream>.lock`,
+/// waited for up to 10 s (a holder that died lets it go with its connection).
+async fn stream_lock(connection: &Connection, stream: &str) -> Result<Channel, lapin::Error> {
+    let name = format!("{stream}.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let channel = connection.create_channel().await?;
+        let taken = channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match taken {
+            Ok(_) => return Ok(channel),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            // RESOURCE_LOCKED: another node holds it (its channel is closed by the broker).
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Stream segments are this small so that retention (applied per segment) follows
+/// `history_max_age_secs` closely.
+const STREAM_SEGMENT_BYTES: i64 = 8_000_000;
+
+/// The stream's incarnation: kept as the one message of the durable queue `<stream>.epoch`,
+/// read and written under the set-up lock. A node that created the stream starts a new epoch.
+async fn stream_epoch(
+    connection: &Connection,
+    stream: &str,
+    created: bool,
+) -> Result<String, lapin::Error> {
+    let queue = format!("{stream}.epoch");
+    let channel = connection.create_channel().await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let declared = channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await;
+    // A broker where it exists as a classic queue: use it as it is.
+    let channel = match declared {
+        Ok(_) => channel,
+        Err(_) => {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+        }
+    };
+    if created {
+        channel
+            .queue_purge(queue.as_str().into(), Default::default())
+            .await?;
+    }
+    // Under the lock: take the epoch (or make one) and put it back, confirmed, before the lock
+    // is let go, so the next node reads the same.
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let got = channel
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await?;
+    let kept: String = got
+        .map(|message| {
+            String::from_utf8_lossy(&message.delivery.data)
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(24)
+                .collect()
+        })
+        .unwrap_or_default();
+    let epoch = if kept.is_empty() {
+        crate::ids::random_hex(6)
+    } else {
+        kept
+    };
+    channel
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            epoch.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    let _ = channel.close(200, "ok".into()).await;
+    Ok(epoch)
+}
+
+async fn open_queue(
+    node: &mut Node,
+    connection: &Connection,
+) -> Result<(Channel, String, FieldTable), lapin::Error> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(node.config.prefetch, BasicQosOptions::default())
@@ -415,7 +696,7 @@ async fn open_queue(node: &Node, connection: &Connection) -> Result<Channel, lap
             arguments,
         )
         .await?;
-    Ok(channel)
+    Ok((channel, node.queue.clone(), FieldTable::default()))
 }
 
 fn mark(dirty: &mut VecDeque<AmqpBinding>, set: &mut HashSet<AmqpBinding>, binding: AmqpBinding) {

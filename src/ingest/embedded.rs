@@ -17,7 +17,10 @@ pub(super) async fn run(
     publisher: Publisher,
     status: Arc<IngestStatus>,
     live: Arc<super::live::Live>,
+    history: Option<(Arc<crate::fanout::History>, super::HistoryConfig)>,
 ) {
+    // The process's own log: offsets count the publishes that routed.
+    let mut next_offset = 0u64;
     status.set_state(SourceState::Embedded);
     let mut counts = Counts::default();
     let mut normalizer = Normalizer::default();
@@ -37,8 +40,10 @@ pub(super) async fn run(
                 mut payload,
                 done,
             } => {
+                let at = history.as_ref().map(|(h, _)| (&**h, next_offset));
                 let result = route(
                     &live,
+                    at,
                     &mut normalizer,
                     &mut skips,
                     &publisher,
@@ -48,6 +53,9 @@ pub(super) async fn run(
                     &mut payload,
                 )
                 .await;
+                if result.is_ok() {
+                    next_offset += 1;
+                }
                 let _ = done.send(result);
             }
             Command::Shutdown => break,

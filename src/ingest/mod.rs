@@ -25,11 +25,35 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::families::{AmqpBinding, Normalizer, Skip};
-use crate::fanout::{Event, Publisher};
+use crate::fanout::{Event, History, Publisher};
 
 pub(crate) use amqp::ensure_exchange;
 pub use amqp::{redact as redact_url, AmqpConfig};
 pub mod tls;
+
+/// The cluster's event log (`history`, docs/resume.md): where positions come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// The RabbitMQ stream every node reads as its live source (`history_stream`).
+    pub stream: String,
+    /// The stream's retention (`history_max_age_secs`).
+    pub max_age: Duration,
+    /// The node's in-memory history, in bytes (`history_memory_mb`).
+    pub memory_bytes: usize,
+    /// The most events one resume replays (`resume_max_events`).
+    pub resume_max_events: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig {
+            stream: "horizon.events".into(),
+            max_age: Duration::from_secs(86_400),
+            memory_bytes: 64 << 20,
+            resume_max_events: 10_000,
+        }
+    }
+}
 
 /// Which source feeds the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +107,12 @@ pub trait EventSource: Send + Sync + 'static {
     /// The tracker of live calls and conferences this source feeds, and the node's name
     /// (`None`: it tracks nothing, so commands cannot be taken).
     fn live(&self) -> Option<(Arc<live::Live>, String)> {
+        None
+    }
+
+    /// The node's recent history of the event log and the most events one resume replays
+    /// (`None`: no log, no positions).
+    fn history(&self) -> Option<(Arc<History>, usize)> {
         None
     }
 }
@@ -165,6 +195,8 @@ struct Shared {
     /// What the call and conference events routed here say is live (commands).
     live: Arc<live::Live>,
     node: String,
+    /// The event log (`history` on).
+    history: Option<(Arc<History>, HistoryConfig)>,
 }
 
 /// The handle to the ingest thread.
@@ -177,6 +209,12 @@ impl Ingest {
     /// Prepares the ingest side. Commands sent before [`Ingest::start`] wait for the thread, so
     /// the shards (which need this handle) can start first.
     pub fn new(source: Source) -> Ingest {
+        Ingest::with_history(source, None)
+    }
+
+    /// [`Ingest::new`] with the cluster's event log: a RabbitMQ stream read by every node, or on
+    /// the embedded bus the process's own log.
+    pub fn with_history(source: Source, history: Option<HistoryConfig>) -> Ingest {
         let (commands, receiver) = mpsc::unbounded_channel();
         let queue = match &source {
             Source::Amqp(config) => {
@@ -198,6 +236,12 @@ impl Ingest {
                 queue,
                 live: live::Live::new(Default::default()),
                 node,
+                history: history.map(|config| {
+                    // The embedded bus's log lives and dies with the process; a stream's epoch
+                    // is read from the broker once connected.
+                    let epoch = crate::ids::random_hex(6);
+                    (History::new(config.memory_bytes, &epoch), config)
+                }),
             }),
         }
     }
@@ -215,6 +259,7 @@ impl Ingest {
         let status = self.shared.status.clone();
         let queue = self.shared.queue.clone();
         let live = self.shared.live.clone();
+        let history = self.shared.history.clone();
         let thread = std::thread::Builder::new()
             .name("horizon-ingest".into())
             .spawn(move || {
@@ -232,11 +277,19 @@ impl Ingest {
                 local.block_on(&runtime, async move {
                     match source {
                         Source::Amqp(config) => {
-                            amqp::run(config, queue, receiver, publisher, status.clone(), live)
-                                .await
+                            amqp::run(
+                                config,
+                                queue,
+                                receiver,
+                                publisher,
+                                status.clone(),
+                                live,
+                                history,
+                            )
+                            .await
                         }
                         Source::Embedded => {
-                            embedded::run(receiver, publisher, status.clone(), live).await
+                            embedded::run(receiver, publisher, status.clone(), live, history).await
                         }
                     }
                     status.set_state(SourceState::Stopped);
@@ -339,12 +392,18 @@ impl EventSource for Ingest {
     fn live(&self) -> Option<(Arc<live::Live>, String)> {
         Some((self.shared.live.clone(), self.shared.node.clone()))
     }
+
+    fn history(&self) -> Option<(Arc<History>, usize)> {
+        let (history, config) = self.shared.history.as_ref()?;
+        Some((history.clone(), config.resume_max_events))
+    }
 }
 
 /// Normalizes one delivery and hands it to every shard. Shared by both sources.
 #[allow(clippy::too_many_arguments)]
 async fn route(
     live: &live::Live,
+    history: Option<(&History, u64)>,
     normalizer: &mut Normalizer,
     skips: &mut SkipLog,
     publisher: &Publisher,
@@ -366,7 +425,13 @@ async fn route(
                 separator: normalized.separator,
                 body: normalized.tail,
                 received_at,
+                position: history.map(|(history, offset)| (offset, history.member(offset))),
             });
+            // Kept before any shard sees it: a resume replays from here up to what its shard
+            // has dispatched (docs/resume.md).
+            if let Some((history, _)) = history {
+                history.push(event.clone());
+            }
             publisher
                 .publish(event)
                 .await

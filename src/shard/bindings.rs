@@ -278,6 +278,8 @@ pub struct Subscriptions<'a> {
     pub(crate) now: u32,
     /// This gateway instance's id (with the socket's, the id listings show).
     pub(crate) instance: u64,
+    /// The log offset of the last event the shard dispatched (`None`: none yet, or no log).
+    pub(crate) last_offset: Option<u64>,
 }
 
 impl Subscriptions<'_> {
@@ -309,6 +311,25 @@ impl Subscriptions<'_> {
     /// `(pattern, label)` of every binding of this socket.
     pub fn list(&self) -> Vec<(String, String)> {
         self.table.borrow().list(&self.conn.borrow())
+    }
+
+    /// The log offset of the last event this socket's shard dispatched: a resume replays up to
+    /// it; later events reach the socket's bindings live.
+    pub fn last_offset(&self) -> Option<u64> {
+        self.last_offset
+    }
+
+    /// Marks the socket as resuming (it subscribed with `resume_from`): while the log moves, it
+    /// is told the head every `position_interval_secs` in a frame `before` + position + `after`.
+    pub fn send_positions(&mut self, before: &str, after: &str, epoch: &str) {
+        let mut conn = self.conn.borrow_mut();
+        let labels = conn.labels.get_or_insert_with(Default::default);
+        labels.positions = Some(super::conn::PositionFrames {
+            template: (before.to_string(), after.to_string()),
+            epoch: epoch.to_string(),
+            told: self.last_offset,
+            told_at: self.now,
+        });
     }
 
     /// The socket's id as the REST listings show it.

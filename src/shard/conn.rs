@@ -94,6 +94,20 @@ pub(crate) struct Labels {
     /// Accounts the socket is listed under now, with its bindings for each (see
     /// `SocketInfo::filed`).
     pub filed: Vec<super::control::Filed>,
+    /// A socket that subscribed with `resume_from`: its position frames (docs/resume.md).
+    pub positions: Option<PositionFrames>,
+}
+
+/// How and when a resuming socket is told the log's head while it receives nothing.
+#[derive(Debug)]
+pub(crate) struct PositionFrames {
+    /// The frame with the position where `{}` goes (each dialect's shape).
+    pub template: (String, String),
+    /// The log's epoch, for the position text.
+    pub epoch: String,
+    /// The head when the socket was last told (or subscribed), and the shard clock then.
+    pub told: Option<u64>,
+    pub told_at: u32,
 }
 
 impl Conn {

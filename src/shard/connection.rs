@@ -727,6 +727,7 @@ fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) ->
             conn,
             now: shard.clock(),
             instance: shard.instance,
+            last_offset: shard.last_offset.get(),
         }
         .set_expiry(Some(left));
     }
@@ -788,12 +789,20 @@ fn handle_input(
                     conn,
                     now: shard.clock(),
                     instance: shard.instance,
+                    last_offset: shard.last_offset.get(),
                 };
                 match session.on_text(text, &mut subscriptions) {
                     Reply::None => {}
                     Reply::Text(reply) => conn
                         .borrow_mut()
                         .queue(Bytes::from(encode::text(reply.as_bytes()))),
+                    Reply::Resumed(reply, frames) => {
+                        let mut conn = conn.borrow_mut();
+                        conn.queue(Bytes::from(encode::text(reply.as_bytes())));
+                        for frame in frames {
+                            conn.queue(frame);
+                        }
+                    }
                     Reply::Close(code, reason) => {
                         conn.borrow_mut().queue_close(code, &reason);
                         *next = Next::FlushAndEnd;
@@ -811,6 +820,12 @@ fn handle_input(
                             match reply {
                                 Reply::Text(text) => {
                                     conn.queue(Bytes::from(encode::text(text.as_bytes())))
+                                }
+                                Reply::Resumed(text, frames) => {
+                                    conn.queue(Bytes::from(encode::text(text.as_bytes())));
+                                    for frame in frames {
+                                        conn.queue(frame);
+                                    }
                                 }
                                 Reply::Close(code, reason) => conn.close_now(code, &reason),
                                 Reply::None | Reply::Later(_) => {}

@@ -41,6 +41,9 @@ pub(crate) struct ShardContext {
     /// The shard's bindings and automata.
     pub(crate) bindings: RefCell<BindingTable>,
     pub(crate) counters: Counters,
+    /// The log offset of the last event this shard dispatched (`history` on): a resume replays
+    /// up to it, and live delivery carries on after it.
+    pub(crate) last_offset: Cell<Option<u64>>,
     next_id: Cell<u64>,
     started: Instant,
     /// The wall-clock time of `started`.
@@ -71,6 +74,7 @@ impl ShardContext {
             accepting: Cell::new(true),
             bindings: RefCell::new(BindingTable::default()),
             counters: Counters::default(),
+            last_offset: Cell::new(None),
             next_id: Cell::new(0),
             started: Instant::now(),
             started_wall: SystemTime::now(),

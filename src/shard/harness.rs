@@ -39,10 +39,12 @@ impl Harness {
             conn: &self.conn,
             now: self.now,
             instance: 0,
+            last_offset: None,
         };
         match self.session.on_text(text, &mut subscriptions) {
             Reply::Text(text) => Some(text),
             Reply::Close(_, reason) => Some(reason),
+            Reply::Resumed(text, _) => Some(text),
             Reply::None | Reply::Later(_) => None,
         }
     }

@@ -27,6 +27,7 @@ pub(super) async fn keepalive(shard: Rc<ShardContext>) {
     let idle_after = shard.config.idle_timeout.as_secs().max(1) as u32;
     let blocked_after = shard.config.blocked_close.as_secs().max(1) as u32;
     let ping = bytes::Bytes::from(crate::ws::frame::encode::ping(b""));
+    let position_every = shard.config.position_interval.as_secs().max(1) as u32;
     loop {
         executor::sleep(Duration::from_secs(1)).await;
         let now = shard.clock();
@@ -56,8 +57,33 @@ pub(super) async fn keepalive(shard: Rc<ShardContext>) {
                 conn.last_ping = now;
                 conn.queue(ping.clone());
             }
+            tell_position(&mut conn, shard.last_offset.get(), now, position_every);
         }
     }
+}
+
+/// A resuming socket is told the log's head (`{"action":"position",...}`) once every
+/// `position_interval_secs` while the log moves, so that its last position stays fresh even when
+/// none of the events match its bindings.
+fn tell_position(conn: &mut Conn, head: Option<u64>, now: u32, every: u32) {
+    let Some(head) = head else {
+        return;
+    };
+    let Some(positions) = conn.labels.as_mut().and_then(|l| l.positions.as_mut()) else {
+        return;
+    };
+    if positions.told.is_some_and(|told| told >= head)
+        || now.saturating_sub(positions.told_at) < every
+    {
+        return;
+    }
+    positions.told = Some(head);
+    positions.told_at = now;
+    let (before, after) = &positions.template;
+    let text = format!("{before}{}-{head}{after}", positions.epoch);
+    conn.queue(bytes::Bytes::from(crate::ws::frame::encode::text(
+        text.as_bytes(),
+    )));
 }
 
 /// Graceful shutdown of one shard: a handshake in progress is cut; open sockets get close 1001

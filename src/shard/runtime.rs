@@ -523,6 +523,9 @@ async fn deliver(shard: Rc<ShardContext>, events: Consumer<Arc<Event>>) {
             let mut latency = counters.delivery_latency.borrow_mut();
             for event in &batch {
                 let report = table.deliver(event, &mut dirty, &shard.io);
+                if let Some(offset) = event.offset() {
+                    shard.last_offset.set(Some(offset));
+                }
                 latency.record(event.received_at.elapsed());
                 Counters::add(&counters.frames_encoded, report.frames_encoded);
                 Counters::add(&counters.deliveries, report.queued);

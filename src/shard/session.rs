@@ -35,6 +35,9 @@ pub enum Reply {
     /// socket keeps reading meanwhile; the answer is queued when the future resolves, unless the
     /// socket is gone by then.
     Later(Pin<Box<dyn Future<Output = Reply>>>),
+    /// A reply, then frames right behind it (a resume's replay, docs/resume.md): queued like
+    /// replies, before any event the shard dispatches after this message.
+    Resumed(String, Vec<bytes::Bytes>),
 }
 
 impl std::fmt::Debug for Reply {
@@ -44,6 +47,11 @@ impl std::fmt::Debug for Reply {
             Reply::Text(text) => f.debug_tuple("Text").field(text).finish(),
             Reply::Close(code, reason) => f.debug_tuple("Close").field(code).field(reason).finish(),
             Reply::Later(_) => write!(f, "Later(..)"),
+            Reply::Resumed(text, frames) => f
+                .debug_tuple("Resumed")
+                .field(text)
+                .field(&frames.len())
+                .finish(),
         }
     }
 }

@@ -153,7 +153,10 @@ impl Node {
         } else {
             Source::Embedded
         };
-        let ingest = Ingest::new(source);
+        let ingest = Ingest::with_history(
+            source,
+            config.history.then(|| config.history_config.clone()),
+        );
         let dialects = Dialects::new(
             auth.clone(),
             Arc::new(ingest.clone()) as Arc<dyn EventSource>,

@@ -1,0 +1,316 @@
+//! The node's recent history of the cluster's event log (docs/resume.md): every event with a
+//! position, in log order, kept in memory up to `history_memory_mb`, for resumes.
+//!
+//! The ingest thread appends each event *before* it hands it to the shards, so when a shard has
+//! dispatched the event at offset `n`, every event up to `n` is here: a resume that registers
+//! its bindings and then replays `(from, n]` from here hands over to live delivery with no gap
+//! and no duplicate. An event costs its `Arc<Event>` (the same allocation the shards share) and
+//! a slot here; [`History::retained_bytes`] counts its struct, key and payload.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::Event;
+
+/// The longest epoch name, in characters.
+const MAX_EPOCH: usize = 24;
+
+#[derive(Default)]
+struct Log {
+    epoch: String,
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+}
+
+/// The node's recent history; one per node, shared by the ingest thread and the shards.
+pub struct History {
+    limit: usize,
+    log: Mutex<Log>,
+}
+
+/// Why a position could not be resumed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresumable {
+    /// Not a position (garbage, or too long).
+    Unknown,
+    /// From another log (the stream was re-created) or another process.
+    OtherEpoch,
+    /// Older than what this node keeps.
+    TooOld,
+    /// More events since then than `resume_max_events`.
+    TooMany,
+}
+
+/// A parsed position: `<epoch>-<offset>`, or `latest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    Latest,
+    At { epoch: String, offset: u64 },
+}
+
+impl Position {
+    /// Reads a client's position (at most 64 ASCII characters, no spaces).
+    pub fn parse(text: &str) -> Option<Position> {
+        if text == "latest" {
+            return Some(Position::Latest);
+        }
+        if text.len() > 64 {
+            return None;
+        }
+        let (epoch, offset) = text.rsplit_once('-')?;
+        if epoch.is_empty()
+            || epoch.len() > MAX_EPOCH
+            || !epoch.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return None;
+        }
+        if offset.is_empty() || offset.len() > 20 || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Position::At {
+            epoch: epoch.to_string(),
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
+impl History {
+    /// A history of at most `limit_bytes`, for the log `epoch`.
+    pub fn new(limit_bytes: usize, epoch: &str) -> Arc<History> {
+        Arc::new(History {
+            limit: limit_bytes,
+            log: Mutex::new(Log {
+                epoch: epoch.to_string(),
+                ..Log::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The log's incarnation.
+    pub fn epoch(&self) -> String {
+        self.lock().epoch.clone()
+    }
+
+    /// A new incarnation of the log (the stream was re-created): what is kept is forgotten.
+    pub fn set_epoch(&self, epoch: &str) {
+        let mut log = self.lock();
+        if log.epoch != epoch {
+            log.epoch = epoch.to_string();
+            log.events.clear();
+            log.bytes = 0;
+        }
+    }
+
+    /// The position text of `offset` in this log.
+    pub fn position(&self, offset: u64) -> String {
+        format!("{}-{offset}", self.lock().epoch)
+    }
+
+    /// The `"position":"..",` member for an event at `offset` (written once per event).
+    pub fn member(&self, offset: u64) -> Bytes {
+        Bytes::from(format!("\"position\":\"{}\",", self.position(offset)))
+    }
+
+    /// Memory an event holds while kept: its struct, key, other keys, payload and position.
+    pub fn retained_bytes(event: &Event) -> usize {
+        std::mem::size_of::<Event>()
+            + std::mem::size_of::<Arc<Event>>()
+            + event.key.capacity()
+            + event.also.iter().map(|k| k.capacity() + 24).sum::<usize>()
+            + event.body.len()
+            + event.position_member().len()
+    }
+
+    /// Keeps `event` (the ingest thread, before the shards see it); the oldest go when the
+    /// history is over its bound. Events without a position, or not after the last, are not
+    /// kept.
+    pub fn push(&self, event: Arc<Event>) {
+        let Some(offset) = event.offset() else {
+            return;
+        };
+        let size = History::retained_bytes(&event);
+        let mut log = self.lock();
+        if log
+            .events
+            .back()
+            .and_then(|e| e.offset())
+            .is_some_and(|last| offset <= last)
+        {
+            return;
+        }
+        log.bytes += size;
+        log.events.push_back(event);
+        while log.bytes > self.limit {
+            let Some(old) = log.events.pop_front() else {
+                break;
+            };
+            log.bytes -= History::retained_bytes(&old);
+        }
+    }
+
+    /// Events kept and their bytes.
+    pub fn size(&self) -> (usize, usize) {
+        let log = self.lock();
+        (log.events.len(), log.bytes)
+    }
+
+    /// The events after `from` up to `upto` (both offsets), at most `max`: what a resume from
+    /// `from` replays when the shard has dispatched everything up to `upto`.
+    pub fn since(
+        &self,
+        from: &Position,
+        upto: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, Unresumable> {
+        let (epoch, after) = match from {
+            Position::Latest => return Ok(Vec::new()),
+            Position::At { epoch, offset } => (epoch, *offset),
+        };
+        let log = self.lock();
+        if *epoch != log.epoch {
+            return Err(Unresumable::OtherEpoch);
+        }
+        let Some(upto) = upto else {
+            // Nothing dispatched yet on this shard: nothing to replay, if the position is not
+            // from the future of this log.
+            return if log.events.is_empty() {
+                Ok(Vec::new())
+            } else {
+                Err(Unresumable::TooOld)
+            };
+        };
+        if after >= upto {
+            // Already has everything this shard has dispatched (or a position from the
+            // future: nothing to give either way).
+            return Ok(Vec::new());
+        }
+        // The event right after `after` must still be here: the first kept is at most
+        // `after + 1`.
+        let first = log.events.front().and_then(|e| e.offset());
+        if first.is_none_or(|first| first > after + 1) {
+            return Err(Unresumable::TooOld);
+        }
+        let start = log
+            .events
+            .partition_point(|e| e.offset().unwrap_or(0) <= after);
+        let mut out = Vec::new();
+        for event in log.events.range(start..) {
+            let offset = event.offset().unwrap_or(0);
+            if offset > upto {
+                break;
+            }
+            if out.len() == max {
+                return Err(Unresumable::TooMany);
+            }
+            out.push(event.clone());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::Separator;
+
+    fn event(history: &History, offset: u64, body: &str) -> Arc<Event> {
+        let mut event = Event::new(
+            format!("k.{offset}"),
+            Separator::Dot,
+            Bytes::from(body.to_string()),
+        );
+        event.position = Some((offset, history.member(offset)));
+        Arc::new(event)
+    }
+
+    #[test]
+    fn positions_parse_strictly() {
+        assert_eq!(Position::parse("latest"), Some(Position::Latest));
+        assert_eq!(
+            Position::parse("ab12-42"),
+            Some(Position::At {
+                epoch: "ab12".into(),
+                offset: 42
+            })
+        );
+        for bad in [
+            "",
+            "-1",
+            "ab-",
+            "ab-x1",
+            "a b-1",
+            "ab-1-",
+            &"a".repeat(70),
+            "ab-99999999999999999999999",
+        ] {
+            assert_eq!(Position::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn replays_exactly_the_range_and_says_when_it_cannot() {
+        let history = History::new(1 << 20, "e1");
+        for offset in 10..20 {
+            history.push(event(&history, offset, "{}"));
+        }
+        let at = |offset| Position::At {
+            epoch: "e1".into(),
+            offset,
+        };
+        let got: Vec<u64> = history
+            .since(&at(12), Some(15), 100)
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.offset())
+            .collect();
+        assert_eq!(got, [13, 14, 15]);
+        assert_eq!(
+            history.since(&at(9), Some(19), 100).map(|v| v.len()),
+            Ok(10)
+        );
+        assert_eq!(
+            history.since(&at(8), Some(19), 100).err(),
+            Some(Unresumable::TooOld)
+        );
+        assert_eq!(
+            history.since(&at(10), Some(19), 3).err(),
+            Some(Unresumable::TooMany)
+        );
+        assert_eq!(history.since(&at(19), Some(19), 3).map(|v| v.len()), Ok(0));
+        let other = Position::At {
+            epoch: "e0".into(),
+            offset: 12,
+        };
+        assert_eq!(
+            history.since(&other, Some(19), 100).err(),
+            Some(Unresumable::OtherEpoch)
+        );
+        history.set_epoch("e2");
+        assert_eq!(history.size(), (0, 0));
+    }
+
+    #[test]
+    fn the_bound_forgets_the_oldest() {
+        let history = History::new(0, "e1");
+        let one = History::retained_bytes(&event(&history, 1, "{}"));
+        let history = History::new(one * 3, "e1");
+        for offset in 1..=5 {
+            history.push(event(&history, offset, "{}"));
+        }
+        assert_eq!(history.size().0, 3);
+        // Struct and bookkeeping per event, beside its key and payload.
+        let e = event(&history, 6, "");
+        let overhead = History::retained_bytes(&e) - e.key.capacity() - e.body.len();
+        println!("history: {overhead} bytes per event besides its key and payload");
+        assert!(
+            overhead <= 200,
+            "{overhead} bytes per event besides the payload"
+        );
+    }
+}

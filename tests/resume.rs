@@ -1,0 +1,433 @@
+//! Positions and resume (docs/resume.md): every frame of a node with `history = "stream"`
+//! carries its event's position; a subscribe with `resume_from` gets the reply, then exactly the
+//! events it missed that its bindings match, in log order, then live - on the embedded bus (the
+//! process's own log) and on a real RabbitMQ stream read by two nodes (a client resumes on the
+//! other node).
+
+mod common;
+
+use std::time::Duration;
+
+use common::kazoo::{runtime, Client, Node, Tenants};
+use futures_util::{SinkExt, StreamExt};
+use simd_json::prelude::*;
+use simd_json::OwnedValue;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A call event as ecallmgr publishes it.
+fn call_body(event: &str, call: &str, account: &str) -> Vec<u8> {
+    format!(
+        r#"{{"Event-Name":"{event}","Call-ID":"{call}","Custom-Channel-Vars":{{"Account-ID":"{account}"}},"Msg-ID":"m"}}"#
+    )
+    .into_bytes()
+}
+
+/// Publishes into the embedded bus (or, on an AMQP node, to the broker).
+async fn publish(node: &Node, call: &str, account: &str) {
+    node.ingest
+        .publish(
+            "callevt",
+            &format!("call.CHANNEL_CREATE.{call}"),
+            call_body("CHANNEL_CREATE", call, account),
+        )
+        .await
+        .expect("published");
+}
+
+/// The next event frame's call id and position.
+async fn next_event(client: &mut Client) -> (String, String) {
+    let frame = client
+        .events
+        .pop_front()
+        .or(client.next_json(Duration::from_secs(10)).await)
+        .expect("an event");
+    let call = frame
+        .get("data")
+        .and_then(|d| d.get_str("call_id"))
+        .unwrap_or_default()
+        .to_string();
+    let position = frame
+        .get_str("position")
+        .unwrap_or_else(|| panic!("no position in {frame}"))
+        .to_string();
+    (call, position)
+}
+
+fn history_on(config: &mut horizon::config::ServeConfig) {
+    config.history = true;
+}
+
+#[test]
+fn a_client_resumes_exactly_what_it_missed_then_live() {
+    let t = Tenants::new();
+    let node = Node::start(false, &t.auth_toml(), |config, _| history_on(config));
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        node.ready().await;
+        let mut first = Client::connect(node.addr()).await;
+        let reply = first
+            .subscribe(
+                Some(&token),
+                r#"{"binding":"call.CHANNEL_CREATE.*","resume_from":"latest"}"#,
+            )
+            .await;
+        assert_eq!(
+            reply.get("data").and_then(|d| d.get_bool("recovered")),
+            Some(true),
+            "{reply}"
+        );
+        publish(&node, "c1", &t.a).await;
+        let (call, position) = next_event(&mut first).await;
+        assert_eq!(call, "c1");
+        drop(first);
+
+        // Away: two of its events, one of another tenant, one it does not bind.
+        publish(&node, "c2", &t.a).await;
+        publish(&node, "x1", &t.b).await;
+        node.ingest
+            .publish(
+                "callevt",
+                "call.CHANNEL_DESTROY.c3",
+                call_body("CHANNEL_DESTROY", "c3", &t.a),
+            )
+            .await
+            .unwrap();
+        publish(&node, "c4", &t.a).await;
+
+        let mut second = Client::connect(node.addr()).await;
+        let reply = second
+            .subscribe(
+                Some(&token),
+                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
+            )
+            .await;
+        let data = reply.get("data").unwrap();
+        assert_eq!(data.get_bool("recovered"), Some(true), "{reply}");
+        let head = data
+            .get_str("position")
+            .expect("the log's head")
+            .to_string();
+        let mut replayed = Vec::new();
+        for _ in 0..2 {
+            replayed.push(next_event(&mut second).await);
+        }
+        let calls: Vec<&str> = replayed.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            calls,
+            ["c2", "c4"],
+            "exactly the missed events it binds, in order"
+        );
+        assert_eq!(replayed[1].1, head, "the last replayed is the head");
+        // Then live, no gap and no duplicate.
+        publish(&node, "c5", &t.a).await;
+        let (call, live) = next_event(&mut second).await;
+        assert_eq!(call, "c5");
+        assert_ne!(live, head);
+        assert!(
+            second.next_json(Duration::from_millis(300)).await.is_none(),
+            "nothing more"
+        );
+
+        // Positions it cannot resume from: the reply says so, nothing is replayed, the socket
+        // goes on live.
+        let epoch = position.rsplit_once('-').unwrap().0.to_string();
+        for bad in [
+            "garbage".to_string(),
+            "zz99-1".to_string(),
+            format!("{epoch}x-1"),
+            "a".repeat(80),
+        ] {
+            let mut client = Client::connect(node.addr()).await;
+            let reply = client
+                .subscribe(
+                    Some(&token),
+                    &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{bad}"}}"#),
+                )
+                .await;
+            assert_eq!(
+                reply.get("data").and_then(|d| d.get_bool("recovered")),
+                Some(false),
+                "{bad}: {reply}"
+            );
+            assert!(client.next_json(Duration::from_millis(200)).await.is_none());
+            publish(&node, "c6", &t.a).await;
+            assert_eq!(next_event(&mut client).await.0, "c6");
+        }
+
+        // Monster UI's client never asks: no position frames, and a subscribe without
+        // `resume_from` answers as before.
+        let mut plain = Client::connect(node.addr()).await;
+        let reply = plain
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        assert!(reply.get("data").unwrap().get("recovered").is_none());
+    });
+    node.stop();
+}
+
+#[test]
+fn a_resume_replays_at_most_resume_max_events_and_only_what_memory_holds() {
+    let t = Tenants::new();
+    let node = Node::start(false, &t.auth_toml(), |config, _| {
+        history_on(config);
+        config.history_config.resume_max_events = 3;
+    });
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        node.ready().await;
+        let mut client = Client::connect(node.addr()).await;
+        client
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        publish(&node, "c0", &t.a).await;
+        let (_, position) = next_event(&mut client).await;
+        for i in 1..=3 {
+            publish(&node, &format!("c{i}"), &t.a).await;
+        }
+        // Three missed: replayed.
+        let mut three = Client::connect(node.addr()).await;
+        let reply = three
+            .subscribe(
+                Some(&token),
+                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
+            )
+            .await;
+        assert_eq!(reply.get("data").unwrap().get_bool("recovered"), Some(true));
+        for i in 1..=3 {
+            assert_eq!(next_event(&mut three).await.0, format!("c{i}"));
+        }
+        // Four missed: too many.
+        publish(&node, "c4", &t.a).await;
+        let mut four = Client::connect(node.addr()).await;
+        let reply = four
+            .subscribe(
+                Some(&token),
+                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
+            )
+            .await;
+        assert_eq!(
+            reply.get("data").unwrap().get_bool("recovered"),
+            Some(false),
+            "{reply}"
+        );
+        assert!(four.next_json(Duration::from_millis(200)).await.is_none());
+    });
+    node.stop();
+
+    // A history of a few events' worth of memory forgets the oldest: too old.
+    let node = Node::start(false, &t.auth_toml(), |config, _| {
+        history_on(config);
+        config.history_config.memory_bytes = 2_000;
+    });
+    runtime().block_on(async {
+        node.ready().await;
+        let mut client = Client::connect(node.addr()).await;
+        client
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        publish(&node, "c0", &t.a).await;
+        let (_, position) = next_event(&mut client).await;
+        for i in 1..=20 {
+            publish(&node, &format!("c{i}"), &t.a).await;
+        }
+        let mut late = Client::connect(node.addr()).await;
+        let reply = late
+            .subscribe(
+                Some(&token),
+                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
+            )
+            .await;
+        assert_eq!(
+            reply.get("data").unwrap().get_bool("recovered"),
+            Some(false),
+            "{reply}"
+        );
+    });
+    node.stop();
+}
+
+#[test]
+fn voipbin_resumes_too() {
+    let tag = horizon::ids::random_hex(5);
+    let customer = format!("cust-{tag}");
+    let toml = format!(
+        "[[tokens]]\ntoken = \"vb-{customer}\"\naccount_id = \"{customer}\"\ncustomer_id = \"{customer}\"\npermissions = [\"admin\"]\n"
+    );
+    let node = Node::start(false, &toml, |config, _| history_on(config));
+    runtime().block_on(async {
+        node.ready().await;
+        let url = format!("ws://{}/v1.0/ws?token=vb-{customer}", node.addr());
+        let event = |id: &str| {
+            format!(
+                r#"{{"type":"call_hangup","publisher":"call-manager","data_type":"application/json","data":{{"id":"{id}"}}}}"#
+            )
+            .into_bytes()
+        };
+        let key = |id: &str| format!("customer_id.{customer}.call.call_hangup.{id}");
+        let send = |text: String| Message::text(text);
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let topic = format!("customer_id:{customer}:call:*");
+        ws.send(send(format!(r#"{{"type":"subscribe","topics":["{topic}"]}}"#)))
+            .await
+            .unwrap();
+        async fn frame(
+            ws: &mut tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
+        ) -> OwnedValue {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => return common::kazoo::parse(&text),
+                    Ok(Some(Ok(_))) => continue,
+                    other => panic!("no frame: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(frame(&mut ws).await.get_str("type"), Some("subscribed"));
+        node.ingest
+            .publish(horizon::families::voipbin::EXCHANGE, &key("v1"), event("v1"))
+            .await
+            .unwrap();
+        let got = frame(&mut ws).await;
+        let position = got.get_str("position").expect("a position").to_string();
+        drop(ws);
+        for id in ["v2", "v3"] {
+            node.ingest
+                .publish(horizon::families::voipbin::EXCHANGE, &key(id), event(id))
+                .await
+                .unwrap();
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        ws.send(send(format!(
+            r#"{{"type":"subscribe","topics":["{topic}"],"resume_from":"{position}"}}"#
+        )))
+        .await
+        .unwrap();
+        let reply = frame(&mut ws).await;
+        assert_eq!(reply.get_str("type"), Some("subscribed"), "{reply}");
+        assert_eq!(reply.get_bool("recovered"), Some(true), "{reply}");
+        for id in ["v2", "v3"] {
+            let got = frame(&mut ws).await;
+            assert_eq!(
+                got.get("data").and_then(|d| d.get_str("id")),
+                Some(id),
+                "{got}"
+            );
+        }
+    });
+    node.stop();
+}
+
+#[test]
+fn a_client_resumes_on_another_node_from_the_rabbitmq_stream() {
+    let t = Tenants::new();
+    let stream = format!("horizon.test.events.{}", horizon::ids::random_hex(4));
+    let tweak = |config: &mut horizon::config::ServeConfig| {
+        history_on(config);
+        config.history_config.stream = stream.clone();
+    };
+    let one = Node::start(true, &t.auth_toml(), |config, _| tweak(config));
+    let two = Node::start(true, &t.auth_toml(), |config, _| tweak(config));
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        one.ready().await;
+        two.ready().await;
+        let amqp = common::amqp_connect().await;
+        let channel = amqp.create_channel().await.unwrap();
+        common::kazoo::declare_kazoo_exchanges(&channel).await;
+        let mut client = Client::connect(one.addr()).await;
+        client
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        // Both nodes read the same stream: the same event has the same position on both.
+        let mut watcher = Client::connect(two.addr()).await;
+        watcher
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "s1", &t.a).await;
+        let (call, position) = next_event(&mut client).await;
+        assert_eq!(call, "s1");
+        assert_eq!(next_event(&mut watcher).await, (call, position.clone()));
+        drop(client);
+        for call in ["s2", "s3", "s4"] {
+            common::kazoo::publish_call(&channel, "CHANNEL_CREATE", call, &t.a).await;
+        }
+        for call in ["s2", "s3", "s4"] {
+            assert_eq!(next_event(&mut watcher).await.0, call);
+        }
+        let mut moved = Client::connect(two.addr()).await;
+        let reply = moved
+            .subscribe(
+                Some(&token),
+                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
+            )
+            .await;
+        assert_eq!(
+            reply.get("data").unwrap().get_bool("recovered"),
+            Some(true),
+            "{reply}"
+        );
+        for call in ["s2", "s3", "s4"] {
+            assert_eq!(next_event(&mut moved).await.0, call);
+        }
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "s5", &t.a).await;
+        assert_eq!(next_event(&mut moved).await.0, "s5");
+        assert!(moved.next_json(Duration::from_millis(300)).await.is_none());
+        let _ = channel
+            .queue_delete(stream.as_str().into(), Default::default())
+            .await;
+        let _ = channel
+            .queue_delete(
+                format!("{stream}.epoch").as_str().into(),
+                Default::default(),
+            )
+            .await;
+    });
+    one.stop();
+    two.stop();
+}
+
+#[test]
+fn a_resuming_socket_is_told_the_head_while_the_log_moves_and_others_are_not() {
+    let t = Tenants::new();
+    let node = Node::start(false, &t.auth_toml(), |config, _| {
+        history_on(config);
+        config.position_interval = Duration::from_secs(1);
+    });
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        node.ready().await;
+        let mut resuming = Client::connect(node.addr()).await;
+        resuming
+            .subscribe(
+                Some(&token),
+                r#"{"binding":"call.CHANNEL_DESTROY.*","resume_from":"latest"}"#,
+            )
+            .await;
+        let mut plain = Client::connect(node.addr()).await;
+        plain
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_DESTROY.*"}"#)
+            .await;
+        // Events neither socket binds: the log moves, nothing is delivered.
+        for i in 0..3 {
+            publish(&node, &format!("p{i}"), &t.a).await;
+        }
+        let frame = resuming
+            .next_json(Duration::from_secs(5))
+            .await
+            .expect("a position frame");
+        assert_eq!(frame.get_str("action"), Some("position"), "{frame}");
+        let position = frame.get_str("position").unwrap();
+        assert!(position.ends_with("-2"), "the head: {frame}");
+        // Told once per move: nothing more while the log stands still.
+        assert!(resuming
+            .next_json(Duration::from_millis(2500))
+            .await
+            .is_none());
+        assert!(
+            plain.next_json(Duration::from_millis(100)).await.is_none(),
+            "Monster UI's client never gets one"
+        );
+    });
+    node.stop();
+}
