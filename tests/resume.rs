@@ -53,6 +53,20 @@ async fn next_event(client: &mut Client) -> (String, String) {
     (call, position)
 }
 
+/// A new socket on `node` subscribing to `call.CHANNEL_CREATE.*` with `resume_from`: the socket
+/// and whether it recovered.
+async fn resumed(node: &Node, token: &str, from: &str) -> (Client, Option<bool>, OwnedValue) {
+    let mut client = Client::connect(node.addr()).await;
+    let reply = client
+        .subscribe(
+            Some(token),
+            &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{from}"}}"#),
+        )
+        .await;
+    let recovered = reply.get("data").and_then(|d| d.get_bool("recovered"));
+    (client, recovered, reply)
+}
+
 fn history_on(config: &mut horizon::config::ServeConfig) {
     config.history = true;
 }
@@ -94,13 +108,7 @@ fn a_client_resumes_exactly_what_it_missed_then_live() {
             .unwrap();
         publish(&node, "c4", &t.a).await;
 
-        let mut second = Client::connect(node.addr()).await;
-        let reply = second
-            .subscribe(
-                Some(&token),
-                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
-            )
-            .await;
+        let (mut second, _, reply) = resumed(&node, &token, &position).await;
         let data = reply.get("data").unwrap();
         assert_eq!(data.get_bool("recovered"), Some(true), "{reply}");
         let head = data
@@ -185,26 +193,14 @@ fn a_resume_replays_at_most_resume_max_events_and_only_what_memory_holds() {
             publish(&node, &format!("c{i}"), &t.a).await;
         }
         // Three missed: replayed.
-        let mut three = Client::connect(node.addr()).await;
-        let reply = three
-            .subscribe(
-                Some(&token),
-                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
-            )
-            .await;
+        let (mut three, _, reply) = resumed(&node, &token, &position).await;
         assert_eq!(reply.get("data").unwrap().get_bool("recovered"), Some(true));
         for i in 1..=3 {
             assert_eq!(next_event(&mut three).await.0, format!("c{i}"));
         }
         // Four missed: too many.
         publish(&node, "c4", &t.a).await;
-        let mut four = Client::connect(node.addr()).await;
-        let reply = four
-            .subscribe(
-                Some(&token),
-                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
-            )
-            .await;
+        let (mut four, _, reply) = resumed(&node, &token, &position).await;
         assert_eq!(
             reply.get("data").unwrap().get_bool("recovered"),
             Some(false),
@@ -230,13 +226,7 @@ fn a_resume_replays_at_most_resume_max_events_and_only_what_memory_holds() {
         for i in 1..=20 {
             publish(&node, &format!("c{i}"), &t.a).await;
         }
-        let mut late = Client::connect(node.addr()).await;
-        let reply = late
-            .subscribe(
-                Some(&token),
-                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
-            )
-            .await;
+        let (_late, _, reply) = resumed(&node, &token, &position).await;
         assert_eq!(
             reply.get("data").unwrap().get_bool("recovered"),
             Some(false),
@@ -355,13 +345,7 @@ fn a_client_resumes_on_another_node_from_the_rabbitmq_stream() {
         for call in ["s2", "s3", "s4"] {
             assert_eq!(next_event(&mut watcher).await.0, call);
         }
-        let mut moved = Client::connect(two.addr()).await;
-        let reply = moved
-            .subscribe(
-                Some(&token),
-                &format!(r#"{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}"#),
-            )
-            .await;
+        let (mut moved, _, reply) = resumed(&two, &token, &position).await;
         assert_eq!(
             reply.get("data").unwrap().get_bool("recovered"),
             Some(true),
