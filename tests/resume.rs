@@ -169,6 +169,25 @@ fn a_client_resumes_exactly_what_it_missed_then_live() {
             .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
             .await;
         assert!(reply.get("data").unwrap().get("recovered").is_none());
+
+        // Counted (process-wide: the other tests here count too), and the history is sized.
+        let (_, metrics) = common::http(node.api.local_addr(), "GET", "/metrics", &[], "").await;
+        let value = |prefix: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            value("horizon_resumes_total{recovered=\"true\"} ") >= 2,
+            "{metrics}"
+        );
+        assert!(
+            value("horizon_resumes_total{recovered=\"false\"} ") >= 4,
+            "{metrics}"
+        );
+        assert!(value("horizon_history{what=\"events\"} ") >= 6, "{metrics}");
     });
     node.stop();
 }

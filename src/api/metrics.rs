@@ -307,6 +307,34 @@ pub fn render(
 }
 
 /// The webhook metrics (appended when webhooks run on this node).
+/// Positions and resume (docs/resume.md): resumes by outcome, and the node's history.
+pub fn render_history(out: &mut String, ingest: &crate::ingest::Ingest) {
+    use crate::ingest::EventSource;
+    use std::sync::atomic::Ordering::Relaxed;
+    family(
+        out,
+        "horizon_resumes_total",
+        "counter",
+        "Subscribes with resume_from: recovered (the missed events replayed) or not.",
+    );
+    for (recovered, counter) in ["true", "false"].iter().zip(&crate::dialect::RESUMES) {
+        let _ = writeln!(
+            out,
+            "horizon_resumes_total{{recovered=\"{recovered}\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
+    let (events, bytes) = ingest.history().map_or((0, 0), |(h, _)| h.size());
+    family(
+        out,
+        "horizon_history",
+        "gauge",
+        "The recent history this node keeps for resumes (history = stream): events and bytes.",
+    );
+    let _ = writeln!(out, "horizon_history{{what=\"events\"}} {events}");
+    let _ = writeln!(out, "horizon_history{{what=\"bytes\"}} {bytes}");
+}
+
 /// Call and conference commands, and what the node tracks for them.
 pub fn render_commands(out: &mut String, live: &crate::commands::Live) {
     use crate::commands::{counted_actions, CommandError, COUNTS};

@@ -522,6 +522,7 @@ async fn metrics_text(state: &State) -> Response<Body> {
         ready(state).is_ok(),
     );
     metrics::render_commands(&mut text, state.ingest.live_calls());
+    metrics::render_history(&mut text, &state.ingest);
     if let Some(webhooks) = &state.webhooks {
         metrics::render_webhooks(&mut text, webhooks);
     }

@@ -103,6 +103,12 @@ impl Drop for AccountSlot {
     }
 }
 
+/// Subscribes with `resume_from` since the process started: recovered, and not (docs/resume.md).
+pub static RESUMES: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
 /// What a subscribe with `resume_from` gets (docs/resume.md): whether it could, the log's head
 /// (the position of the last event this socket's shard dispatched), and the missed events'
 /// frames for the bindings it just added, in log order.
@@ -141,6 +147,7 @@ pub(crate) fn resume(
     use crate::binding::{BindingAutomaton, SubscriptionId};
     use crate::fanout::history::Position;
     let Some((history, max)) = source.history() else {
+        RESUMES[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Resumed {
             recovered: false,
             position: None,
@@ -153,6 +160,7 @@ pub(crate) fn resume(
         .ok_or(crate::fanout::history::Unresumable::Unknown)
         .and_then(|from| history.since(&from, head, max));
     let Ok(events) = events else {
+        RESUMES[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Resumed {
             recovered: false,
             position,
@@ -179,6 +187,7 @@ pub(crate) fn resume(
             }
         }
     }
+    RESUMES[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Resumed {
         recovered: true,
         position,
