@@ -434,3 +434,163 @@ fn a_resuming_socket_is_told_the_head_while_the_log_moves_and_others_are_not() {
     });
     node.stop();
 }
+
+/// A free loopback port (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn clients_of_a_killed_node_resume_on_another_with_nothing_lost_or_twice() {
+    use common::webhooks::Node as Serve;
+    let t = Tenants::new();
+    let auth = common::temp_file("resume-auth", &t.auth_toml());
+    let stream = format!("horizon.test.kill.{}", horizon::ids::random_hex(4));
+    let (ws_a, ws_b) = (free_port(), free_port());
+    let args = |name: &str, ws: u16| {
+        vec![
+            ("amqp-url", common::amqp_url()),
+            ("auth-file", auth.display().to_string()),
+            ("history", "stream".to_string()),
+            ("history-stream", stream.clone()),
+            ("ws-listen", format!("127.0.0.1:{ws}")),
+            ("webhooks-enabled", "false".to_string()),
+            ("node", format!("{name}-{}", horizon::ids::random_hex(3))),
+        ]
+    };
+    let mut a = Serve::start(&args("a", ws_a));
+    let b = Serve::start(&args("b", ws_b));
+    let token = format!("tok-{}", t.a);
+    const CLIENTS: usize = 20;
+    runtime().block_on(async {
+        for api in [a.api, b.api] {
+            let mut ready = false;
+            for _ in 0..100 {
+                if common::http(api, "GET", "/readyz", &[], "").await.0 == 200 {
+                    ready = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(ready, "node {api} never ready");
+        }
+        let amqp = common::amqp_connect().await;
+        let channel = amqp.create_channel().await.unwrap();
+        common::kazoo::declare_kazoo_exchanges(&channel).await;
+        let subscribe = |from: &str| {
+            format!(
+                r#"{{"action":"subscribe","request_id":"s","auth_token":"{token}","data":{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{from}"}}}}"#
+            )
+        };
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{ws_a}/"))
+                .await
+                .unwrap();
+            ws.send(Message::text(subscribe("latest"))).await.unwrap();
+            let reply = ws.next().await.unwrap().unwrap();
+            assert!(reply.to_string().contains("\"recovered\":true"), "{reply}");
+            clients.push(ws);
+        }
+        // 200 numbered events a second for 3 s; node a is SIGKILLed 1 s in.
+        let publishing = {
+            let (channel, account) = (channel.clone(), t.a.clone());
+            tokio::spawn(async move {
+                for seq in 0..600usize {
+                    common::kazoo::publish_call(
+                        &channel,
+                        "CHANNEL_CREATE",
+                        &format!("seq-{seq}"),
+                        &account,
+                    )
+                    .await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.kill();
+        // Each client reads what it got before the kill, then resumes on node b.
+        let mut seen: Vec<Vec<usize>> = Vec::new();
+        let mut moved = Vec::new();
+        for mut ws in clients {
+            let mut seqs = Vec::new();
+            let mut last = "latest".to_string();
+            while let Ok(Some(Ok(message))) =
+                tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+            {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let frame = common::kazoo::parse(&text);
+                if let Some(position) = frame.get_str("position") {
+                    last = position.to_string();
+                }
+                if let Some(seq) = frame
+                    .get("data")
+                    .and_then(|d| d.get_str("call_id"))
+                    .and_then(|c| c.strip_prefix("seq-"))
+                    .and_then(|s| s.parse().ok())
+                {
+                    seqs.push(seq);
+                }
+            }
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{ws_b}/"))
+                .await
+                .unwrap();
+            ws.send(Message::text(subscribe(&last))).await.unwrap();
+            moved.push(ws);
+            seen.push(seqs);
+        }
+        publishing.await.unwrap();
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "sentinel", &t.a).await;
+        for (ws, seqs) in moved.iter_mut().zip(seen.iter_mut()) {
+            let mut recovered = None;
+            loop {
+                let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .expect("frames until the sentinel")
+                    .unwrap()
+                    .unwrap();
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let frame = common::kazoo::parse(&text);
+                if frame.get_str("action") == Some("reply") {
+                    recovered = frame.get("data").and_then(|d| d.get_bool("recovered"));
+                    continue;
+                }
+                let call = frame.get("data").and_then(|d| d.get_str("call_id"));
+                if call == Some("sentinel") {
+                    break;
+                }
+                if let Some(seq) = call
+                    .and_then(|c| c.strip_prefix("seq-"))
+                    .and_then(|s| s.parse().ok())
+                {
+                    seqs.push(seq);
+                }
+            }
+            assert_eq!(recovered, Some(true), "the resume on node b recovered");
+        }
+        for (i, seqs) in seen.iter().enumerate() {
+            let want: Vec<usize> = (0..600).collect();
+            assert_eq!(
+                seqs, &want,
+                "client {i}: every event once, in order, across the kill"
+            );
+        }
+        let _ = channel
+            .queue_delete(stream.as_str().into(), Default::default())
+            .await;
+        let _ = channel
+            .queue_delete(format!("{stream}.epoch").as_str().into(), Default::default())
+            .await;
+    });
+    drop(b);
+    let _ = std::fs::remove_file(&auth);
+}
