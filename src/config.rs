@@ -86,6 +86,8 @@ pub struct ServeConfig {
     /// A socket that subscribed with `resume_from` is told the log's head this often while the
     /// log moves.
     pub position_interval: Duration,
+    /// Resumes this node admits per second; more wait their turn (never refused).
+    pub resume_admissions_per_sec: u32,
     /// Commands: a tracked call or conference with no event for this long is forgotten.
     pub call_idle_expiry: Duration,
     /// Commands: calls and conferences tracked on this node at most.
@@ -190,6 +192,7 @@ impl Default for ServeConfig {
             history: false,
             history_config: crate::ingest::HistoryConfig::default(),
             position_interval: Duration::from_secs(30),
+            resume_admissions_per_sec: 2000,
             call_idle_expiry: Duration::from_secs(7200),
             commands_max_calls: 200_000,
             commands_max_calls_per_account: 10_000,
@@ -402,6 +405,11 @@ pub const OPTIONS: &[Key] = &[
         name: "position_interval_secs",
         help: "a socket that subscribed with resume_from is told the log's head this often while \
                the log moves (a position frame)",
+    },
+    Key {
+        name: "resume_admissions_per_sec",
+        help: "resumes this node admits per second (a dead node's clients arriving at once take \
+               turns); more wait, they are not refused",
     },
     Key {
         name: "resume_max_events",
@@ -793,6 +801,7 @@ impl ServeConfig {
             "history_memory_mb" => Some((self.history_config.memory_bytes >> 20).to_string()),
             "resume_max_events" => Some(self.history_config.resume_max_events.to_string()),
             "position_interval_secs" => secs(self.position_interval),
+            "resume_admissions_per_sec" => Some(self.resume_admissions_per_sec.to_string()),
             "call_idle_expiry_secs" => secs(self.call_idle_expiry),
             "commands_max_calls" => Some(self.commands_max_calls.to_string()),
             "commands_max_calls_per_account" => {
@@ -997,6 +1006,10 @@ impl ServeConfig {
                     positive("expected a positive number")?.min(10_000_000) as usize
             }
             "position_interval_secs" => self.position_interval = seconds()?,
+            "resume_admissions_per_sec" => {
+                self.resume_admissions_per_sec =
+                    positive("expected a positive number")?.min(1_000_000) as u32
+            }
             "call_idle_expiry_secs" => self.call_idle_expiry = seconds()?,
             "commands_max_calls" => {
                 self.commands_max_calls = positive("expected a positive number")? as usize

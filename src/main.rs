@@ -366,6 +366,7 @@ fn serve(matches: &ArgMatches) -> ExitCode {
             rate_per_sec: config.rate_limit_per_sec,
             max_bindings: config.max_bindings_per_socket,
             max_connections_per_account: config.max_connections_per_account,
+            resume_admissions_per_sec: f64::from(config.resume_admissions_per_sec),
             ..BlackholeLimits::default()
         },
     );

@@ -594,3 +594,86 @@ fn clients_of_a_killed_node_resume_on_another_with_nothing_lost_or_twice() {
     drop(b);
     let _ = std::fs::remove_file(&auth);
 }
+
+#[test]
+fn a_resume_storm_takes_turns_and_live_delivery_goes_on() {
+    let t = Tenants::new();
+    let node = Node::start(false, &t.auth_toml(), |config, limits| {
+        history_on(config);
+        limits.resume_admissions_per_sec = 5.0;
+    });
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        node.ready().await;
+        let mut watcher = Client::connect(node.addr()).await;
+        watcher
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        publish(&node, "s0", &t.a).await;
+        let (_, position) = next_event(&mut watcher).await;
+        publish(&node, "s1", &t.a).await;
+        assert_eq!(next_event(&mut watcher).await.0, "s1");
+        // Fifteen clients resume at once; five a second are admitted.
+        let started = std::time::Instant::now();
+        let mut storm = Vec::new();
+        for _ in 0..15 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", node.addr()))
+                .await
+                .unwrap();
+            ws.send(Message::text(format!(
+                r#"{{"action":"subscribe","request_id":"r","auth_token":"{token}","data":{{"binding":"call.CHANNEL_CREATE.*","resume_from":"{position}"}}}}"#
+            )))
+            .await
+            .unwrap();
+            storm.push(ws);
+        }
+        // Live delivery goes on meanwhile.
+        for i in 2..6 {
+            let sent = std::time::Instant::now();
+            publish(&node, &format!("s{i}"), &t.a).await;
+            assert_eq!(next_event(&mut watcher).await.0, format!("s{i}"));
+            assert!(
+                sent.elapsed() < Duration::from_millis(500),
+                "a live event took {:?} during the storm",
+                sent.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Every one of them gets its turn: recovered, the missed events once, in order.
+        for (i, ws) in storm.iter_mut().enumerate() {
+            let mut calls = Vec::new();
+            let mut recovered = None;
+            while calls.len() < 5 {
+                let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("client {i} waited too long"))
+                    .unwrap()
+                    .unwrap();
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let frame = common::kazoo::parse(&text);
+                if frame.get_str("action") == Some("reply") {
+                    recovered = frame.get("data").and_then(|d| d.get_bool("recovered"));
+                } else if let Some(call) = frame.get("data").and_then(|d| d.get_str("call_id")) {
+                    calls.push(call.to_string());
+                }
+            }
+            assert_eq!(recovered, Some(true), "client {i} is never refused");
+            assert_eq!(calls, ["s1", "s2", "s3", "s4", "s5"], "client {i}");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "fifteen resumes at five a second take turns: {:?}",
+            started.elapsed()
+        );
+        let (_, metrics) = common::http(node.api.local_addr(), "GET", "/metrics", &[], "").await;
+        let waits: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("horizon_resume_waits_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(waits >= 5, "{metrics}");
+    });
+    node.stop();
+}

@@ -324,6 +324,13 @@ pub fn render_history(out: &mut String, ingest: &crate::ingest::Ingest) {
             counter.load(Relaxed)
         );
     }
+    single(
+        out,
+        "horizon_resume_waits_total",
+        "counter",
+        "Resumes that waited for their turn (resume_admissions_per_sec reached).",
+        crate::dialect::RESUME_WAITS.load(Relaxed),
+    );
     let (events, bytes) = ingest.history().map_or((0, 0), |(h, _)| h.size());
     family(
         out,

@@ -48,6 +48,8 @@ pub struct BlackholeLimits {
     pub bind_wait: Duration,
     /// Sockets one account may hold on this node (0: no limit).
     pub max_connections_per_account: usize,
+    /// Resumes admitted per second on this node (`resume_admissions_per_sec`).
+    pub resume_admissions_per_sec: f64,
 }
 
 impl Default for BlackholeLimits {
@@ -58,6 +60,7 @@ impl Default for BlackholeLimits {
             max_bindings: 1000,
             bind_wait: Duration::from_secs(5),
             max_connections_per_account: 0,
+            resume_admissions_per_sec: 2000.0,
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct Blackhole {
     pub(super) accounts: Arc<AccountConnections>,
     /// Takes call and conference commands (`None`: the source tracks no calls).
     commander: Option<Arc<Commander>>,
+    /// Resumes admitted at a bounded rate, shared with the VoIPBin dialect.
+    pub(super) admission: Arc<super::ResumeAdmission>,
 }
 
 /// The most accounts one socket keeps call and conference events flowing for (its token's and
@@ -104,6 +109,7 @@ impl Blackhole {
     ) -> Blackhole {
         Blackhole {
             commander: Commander::new(auth.clone(), source.clone()),
+            admission: super::ResumeAdmission::new(limits.resume_admissions_per_sec),
             auth,
             source,
             accounts: AccountConnections::new(limits.max_connections_per_account),
@@ -144,6 +150,7 @@ impl Blackhole {
             sequencer: Sequencer::default(),
             watches: Vec::new(),
             pending_binds: Vec::new(),
+            resume_turn: false,
         };
         // The upgrade cannot wait for the binds; the first subscribe's reply does.
         drop(session.rewatch());
@@ -173,6 +180,8 @@ pub struct BlackholeSession {
     /// Binds of those watches begun by an authentication; the next subscribe reply waits for
     /// them, so events published after it reach the tracker.
     pending_binds: Vec<commands::BindWait>,
+    /// A resume held for its admission turn has it reserved.
+    resume_turn: bool,
 }
 
 /// The event frame of one binding: a head made once per binding, the event's shared tail.
@@ -233,6 +242,10 @@ impl Answer {
 impl Session for BlackholeSession {
     fn on_text(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply {
         let reply = self.command(text, subscriptions);
+        if matches!(reply, Reply::Hold(_)) {
+            // Handed over again later: it does not count twice against the rate limit.
+            self.bucket.refund();
+        }
         self.sequencer.order(reply)
     }
 
@@ -551,6 +564,16 @@ impl BlackholeSession {
             .count();
         if self.subscriptions.len() + fresh > self.dialect.limits.max_bindings {
             return answer.error(&[errors::TOO_MANY]);
+        }
+        if data.and_then(|d| d.get("resume_from")).is_some() {
+            if let Some(wait) = super::resume_gate(
+                self.dialect.source.as_ref(),
+                &self.dialect.admission,
+                &self.sequencer,
+                &mut self.resume_turn,
+            ) {
+                return Reply::Hold(wait);
+            }
         }
 
         let mut added: Vec<Subscription> = Vec::new();

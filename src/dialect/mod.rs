@@ -103,6 +103,51 @@ impl Drop for AccountSlot {
     }
 }
 
+/// Resumes admitted at a bounded rate per node (`resume_admissions_per_sec`): a whole node's
+/// clients arriving at once take their turns instead of stalling live delivery. A client over
+/// the rate is given a turn (its place is reserved) and waits for it; it is never refused.
+pub struct ResumeAdmission {
+    rate: f64,
+    state: std::sync::Mutex<(f64, Instant, Option<Instant>)>,
+}
+
+/// Resumes that had to wait for their turn, since the process started.
+pub static RESUME_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl ResumeAdmission {
+    pub fn new(per_sec: f64) -> Arc<ResumeAdmission> {
+        let rate = per_sec.max(1.0);
+        Arc::new(ResumeAdmission {
+            rate,
+            // A second's worth may go at once.
+            state: std::sync::Mutex::new((rate, Instant::now(), None)),
+        })
+    }
+
+    /// A turn: `None` to go now, or how long until the turn reserved for this client.
+    pub fn turn(&self) -> Option<Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, last, logged) = &mut *state;
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *last = now;
+        *tokens -= 1.0;
+        if *tokens >= 0.0 {
+            return None;
+        }
+        RESUME_WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if logged.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+            *logged = Some(now);
+            tracing::info!(
+                "resume: more than {} resumes/s (resume_admissions_per_sec); clients wait their turn ({:.1} s ahead)",
+                self.rate,
+                -*tokens / self.rate
+            );
+        }
+        Some(Duration::from_secs_f64(-*tokens / self.rate).max(Duration::from_millis(5)))
+    }
+}
+
 /// Subscribes with `resume_from` since the process started: recovered, and not (docs/resume.md).
 pub static RESUMES: [std::sync::atomic::AtomicU64; 2] = [
     std::sync::atomic::AtomicU64::new(0),
@@ -136,6 +181,28 @@ impl Resumed {
 /// each event once per matching binding (Kazoo), or once per socket (`once`, VoIPBin). The
 /// bindings are account-scoped exactly as for live delivery, so a resume sees what the socket
 /// may see and nothing else. Anything it cannot do is `recovered: false` and nothing replayed.
+/// Whether a resuming subscribe may go now (`None`), or must be held: behind an earlier reply
+/// still pending (the replay must come right behind its own reply), or for its admission turn
+/// (`reserved`: this session already has one, given when it was first held).
+pub(crate) fn resume_gate(
+    source: &dyn crate::ingest::EventSource,
+    admission: &ResumeAdmission,
+    sequencer: &Sequencer,
+    reserved: &mut bool,
+) -> Option<Duration> {
+    source.history()?;
+    if sequencer.pending() {
+        return Some(Duration::from_millis(20));
+    }
+    if *reserved {
+        *reserved = false;
+        return None;
+    }
+    let wait = admission.turn()?;
+    *reserved = true;
+    Some(wait)
+}
+
 pub(crate) fn resume(
     source: &dyn crate::ingest::EventSource,
     from: Option<&str>,
@@ -222,7 +289,13 @@ impl Dialects {
         limits: BlackholeLimits,
     ) -> Dialects {
         let blackhole = Blackhole::new(auth.clone(), source.clone(), limits.clone());
-        let voipbin = Voipbin::new(auth, source, limits, blackhole.accounts.clone());
+        let voipbin = Voipbin::new(
+            auth,
+            source,
+            limits,
+            blackhole.accounts.clone(),
+            blackhole.admission.clone(),
+        );
         Dialects {
             blackhole: Arc::new(blackhole),
             voipbin: Arc::new(voipbin),
@@ -285,8 +358,17 @@ impl Drop for Finish {
 }
 
 impl Sequencer {
-    /// `reply`, delayed if an earlier reply is still pending.
+    /// Whether an earlier reply is still pending.
+    pub fn pending(&self) -> bool {
+        self.tail.as_ref().is_some_and(|turn| !turn.done.get())
+    }
+
+    /// `reply`, delayed if an earlier reply is still pending. A held message (`Reply::Hold`) is
+    /// no reply: it passes as it is.
     pub fn order(&mut self, reply: Reply) -> Reply {
+        if matches!(reply, Reply::Hold(_)) {
+            return reply;
+        }
         let previous = self.tail.take().filter(|turn| !turn.done.get());
         if previous.is_none() && !matches!(reply, Reply::Later(_)) {
             return reply;
@@ -331,6 +413,11 @@ impl TokenBucket {
             rate,
             last: Instant::now(),
         }
+    }
+
+    /// Gives back the token of a message the session held (it is handed over again).
+    pub(crate) fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
     }
 
     pub(crate) fn take(&mut self) -> bool {

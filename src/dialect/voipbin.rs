@@ -37,6 +37,8 @@ pub struct Voipbin {
     limits: BlackholeLimits,
     /// Sockets per account on this node, shared with the blackhole dialect.
     accounts: Arc<AccountConnections>,
+    /// Resumes admitted at a bounded rate, shared with the blackhole dialect.
+    admission: Arc<super::ResumeAdmission>,
 }
 
 /// The messages of error frames.
@@ -56,12 +58,14 @@ impl Voipbin {
         source: Arc<dyn EventSource>,
         limits: BlackholeLimits,
         accounts: Arc<AccountConnections>,
+        admission: Arc<super::ResumeAdmission>,
     ) -> Voipbin {
         Voipbin {
             auth,
             source,
             limits,
             accounts,
+            admission,
         }
     }
 
@@ -103,6 +107,7 @@ impl Voipbin {
             topics: Vec::new(),
             bucket: TokenBucket::new(self.limits.rate_burst, self.limits.rate_per_sec),
             sequencer: Sequencer::default(),
+            resume_turn: false,
         }))
     }
 }
@@ -221,6 +226,8 @@ pub struct VoipbinSession {
     topics: Vec<Subscribed>,
     bucket: TokenBucket,
     sequencer: Sequencer,
+    /// A resume held for its admission turn has it reserved.
+    resume_turn: bool,
 }
 
 /// `{"topic":"<topic>",` + the event's `"type":..,"data":..}`.
@@ -260,6 +267,10 @@ fn error(message: &str, topics: &[&str]) -> Reply {
 impl Session for VoipbinSession {
     fn on_text(&mut self, text: &str, subscriptions: &mut Subscriptions<'_>) -> Reply {
         let reply = self.command(text, subscriptions);
+        if matches!(reply, Reply::Hold(_)) {
+            // Handed over again later: it does not count twice against the rate limit.
+            self.bucket.refund();
+        }
         self.sequencer.order(reply)
     }
 
@@ -347,6 +358,16 @@ impl VoipbinSession {
             .count();
         if self.topics.len() + fresh > self.dialect.limits.max_bindings {
             return error(errors::TOO_MANY, &topics);
+        }
+        if root.get("resume_from").is_some() {
+            if let Some(wait) = super::resume_gate(
+                self.dialect.source.as_ref(),
+                &self.dialect.admission,
+                &self.sequencer,
+                &mut self.resume_turn,
+            ) {
+                return Reply::Hold(wait);
+            }
         }
         let mut added: Vec<Subscribed> = Vec::new();
         let mut encoders: Vec<(String, Rc<dyn FrameEncoder>)> = Vec::new();

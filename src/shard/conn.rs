@@ -96,6 +96,9 @@ pub(crate) struct Labels {
     pub filed: Vec<super::control::Filed>,
     /// A socket that subscribed with `resume_from`: its position frames (docs/resume.md).
     pub positions: Option<PositionFrames>,
+    /// A message the session asked to see again at this time (`Reply::Hold`): until then the
+    /// socket is not read.
+    pub held: Option<(String, std::time::Instant)>,
 }
 
 /// How and when a resuming socket is told the log's head while it receives nothing.
@@ -163,9 +166,29 @@ impl Conn {
         self.read_paused
     }
 
-    /// Whether the queue holds a bound's worth: the socket is not read until it drains.
+    /// Whether the queue holds a bound's worth, or a message is held: the socket is not read
+    /// until it drains (and the held message's time has come).
     pub(super) fn over_bound(&self) -> bool {
-        self.outbound.queued_bytes() >= self.outbound.limit()
+        self.outbound.queued_bytes() >= self.outbound.limit() || self.holding()
+    }
+
+    /// Whether a held message (`Reply::Hold`) is still waiting for its time.
+    pub(super) fn holding(&self) -> bool {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.held.as_ref())
+            .is_some_and(|(_, at)| std::time::Instant::now() < *at)
+    }
+
+    /// The held message, once its time has come.
+    pub(super) fn take_held(&mut self) -> Option<String> {
+        if self.holding() {
+            return None;
+        }
+        self.labels
+            .as_mut()
+            .and_then(|l| l.held.take())
+            .map(|(text, _)| text)
     }
 
     /// Whether the socket has completed its upgrade (before that it is not listed, pinged or sent

@@ -305,6 +305,7 @@ fn flush(shard: &ShardContext, socket: &Socket) -> Serviced {
         };
         let resume = conn.read_paused
             && !conn.is_ending()
+            && !conn.holding()
             && conn.outbound.queued_bytes() <= conn.outbound.limit() / 2;
         let output = flushed == Flushed::WouldBlock;
         let input = !conn.read_paused || resume;
@@ -375,6 +376,14 @@ fn read_available(shard: &ShardContext, socket: &mut Socket, received: Option<&m
     let Socket { conn, input } = socket;
     let mut next = Next::Continue;
     let mut heard = false;
+    // A message the session held comes back first, once its time has come.
+    let held = conn.borrow_mut().take_held();
+    // Held again: what follows waits (`over_bound` says so) and reading pauses below.
+    if let (Some(text), Some(session)) = (held, input.session.as_mut()) {
+        if !conn.borrow().is_closing() {
+            on_text(shard, conn, session.as_mut(), &text, &mut next);
+        }
+    }
     if input.session.is_some() && !input.partial.is_empty() && !conn.borrow().is_closing() {
         // Complete frames may be waiting from before a pause.
         let used = handle_buffered(shard, conn, input, &mut next);
@@ -662,6 +671,79 @@ fn handle_buffered(
     handle_input(reader, partial, conn, shard, session.as_mut(), next)
 }
 
+/// One text message to the session, and its reply queued (or awaited, or held); true when the
+/// session held it (`Reply::Hold`).
+fn on_text(
+    shard: &ShardContext,
+    conn: &Rc<RefCell<Conn>>,
+    session: &mut dyn Session,
+    text: &str,
+    next: &mut Next,
+) -> bool {
+    // The session may subscribe or unsubscribe: no borrow of the socket is held here.
+    let mut subscriptions = Subscriptions {
+        table: &shard.bindings,
+        conn,
+        now: shard.clock(),
+        instance: shard.instance,
+        last_offset: shard.last_offset.get(),
+    };
+    match session.on_text(text, &mut subscriptions) {
+        Reply::None => {}
+        Reply::Text(reply) => conn
+            .borrow_mut()
+            .queue(Bytes::from(encode::text(reply.as_bytes()))),
+        Reply::Resumed(reply, frames) => queue_resumed(&mut conn.borrow_mut(), reply, frames),
+        Reply::Close(code, reason) => {
+            conn.borrow_mut().queue_close(code, &reason);
+            *next = Next::FlushAndEnd;
+        }
+        Reply::Hold(wait) => {
+            // Kept, and the socket not read, until `wait` has passed; then the service list
+            // comes back for it (`read_available` hands the message over again first).
+            let at = std::time::Instant::now() + wait;
+            {
+                let mut conn = conn.borrow_mut();
+                let labels = conn.labels.get_or_insert_with(Default::default);
+                labels.held = Some((text.to_string(), at));
+            }
+            let conn = conn.clone();
+            executor::spawn(async move {
+                executor::sleep(wait).await;
+                conn.borrow_mut().schedule();
+            });
+            return true;
+        }
+        Reply::Later(answer) => {
+            // A task of its own, alive only while the answer is pending: the connection's own
+            // future stays as small as an idle socket needs.
+            let conn = conn.clone();
+            executor::spawn(async move {
+                let mut reply = answer.await;
+                while let Reply::Later(next) = reply {
+                    reply = next.await;
+                }
+                let mut conn = conn.borrow_mut();
+                match reply {
+                    Reply::Text(text) => conn.queue(Bytes::from(encode::text(text.as_bytes()))),
+                    Reply::Resumed(text, frames) => queue_resumed(&mut conn, text, frames),
+                    Reply::Close(code, reason) => conn.close_now(code, &reason),
+                    Reply::None | Reply::Later(_) | Reply::Hold(_) => {}
+                }
+            });
+        }
+    }
+    false
+}
+
+/// A resume's reply, then its replayed frames: like replies, never dropped.
+fn queue_resumed(conn: &mut Conn, reply: String, frames: Vec<Bytes>) {
+    conn.queue(Bytes::from(encode::text(reply.as_bytes())));
+    for frame in frames {
+        conn.queue(frame);
+    }
+}
+
 /// The upgrade request, once `input.partial` holds all of it: the dialect's decision, the `101`
 /// (or the refusal), and any frames that arrived behind the request.
 fn upgrade(shard: &ShardContext, conn: &Rc<RefCell<Conn>>, input: &mut Input) -> Next {
@@ -782,58 +864,12 @@ fn handle_input(
             None => {}
             // Waiting for the client's answer to our close: only that answer matters.
             Some(Message::Text(_) | Message::Ping(_)) if conn.borrow().is_closing() => {}
-            Some(Message::Text(text)) => {
-                // The session may subscribe or unsubscribe: no borrow of the socket is held here.
-                let mut subscriptions = Subscriptions {
-                    table: &shard.bindings,
-                    conn,
-                    now: shard.clock(),
-                    instance: shard.instance,
-                    last_offset: shard.last_offset.get(),
-                };
-                match session.on_text(text, &mut subscriptions) {
-                    Reply::None => {}
-                    Reply::Text(reply) => conn
-                        .borrow_mut()
-                        .queue(Bytes::from(encode::text(reply.as_bytes()))),
-                    Reply::Resumed(reply, frames) => {
-                        let mut conn = conn.borrow_mut();
-                        conn.queue(Bytes::from(encode::text(reply.as_bytes())));
-                        for frame in frames {
-                            conn.queue(frame);
-                        }
-                    }
-                    Reply::Close(code, reason) => {
-                        conn.borrow_mut().queue_close(code, &reason);
-                        *next = Next::FlushAndEnd;
-                    }
-                    Reply::Later(answer) => {
-                        // A task of its own, alive only while the answer is pending: the
-                        // connection's own future stays as small as an idle socket needs.
-                        let conn = conn.clone();
-                        executor::spawn(async move {
-                            let mut reply = answer.await;
-                            while let Reply::Later(next) = reply {
-                                reply = next.await;
-                            }
-                            let mut conn = conn.borrow_mut();
-                            match reply {
-                                Reply::Text(text) => {
-                                    conn.queue(Bytes::from(encode::text(text.as_bytes())))
-                                }
-                                Reply::Resumed(text, frames) => {
-                                    conn.queue(Bytes::from(encode::text(text.as_bytes())));
-                                    for frame in frames {
-                                        conn.queue(frame);
-                                    }
-                                }
-                                Reply::Close(code, reason) => conn.close_now(code, &reason),
-                                Reply::None | Reply::Later(_) => {}
-                            }
-                        });
-                    }
-                }
+            // Held: nothing more of this socket is handled until its time has come.
+            Some(Message::Text(text)) if on_text(shard, conn, session, text, next) => {
+                reader.release();
+                break;
             }
+            Some(Message::Text(_)) => {}
             Some(Message::Ping(payload)) => {
                 conn.borrow_mut().queue(Bytes::from(encode::pong(payload)))
             }

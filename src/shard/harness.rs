@@ -45,7 +45,7 @@ impl Harness {
             Reply::Text(text) => Some(text),
             Reply::Close(_, reason) => Some(reason),
             Reply::Resumed(text, _) => Some(text),
-            Reply::None | Reply::Later(_) => None,
+            Reply::None | Reply::Later(_) | Reply::Hold(_) => None,
         }
     }
 

@@ -38,6 +38,9 @@ pub enum Reply {
     /// A reply, then frames right behind it (a resume's replay, docs/resume.md): queued like
     /// replies, before any event the shard dispatches after this message.
     Resumed(String, Vec<bytes::Bytes>),
+    /// Nothing was done: the same message is handed to `on_text` again after this long, and
+    /// nothing else the socket sends is read meanwhile (a resume waiting for admission).
+    Hold(std::time::Duration),
 }
 
 impl std::fmt::Debug for Reply {
@@ -47,6 +50,7 @@ impl std::fmt::Debug for Reply {
             Reply::Text(text) => f.debug_tuple("Text").field(text).finish(),
             Reply::Close(code, reason) => f.debug_tuple("Close").field(code).field(reason).finish(),
             Reply::Later(_) => write!(f, "Later(..)"),
+            Reply::Hold(wait) => f.debug_tuple("Hold").field(wait).finish(),
             Reply::Resumed(text, frames) => f
                 .debug_tuple("Resumed")
                 .field(text)
