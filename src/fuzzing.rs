@@ -438,13 +438,13 @@ pub fn commands(data: &[u8]) {
             Some((self.0.clone(), "fuzz".into()))
         }
     }
-    static COMMANDER: OnceLock<Option<Arc<Commander>>> = OnceLock::new();
-    let Some(commander) = COMMANDER.get_or_init(|| {
+    // The commander, and the watch that keeps the account tracked for the life of the process.
+    static COMMANDER: OnceLock<Option<(Arc<Commander>, commands::CommandWatch)>> = OnceLock::new();
+    let Some((commander, _)) = COMMANDER.get_or_init(|| {
         let live = commands::Live::new(Default::default());
         let auth = Arc::new(Auth::new(None, JwtKeys::new(None, None).ok()?).ok()?);
         let commander = Commander::new(auth, Arc::new(Tracking(live.clone())))?;
-        // Held for the life of the process: the account stays watched.
-        std::mem::forget(commander.watch("a"));
+        let (watch, _) = commander.watch("a");
         for (call, leg) in [("c1", Some("c2")), ("c.*#1", None)] {
             let facts = Facts::Call {
                 call_id: call.into(),
@@ -458,7 +458,7 @@ pub fn commands(data: &[u8]) {
             destroyed: false,
         };
         live.observe("a", &conference);
-        Some(commander)
+        Some((commander, watch))
     }) else {
         return;
     };
