@@ -88,6 +88,7 @@ EOF
 start_node() {
     local n=$1
     if running "$n"; then
+        ensure_pid_file "$n"
         return
     fi
     prepare "$n"
@@ -100,6 +101,20 @@ start_node() {
         [ "$SECONDS" -lt "$deadline" ] || die "node $n did not start within 120 s (see $(node_dir "$n")/log)"
         sleep 1
     done
+    ensure_pid_file "$n"
+}
+
+# Makes sure node N's pid file names its VM (`kill` reads it: instant, where asking the node
+# takes about 2 s); the server does not always leave one behind.
+ensure_pid_file() {
+    local n=$1 pid_file pid
+    pid_file="$(node_dir "$n")/pid"
+    pid=""
+    [ ! -r "$pid_file" ] || pid=$(tr -cd '0-9' <"$pid_file")
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        pid=$(ctl "$n" eval 'os:getpid().' 2>/dev/null | tr -cd '0-9')
+        [ -z "$pid" ] || echo "$pid" >"$pid_file"
+    fi
 }
 
 join() {
@@ -151,7 +166,8 @@ case "${1:-}" in
         # started without one is asked for its pid (`os:getpid()` prints a quoted string, so
         # the digits only; rabbitmqctl takes about 2 s to answer).
         pid_file="$(node_dir "$2")/pid"
-        pid=$(tr -cd '0-9' <"$pid_file" 2>/dev/null)
+        pid=""
+        [ ! -r "$pid_file" ] || pid=$(tr -cd '0-9' <"$pid_file")
         if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
             pid=$(ctl "$2" eval 'os:getpid().' 2>/dev/null | tr -cd '0-9')
         fi

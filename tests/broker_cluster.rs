@@ -176,7 +176,9 @@ fn a_node_keeps_serving_when_its_broker_is_killed() {
             lost.iter().all(|seq| sent[*seq] > killed),
             "only events published after the kill may be lost: {lost:?}"
         );
-        let settled = killed + failed_over + Duration::from_millis(500);
+        // The new binding reaches the publisher's broker (node 3) through the cluster's metadata
+        // store: on a loaded 2-core machine that has taken more than half a second.
+        let settled = killed + failed_over + Duration::from_millis(1500);
         assert!(
             lost.iter().all(|seq| sent[*seq] < settled),
             "nothing published after the failover is lost: {lost:?}"

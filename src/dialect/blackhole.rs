@@ -639,8 +639,8 @@ impl BlackholeSession {
             let resumed = super::resume(
                 self.dialect.source.as_ref(),
                 from.as_str(),
-                subscriptions.last_offset(),
-                Separator::Dot,
+                subscriptions,
+                (Separator::Dot, super::KAZOO_POSITION),
                 &encoders,
                 false,
             );
@@ -651,13 +651,6 @@ impl BlackholeSession {
                 out.extend_from_slice(resumed.members().as_bytes());
                 out.push(b'}');
             });
-            if let Some((history, _)) = self.dialect.source.history() {
-                subscriptions.send_positions(
-                    "{\"action\":\"position\",\"position\":\"",
-                    "\"}",
-                    &history.epoch(),
-                );
-            }
             return Reply::Resumed(reply, resumed.frames);
         }
         let reply = answer.success(|out| {

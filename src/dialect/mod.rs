@@ -176,11 +176,6 @@ impl Resumed {
     }
 }
 
-/// Replays, for the bindings a subscribe just added (`(internal pattern, encoder)`), the events
-/// of the node's history after `from` up to what this socket's shard has dispatched (`head`):
-/// each event once per matching binding (Kazoo), or once per socket (`once`, VoIPBin). The
-/// bindings are account-scoped exactly as for live delivery, so a resume sees what the socket
-/// may see and nothing else. Anything it cannot do is `recovered: false` and nothing replayed.
 /// Whether a resuming subscribe may go now (`None`), or must be held: behind an earlier reply
 /// still pending (the replay must come right behind its own reply), or for its admission turn
 /// (`reserved`: this session already has one, given when it was first held).
@@ -203,11 +198,21 @@ pub(crate) fn resume_gate(
     Some(wait)
 }
 
+/// The position frame of each dialect, around the position (docs/resume.md).
+pub(crate) const KAZOO_POSITION: (&str, &str) = ("{\"action\":\"position\",\"position\":\"", "\"}");
+pub(crate) const VOIPBIN_POSITION: (&str, &str) = ("{\"type\":\"position\",\"position\":\"", "\"}");
+
+/// Replays, for the bindings a subscribe just added (`(internal pattern, encoder)`), the events
+/// of the node's history after `from` up to what this socket's shard has dispatched: each event
+/// once per matching binding (Kazoo), or once per socket (`once`, VoIPBin). The bindings are
+/// account-scoped exactly as for live delivery, so a resume sees what the socket may see and
+/// nothing else. Anything it cannot do is `recovered: false` and nothing replayed. The socket
+/// then gets position frames (`position_frame`, around the position) while the log moves.
 pub(crate) fn resume(
     source: &dyn crate::ingest::EventSource,
     from: Option<&str>,
-    head: Option<u64>,
-    separator: crate::binding::Separator,
+    subscriptions: &mut crate::shard::Subscriptions<'_>,
+    (separator, position_frame): (crate::binding::Separator, (&str, &str)),
     bindings: &[(String, Rc<dyn crate::shard::FrameEncoder>)],
     once: bool,
 ) -> Resumed {
@@ -221,6 +226,8 @@ pub(crate) fn resume(
             frames: Vec::new(),
         };
     };
+    let head = subscriptions.last_offset();
+    subscriptions.send_positions(position_frame.0, position_frame.1, &history.epoch());
     let position = head.map(|offset| history.position(offset));
     let events = from
         .and_then(Position::parse)

@@ -410,8 +410,8 @@ impl VoipbinSession {
             let resumed = super::resume(
                 self.dialect.source.as_ref(),
                 from.as_str(),
-                subscriptions.last_offset(),
-                Separator::Colon,
+                subscriptions,
+                (Separator::Colon, super::VOIPBIN_POSITION),
                 &encoders,
                 true,
             );
@@ -420,13 +420,6 @@ impl VoipbinSession {
             reply.push(',');
             reply.push_str(&resumed.members());
             reply.push('}');
-            if let Some((history, _)) = self.dialect.source.history() {
-                subscriptions.send_positions(
-                    "{\"type\":\"position\",\"position\":\"",
-                    "\"}",
-                    &history.epoch(),
-                );
-            }
             return Reply::Resumed(reply, resumed.frames);
         }
         let reply = frame("subscribed", None, &topics);
