@@ -579,12 +579,7 @@ fn with_the_stream_a_broker_nodes_death_loses_nothing_and_duplicates_nothing() {
             confirmed.len(),
             received.len()
         );
-        let _ = channel
-            .queue_delete(stream.as_str().into(), Default::default())
-            .await;
-        let _ = channel
-            .queue_delete(format!("{stream}.epoch").as_str().into(), Default::default())
-            .await;
+        common::kazoo::delete_stream(&channel, &stream).await;
     });
     node.stop();
     revive();

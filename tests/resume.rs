@@ -376,15 +376,7 @@ fn a_client_resumes_on_another_node_from_the_rabbitmq_stream() {
         common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "s5", &t.a).await;
         assert_eq!(next_event(&mut moved).await.0, "s5");
         assert!(moved.next_json(Duration::from_millis(300)).await.is_none());
-        let _ = channel
-            .queue_delete(stream.as_str().into(), Default::default())
-            .await;
-        let _ = channel
-            .queue_delete(
-                format!("{stream}.epoch").as_str().into(),
-                Default::default(),
-            )
-            .await;
+        common::kazoo::delete_stream(&channel, &stream).await;
     });
     one.stop();
     two.stop();
@@ -584,12 +576,7 @@ fn clients_of_a_killed_node_resume_on_another_with_nothing_lost_or_twice() {
                 "client {i}: every event once, in order, across the kill"
             );
         }
-        let _ = channel
-            .queue_delete(stream.as_str().into(), Default::default())
-            .await;
-        let _ = channel
-            .queue_delete(format!("{stream}.epoch").as_str().into(), Default::default())
-            .await;
+        common::kazoo::delete_stream(&channel, &stream).await;
     });
     drop(b);
     let _ = std::fs::remove_file(&auth);

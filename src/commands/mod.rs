@@ -383,14 +383,14 @@ pub struct Commander {
 /// One socket's (or REST caller's) hold on an account's call and conference events: the
 /// tracker watches the account, and the node consumes its events, while it lives.
 pub struct CommandWatch {
-    _watch: Watch,
+    watch: Watch,
     source: Arc<dyn EventSource>,
     bindings: Vec<AmqpBinding>,
 }
 
 impl CommandWatch {
     pub fn account(&self) -> &str {
-        self._watch.account()
+        self.watch.account()
     }
 }
 
@@ -451,7 +451,7 @@ impl Commander {
             .map(|binding| self.source.acquire(binding.clone()))
             .collect();
         let watch = CommandWatch {
-            _watch: self.live.watch(account),
+            watch: self.live.watch(account),
             source: self.source.clone(),
             bindings,
         };

@@ -531,8 +531,13 @@ async fn open_stream(
         // A log begun since: read it from its start; the first time: from now.
         node.next_offset = node.next_offset.map(|_| 0);
     }
-    for binding in crate::families::stream_bindings() {
-        ensure_exchange(connection, binding.exchange).await?;
+    let bindings = crate::families::stream_bindings();
+    // Each exchange once (a check costs a channel), however many of its keys are bound.
+    let exchanges: HashSet<&'static str> = bindings.iter().map(|b| b.exchange).collect();
+    for exchange in exchanges {
+        ensure_exchange(connection, exchange).await?;
+    }
+    for binding in bindings {
         channel
             .queue_bind(
                 stream.as_str().into(),

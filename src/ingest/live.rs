@@ -116,11 +116,6 @@ impl Live {
         self.lock().limits.idle_expiry
     }
 
-    /// Whether `account` is watched on this node.
-    pub fn watched(&self, account: &str) -> bool {
-        self.lock().watched.contains_key(account)
-    }
-
     /// Takes in what one routed event says (the ingest thread; once per call or conference
     /// event, so it does nothing for an account nobody watches).
     pub fn observe(&self, account: &str, facts: &Facts) {

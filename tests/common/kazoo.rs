@@ -520,3 +520,12 @@ pub async fn expect_bindings(queue: &str, want: &[(&str, &str)]) {
     }
     panic!("node queue {queue} bindings on the broker:\n  have {have:?}\n  want {want:?}");
 }
+
+/// Deletes a test's event stream and its epoch queue (`history = "stream"`).
+pub async fn delete_stream(channel: &lapin::Channel, stream: &str) {
+    for queue in [stream.to_string(), format!("{stream}.epoch")] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+}
