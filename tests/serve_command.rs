@@ -169,6 +169,9 @@ fn horizon_token_mints_what_serve_accepts() {
         "serve",
         "--ws-listen",
         "127.0.0.1:0",
+        // Its own API port: the default one is shared with the other tests that run a node.
+        "--api-listen",
+        "127.0.0.1:0",
         "--shards",
         "1",
         "--jwt-hs256-secret",
@@ -238,6 +241,8 @@ fn sighup_reloads_the_auth_file_without_dropping_sockets() {
     let (mut child, mut lines) = spawn(&[
         "serve",
         "--ws-listen",
+        "127.0.0.1:0",
+        "--api-listen",
         "127.0.0.1:0",
         "--shards",
         "1",
