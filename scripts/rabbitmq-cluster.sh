@@ -176,7 +176,7 @@ case "${1:-}" in
         # Dead means dead: the test that follows counts on it. A zombie is dead (its parent
         # reaps it about a second later).
         for _ in $(seq 1 200); do
-            state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)
+            state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
             case "$state" in '' | Z) exit 0 ;; esac
             sleep 0.05
         done
