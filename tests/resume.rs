@@ -382,6 +382,89 @@ fn a_client_resumes_on_another_node_from_the_rabbitmq_stream() {
     two.stop();
 }
 
+/// Deep resumes: a node that started after the missed events, and a node whose memory forgot
+/// them, read them back from the stream (one reader per node) - exactly those the binding and
+/// the identity may see, then what memory has, then live.
+#[test]
+fn what_a_node_never_had_or_forgot_is_read_back_from_the_stream() {
+    let t = Tenants::new();
+    let stream = format!("horizon.test.events.{}", horizon::ids::random_hex(4));
+    let one = Node::start(true, &t.auth_toml(), |config, _| {
+        history_on(config);
+        config.history_config.stream = stream.clone();
+    });
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        one.ready().await;
+        let amqp = common::amqp_connect().await;
+        let channel = amqp.create_channel().await.unwrap();
+        common::kazoo::declare_kazoo_exchanges(&channel).await;
+        let mut client = Client::connect(one.addr()).await;
+        client
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "d1", &t.a).await;
+        let (_, position) = next_event(&mut client).await;
+        // Missed while away, with another tenant's events between them; then a node starts
+        // that has none of them in memory (a few hundred bytes of it at most).
+        for i in 2..=6 {
+            common::kazoo::publish_call(&channel, "CHANNEL_CREATE", &format!("d{i}"), &t.a).await;
+            common::kazoo::publish_call(&channel, "CHANNEL_CREATE", &format!("x{i}"), &t.b).await;
+        }
+        for i in 2..=6 {
+            assert_eq!(next_event(&mut client).await.0, format!("d{i}"));
+        }
+        let two = Node::start(true, &t.auth_toml(), |config, _| {
+            history_on(config);
+            config.history_config.stream = stream.clone();
+            config.history_config.memory_bytes = 2_000;
+        });
+        two.ready().await;
+        let (mut moved, _, reply) = resumed(&two, &token, &position).await;
+        assert_eq!(
+            reply.get("data").unwrap().get_bool("recovered"),
+            Some(true),
+            "{reply}"
+        );
+        for i in 2..=6 {
+            assert_eq!(next_event(&mut moved).await.0, format!("d{i}"));
+        }
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "d7", &t.a).await;
+        let (call, position) = next_event(&mut moved).await;
+        assert_eq!(call, "d7");
+        assert!(moved.next_json(Duration::from_millis(300)).await.is_none());
+        drop(moved);
+
+        // Twenty more: node two's memory keeps the last few, the stream gives the rest.
+        for i in 8..=27 {
+            common::kazoo::publish_call(&channel, "CHANNEL_CREATE", &format!("d{i}"), &t.a).await;
+        }
+        for i in 7..=27 {
+            assert_eq!(next_event(&mut client).await.0, format!("d{i}"));
+        }
+        let (mut late, _, reply) = resumed(&two, &token, &position).await;
+        assert_eq!(
+            reply.get("data").unwrap().get_bool("recovered"),
+            Some(true),
+            "{reply}"
+        );
+        for i in 8..=27 {
+            assert_eq!(next_event(&mut late).await.0, format!("d{i}"));
+        }
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "d28", &t.a).await;
+        assert_eq!(next_event(&mut late).await.0, "d28");
+        assert!(late.next_json(Duration::from_millis(300)).await.is_none());
+        let (_, metrics) = common::http(two.api.local_addr(), "GET", "/metrics", &[], "").await;
+        assert!(
+            metrics.contains("horizon_resume_stream_reads_total{result=\"read\"}"),
+            "{metrics}"
+        );
+        common::kazoo::delete_stream(&channel, &stream).await;
+        two.stop();
+    });
+    one.stop();
+}
+
 #[test]
 fn a_resuming_socket_is_told_the_head_while_the_log_moves_and_others_are_not() {
     let t = Tenants::new();

@@ -331,6 +331,22 @@ pub fn render_history(out: &mut String, ingest: &crate::ingest::Ingest) {
         "Resumes that waited for their turn (resume_admissions_per_sec reached).",
         crate::dialect::RESUME_WAITS.load(Relaxed),
     );
+    family(
+        out,
+        "horizon_resume_stream_reads_total",
+        "counter",
+        "Reads of the stream for resumes older than the node's memory: read, or failed (one read serves every resume waiting).",
+    );
+    for (result, counter) in ["read", "failed"]
+        .iter()
+        .zip(&crate::ingest::catch_up::READS)
+    {
+        let _ = writeln!(
+            out,
+            "horizon_resume_stream_reads_total{{result=\"{result}\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
     let (events, bytes) = ingest.history().map_or((0, 0), |(h, _)| h.size());
     family(
         out,

@@ -150,7 +150,7 @@ impl Blackhole {
             sequencer: Sequencer::default(),
             watches: Vec::new(),
             pending_binds: Vec::new(),
-            resume_turn: false,
+            resume_turn: super::ResumeTurn::default(),
         };
         // The upgrade cannot wait for the binds; the first subscribe's reply does.
         drop(session.rewatch());
@@ -181,7 +181,7 @@ pub struct BlackholeSession {
     /// them, so events published after it reach the tracker.
     pending_binds: Vec<commands::BindWait>,
     /// A resume held for its admission turn has it reserved.
-    resume_turn: bool,
+    resume_turn: super::ResumeTurn,
 }
 
 /// The event frame of one binding: a head made once per binding, the event's shared tail.
@@ -571,6 +571,11 @@ impl BlackholeSession {
                 &self.dialect.admission,
                 &self.sequencer,
                 &mut self.resume_turn,
+                (
+                    data.and_then(|d| d.get("resume_from"))
+                        .and_then(|v| v.as_str()),
+                    subscriptions.last_offset(),
+                ),
             ) {
                 return Reply::Hold(wait);
             }
@@ -643,6 +648,7 @@ impl BlackholeSession {
                 (Separator::Dot, super::KAZOO_POSITION),
                 &encoders,
                 false,
+                &mut self.resume_turn,
             );
             let reply = answer.success(|out| {
                 out.extend_from_slice(b"{\"subscribed\":");

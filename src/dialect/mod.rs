@@ -176,26 +176,71 @@ impl Resumed {
     }
 }
 
+/// A resuming subscribe's progress while it is held (`Reply::Hold`): its admission turn, how
+/// long it has waited, and the read of the stream it waits for.
+#[derive(Default)]
+pub(crate) struct ResumeTurn {
+    /// A turn was given when it was first held (it goes when the turn comes).
+    reserved: bool,
+    admitted: bool,
+    held_since: Option<Instant>,
+    catch_up: Option<Arc<crate::ingest::catch_up::CatchUp>>,
+}
+
+/// A node that has not read the log yet (it just started) is waited for this long.
+const NOT_YET_LIMIT: Duration = Duration::from_secs(5);
+/// A read of the stream for a deep resume is waited for this long.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+/// How often a held resume looks again.
+const HOLD_STEP: Duration = Duration::from_millis(20);
+
 /// Whether a resuming subscribe may go now (`None`), or must be held: behind an earlier reply
-/// still pending (the replay must come right behind its own reply), or for its admission turn
-/// (`reserved`: this session already has one, given when it was first held).
+/// still pending (the replay must come right behind its own reply), for its admission turn, or
+/// for what it missed to be at hand - a node that just started reading the log, or a read of
+/// the stream for events the node does not have in memory (ingest::catch_up).
 pub(crate) fn resume_gate(
     source: &dyn crate::ingest::EventSource,
     admission: &ResumeAdmission,
     sequencer: &Sequencer,
-    reserved: &mut bool,
+    turn: &mut ResumeTurn,
+    (from, head): (Option<&str>, Option<u64>),
 ) -> Option<Duration> {
-    source.history()?;
+    use crate::fanout::history::{Position, Reach, Unresumable};
+    let (history, max) = source.history()?;
     if sequencer.pending() {
-        return Some(Duration::from_millis(20));
+        return Some(HOLD_STEP);
     }
-    if *reserved {
-        *reserved = false;
-        return None;
+    if !turn.admitted {
+        if !turn.reserved {
+            if let Some(wait) = admission.turn() {
+                turn.reserved = true;
+                return Some(wait);
+            }
+        }
+        turn.admitted = true;
     }
-    let wait = admission.turn()?;
-    *reserved = true;
-    Some(wait)
+    let held = turn.held_since.get_or_insert_with(Instant::now).elapsed();
+    let reach = from
+        .and_then(Position::parse)
+        .map(|from| history.reach(&from, head, max));
+    let hold = match reach {
+        Some(Err(Unresumable::NotYet)) => held < NOT_YET_LIMIT,
+        Some(Ok(Reach::Stream { after, until })) => match &turn.catch_up {
+            Some(read) => read.outcome().is_none() && held < CATCH_UP_LIMIT,
+            None => {
+                turn.catch_up = source.catch_up(after, until);
+                turn.catch_up.is_some()
+            }
+        },
+        _ => false,
+    };
+    if hold {
+        return Some(HOLD_STEP);
+    }
+    turn.reserved = false;
+    turn.admitted = false;
+    turn.held_since = None;
+    None
 }
 
 /// The position frame of each dialect, around the position (docs/resume.md).
@@ -215,6 +260,7 @@ pub(crate) fn resume(
     (separator, position_frame): (crate::binding::Separator, (&str, &str)),
     bindings: &[(String, Rc<dyn crate::shard::FrameEncoder>)],
     once: bool,
+    turn: &mut ResumeTurn,
 ) -> Resumed {
     use crate::binding::{BindingAutomaton, SubscriptionId};
     use crate::fanout::history::Position;
@@ -232,7 +278,18 @@ pub(crate) fn resume(
     let events = from
         .and_then(Position::parse)
         .ok_or(crate::fanout::history::Unresumable::Unknown)
-        .and_then(|from| history.since(&from, head, max));
+        .and_then(|from| {
+            // What a read of the stream fetched, if the resume needed one (a failed read
+            // leaves the range missing: not recovered).
+            let deep = turn
+                .catch_up
+                .take()
+                .and_then(|read| Some((read.until, read.outcome()??)));
+            let deep = deep
+                .as_ref()
+                .map(|(until, events)| (*until, events.as_slice()));
+            history.since(&from, head, max, deep)
+        });
     let Ok(events) = events else {
         RESUMES[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Resumed {

@@ -107,7 +107,7 @@ impl Voipbin {
             topics: Vec::new(),
             bucket: TokenBucket::new(self.limits.rate_burst, self.limits.rate_per_sec),
             sequencer: Sequencer::default(),
-            resume_turn: false,
+            resume_turn: super::ResumeTurn::default(),
         }))
     }
 }
@@ -227,7 +227,7 @@ pub struct VoipbinSession {
     bucket: TokenBucket,
     sequencer: Sequencer,
     /// A resume held for its admission turn has it reserved.
-    resume_turn: bool,
+    resume_turn: super::ResumeTurn,
 }
 
 /// `{"topic":"<topic>",` + the event's `"type":..,"data":..}`.
@@ -365,6 +365,10 @@ impl VoipbinSession {
                 &self.dialect.admission,
                 &self.sequencer,
                 &mut self.resume_turn,
+                (
+                    root.get("resume_from").and_then(|v| v.as_str()),
+                    subscriptions.last_offset(),
+                ),
             ) {
                 return Reply::Hold(wait);
             }
@@ -414,6 +418,7 @@ impl VoipbinSession {
                 (Separator::Colon, super::VOIPBIN_POSITION),
                 &encoders,
                 true,
+                &mut self.resume_turn,
             );
             let mut reply = frame("subscribed", None, &topics);
             reply.pop();

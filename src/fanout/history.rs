@@ -22,6 +22,10 @@ struct Log {
     epoch: String,
     events: VecDeque<Arc<Event>>,
     bytes: usize,
+    /// The first offset from which every event of the log is here: set by the node's first
+    /// delivery of this epoch, moved on as the oldest are forgotten. `None` before the node has
+    /// read anything of the log.
+    covered: Option<u64>,
 }
 
 /// The node's recent history; one per node, shared by the ingest thread and the shards.
@@ -41,6 +45,18 @@ pub enum Unresumable {
     TooOld,
     /// More events since then than `resume_max_events`.
     TooMany,
+    /// The node has not read the log yet (it just started): ask again shortly.
+    NotYet,
+}
+
+/// Where a resume's missed events are (History::reach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// All in this node's memory (or none at all).
+    Memory,
+    /// Those after `after` up to `until` (offsets) only in the stream: a catch-up read
+    /// (ingest::catch_up) fetches them, the rest is in memory.
+    Stream { after: u64, until: u64 },
 }
 
 /// A parsed position: `<epoch>-<offset>`, or `latest`.
@@ -104,6 +120,7 @@ impl History {
             log.epoch = epoch.to_string();
             log.events.clear();
             log.bytes = 0;
+            log.covered = None;
         }
     }
 
@@ -127,6 +144,15 @@ impl History {
             + event.position_member().len()
     }
 
+    /// The node has read the log's `offset` (any message, kept or not): the first one read
+    /// starts what the history covers.
+    pub fn saw(&self, offset: u64) {
+        let mut log = self.lock();
+        if log.covered.is_none() {
+            log.covered = Some(offset);
+        }
+    }
+
     /// Keeps `event` (the ingest thread, before the shards see it); the oldest go when the
     /// history is over its bound. Events without a position, or not after the last, are not
     /// kept.
@@ -136,6 +162,9 @@ impl History {
         };
         let size = History::retained_bytes(&event);
         let mut log = self.lock();
+        if log.covered.is_none() {
+            log.covered = Some(offset);
+        }
         if log
             .events
             .back()
@@ -151,6 +180,9 @@ impl History {
                 break;
             };
             log.bytes -= History::retained_bytes(&old);
+            if let Some(gone) = old.offset() {
+                log.covered = Some(gone + 1);
+            }
         }
     }
 
@@ -160,13 +192,57 @@ impl History {
         (log.events.len(), log.bytes)
     }
 
+    /// Where the events after `from` up to `upto` (what the resuming socket's shard has
+    /// dispatched) are: in memory, or partly only in the stream. `upto` is `None` while the
+    /// shard has dispatched nothing of this log.
+    pub fn reach(
+        &self,
+        from: &Position,
+        upto: Option<u64>,
+        max: usize,
+    ) -> Result<Reach, Unresumable> {
+        let (epoch, after) = match from {
+            Position::Latest => return Ok(Reach::Memory),
+            Position::At { epoch, offset } => (epoch, *offset),
+        };
+        let log = self.lock();
+        if *epoch != log.epoch {
+            return Err(Unresumable::OtherEpoch);
+        }
+        let covered = log.covered.ok_or(Unresumable::NotYet)?;
+        let upto = match upto {
+            Some(upto) => upto,
+            // Events read but not dispatched yet on this shard: in a moment they are.
+            None if !log.events.is_empty() => return Err(Unresumable::NotYet),
+            // Nothing of the log dispatched: the node has everything from `covered` on.
+            None => match covered.checked_sub(1) {
+                Some(before) => before,
+                None => return Ok(Reach::Memory),
+            },
+        };
+        if after >= upto || after + 1 >= covered {
+            return Ok(Reach::Memory);
+        }
+        // Offsets count every message of the log, events of every account among them.
+        if upto - after > max as u64 {
+            return Err(Unresumable::TooMany);
+        }
+        Ok(Reach::Stream {
+            after,
+            until: covered - 1,
+        })
+    }
+
     /// The events after `from` up to `upto` (both offsets), at most `max`: what a resume from
-    /// `from` replays when the shard has dispatched everything up to `upto`.
+    /// `from` replays when the shard has dispatched everything up to `upto`. `deep` is what a
+    /// catch-up read of the stream fetched for [`Reach::Stream`] (`None` otherwise): the
+    /// events after `from` up to its `until`, in order.
     pub fn since(
         &self,
         from: &Position,
         upto: Option<u64>,
         max: usize,
+        deep: Option<(u64, &[Arc<Event>])>,
     ) -> Result<Vec<Arc<Event>>, Unresumable> {
         let (epoch, after) = match from {
             Position::Latest => return Ok(Vec::new()),
@@ -176,30 +252,49 @@ impl History {
         if *epoch != log.epoch {
             return Err(Unresumable::OtherEpoch);
         }
-        let Some(upto) = upto else {
-            // Nothing dispatched yet on this shard: nothing to replay, if the position is not
-            // from the future of this log.
-            return if log.events.is_empty() {
-                Ok(Vec::new())
-            } else {
-                Err(Unresumable::TooOld)
-            };
+        let covered = log.covered.ok_or(Unresumable::NotYet)?;
+        let upto = match upto {
+            Some(upto) => upto,
+            None if !log.events.is_empty() => return Err(Unresumable::NotYet),
+            // Nothing of the log dispatched: everything before `covered` may be missed.
+            None => match covered.checked_sub(1) {
+                Some(before) => before,
+                None => return Ok(Vec::new()),
+            },
         };
         if after >= upto {
             // Already has everything this shard has dispatched (or a position from the
             // future: nothing to give either way).
             return Ok(Vec::new());
         }
-        // The event right after `after` must still be here: the first kept is at most
-        // `after + 1`.
-        let first = log.events.front().and_then(|e| e.offset());
-        if first.is_none_or(|first| first > after + 1) {
+        let mut out = Vec::new();
+        // What the stream gave, then memory from where it ended.
+        let after = match deep {
+            Some((until, events)) => {
+                for event in events {
+                    let offset = event.offset().unwrap_or(0);
+                    if offset <= after || offset > upto {
+                        continue;
+                    }
+                    if out.len() == max {
+                        return Err(Unresumable::TooMany);
+                    }
+                    out.push(event.clone());
+                }
+                until.max(after)
+            }
+            None => after,
+        };
+        // Every event right after `after` must still be here.
+        if after >= upto {
+            return Ok(out);
+        }
+        if after + 1 < covered {
             return Err(Unresumable::TooOld);
         }
         let start = log
             .events
             .partition_point(|e| e.offset().unwrap_or(0) <= after);
-        let mut out = Vec::new();
         for event in log.events.range(start..) {
             let offset = event.offset().unwrap_or(0);
             if offset > upto {
@@ -264,35 +359,102 @@ mod tests {
             offset,
         };
         let got: Vec<u64> = history
-            .since(&at(12), Some(15), 100)
+            .since(&at(12), Some(15), 100, None)
             .unwrap()
             .iter()
             .filter_map(|e| e.offset())
             .collect();
         assert_eq!(got, [13, 14, 15]);
         assert_eq!(
-            history.since(&at(9), Some(19), 100).map(|v| v.len()),
+            history.since(&at(9), Some(19), 100, None).map(|v| v.len()),
             Ok(10)
         );
         assert_eq!(
-            history.since(&at(8), Some(19), 100).err(),
+            history.since(&at(8), Some(19), 100, None).err(),
             Some(Unresumable::TooOld)
         );
         assert_eq!(
-            history.since(&at(10), Some(19), 3).err(),
+            history.since(&at(10), Some(19), 3, None).err(),
             Some(Unresumable::TooMany)
         );
-        assert_eq!(history.since(&at(19), Some(19), 3).map(|v| v.len()), Ok(0));
+        assert_eq!(
+            history.since(&at(19), Some(19), 3, None).map(|v| v.len()),
+            Ok(0)
+        );
         let other = Position::At {
             epoch: "e0".into(),
             offset: 12,
         };
         assert_eq!(
-            history.since(&other, Some(19), 100).err(),
+            history.since(&other, Some(19), 100, None).err(),
             Some(Unresumable::OtherEpoch)
         );
         history.set_epoch("e2");
         assert_eq!(history.size(), (0, 0));
+    }
+
+    #[test]
+    fn what_memory_lacks_is_asked_of_the_stream_then_merged() {
+        let at = |offset| Position::At {
+            epoch: "e1".into(),
+            offset,
+        };
+        let history = History::new(1 << 20, "e1");
+        // Nothing read yet: the resume must wait.
+        assert_eq!(history.reach(&at(3), None, 100), Err(Unresumable::NotYet));
+        // The node started at offset 10 (its marker), then kept 11..=15.
+        history.saw(10);
+        assert_eq!(
+            history.reach(&at(3), None, 100),
+            Ok(Reach::Stream { after: 3, until: 9 })
+        );
+        for offset in 11..=15 {
+            history.push(event(&history, offset, "{}"));
+        }
+        assert_eq!(history.reach(&at(9), Some(15), 100), Ok(Reach::Memory));
+        assert_eq!(
+            history.reach(&at(3), Some(15), 100),
+            Ok(Reach::Stream { after: 3, until: 9 })
+        );
+        assert_eq!(
+            history.reach(&at(3), Some(15), 5),
+            Err(Unresumable::TooMany)
+        );
+        // What the stream read: 4..=9 (an event of the range may be missing: skipped live too).
+        let deep: Vec<Arc<Event>> = [4, 5, 7, 8, 9]
+            .into_iter()
+            .map(|o| event(&history, o, "{}"))
+            .collect();
+        let got: Vec<u64> = history
+            .since(&at(3), Some(15), 100, Some((9, &deep)))
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.offset())
+            .collect();
+        assert_eq!(got, [4, 5, 7, 8, 9, 11, 12, 13, 14, 15]);
+        // Without the read, the range is missing.
+        assert_eq!(
+            history.since(&at(3), Some(15), 100, None).err(),
+            Some(Unresumable::TooOld)
+        );
+        // Forgetting moves what memory covers.
+        let small = History::new(History::retained_bytes(&event(&history, 1, "{}")) * 2, "e1");
+        for offset in 20..25 {
+            small.push(event(&small, offset, "{}"));
+        }
+        let first = 25 - small.size().0 as u64;
+        assert!(first > 21);
+        assert_eq!(
+            small.reach(&at(20), Some(24), 100),
+            Ok(Reach::Stream {
+                after: 20,
+                until: first - 1
+            })
+        );
+        assert_eq!(
+            small.reach(&at(first - 1), Some(24), 100),
+            Ok(Reach::Memory)
+        );
     }
 
     #[test]

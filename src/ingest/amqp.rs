@@ -254,6 +254,18 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
         Err(e) => return e.into(),
     };
     node.status.connects.fetch_add(1, Ordering::Relaxed);
+    if node.history.is_some() && node.next_offset.is_none() {
+        // Read from `next`, the node does not know where in the log it starts until a message
+        // arrives; a marker of its own makes one arrive now, on an idle log too, so resumes
+        // from before it can be read back from the stream (ingest::catch_up).
+        let mut marker = None;
+        if let Err(e) = publish(&connection, &mut marker, "", &source, b"").await {
+            tracing::warn!("amqp: cannot mark the node's start in {source} ({e})");
+        }
+        if let Some(marker) = marker {
+            let _ = marker.close(200, "ok".into()).await;
+        }
+    }
 
     let mut declared: HashSet<&'static str> = HashSet::new();
     let mut bound: HashSet<AmqpBinding> = HashSet::new();
@@ -350,7 +362,13 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
                         (Some((history, _)), Some(offset)) if !seen => Some((&**history, offset)),
                         _ => None,
                     };
-                    let routed = if seen || (node.history.is_some() && offset.is_none()) {
+                    if let (Some((history, _)), Some(offset), false) = (&node.history, offset, seen) {
+                        history.saw(offset);
+                    }
+                    // The stream's own messages (a node's start marker) are not events.
+                    let routed = if seen
+                        || (node.history.is_some() && (offset.is_none() || exchange.is_empty()))
+                    {
                         Ok(())
                     } else {
                         route(
@@ -439,7 +457,7 @@ async fn publish(
 }
 
 /// The offset of a stream delivery (its `x-stream-offset` header).
-fn stream_offset(delivery: &lapin::message::Delivery) -> Option<u64> {
+pub(super) fn stream_offset(delivery: &lapin::message::Delivery) -> Option<u64> {
     let headers = delivery.properties.headers().as_ref()?;
     match headers.inner().get("x-stream-offset")? {
         AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),

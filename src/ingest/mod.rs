@@ -12,6 +12,7 @@
 
 mod amqp;
 pub mod brokers;
+pub mod catch_up;
 mod counts;
 mod embedded;
 pub mod live;
@@ -115,6 +116,13 @@ pub trait EventSource: Send + Sync + 'static {
     fn history(&self) -> Option<(Arc<History>, usize)> {
         None
     }
+
+    /// Asks the node's stream reader for the log's events after `after` up to `until`, which
+    /// the node no longer has (or never had) in memory (`None`: there is no stream to read).
+    fn catch_up(&self, after: u64, until: u64) -> Option<Arc<catch_up::CatchUp>> {
+        let _ = (after, until);
+        None
+    }
 }
 
 pub(crate) enum Command {
@@ -197,6 +205,8 @@ struct Shared {
     node: String,
     /// The event log (`history` on).
     history: Option<(Arc<History>, HistoryConfig)>,
+    /// The node's stream reader for deep resumes (a broker's stream; started with the thread).
+    catch_up: Mutex<Option<mpsc::UnboundedSender<Arc<catch_up::CatchUp>>>>,
 }
 
 /// The handle to the ingest thread.
@@ -242,6 +252,7 @@ impl Ingest {
                     let epoch = crate::ids::random_hex(6);
                     (History::new(config.memory_bytes, &epoch), config)
                 }),
+                catch_up: Mutex::new(None),
             }),
         }
     }
@@ -260,6 +271,12 @@ impl Ingest {
         let queue = self.shared.queue.clone();
         let live = self.shared.live.clone();
         let history = self.shared.history.clone();
+        if let (Source::Amqp(config), Some((log, history))) = (&source, &history) {
+            let reader = catch_up::start(config.url.clone(), history.stream.clone(), log.clone())?;
+            if let Ok(mut slot) = self.shared.catch_up.lock() {
+                *slot = Some(reader);
+            }
+        }
         let thread = std::thread::Builder::new()
             .name("horizon-ingest".into())
             .spawn(move || {
@@ -396,6 +413,14 @@ impl EventSource for Ingest {
     fn history(&self) -> Option<(Arc<History>, usize)> {
         let (history, config) = self.shared.history.as_ref()?;
         Some((history.clone(), config.resume_max_events))
+    }
+
+    fn catch_up(&self, after: u64, until: u64) -> Option<Arc<catch_up::CatchUp>> {
+        let (history, _) = self.shared.history.as_ref()?;
+        let reader = self.shared.catch_up.lock().ok()?.clone()?;
+        let request = catch_up::CatchUp::new(history.epoch(), after, until);
+        reader.send(request.clone()).ok()?;
+        Some(request)
     }
 }
 

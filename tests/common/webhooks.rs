@@ -288,6 +288,22 @@ impl Node {
                 )
             }
         };
+        // With a broker, the hooks' consumer is on once it says so: a hook created earlier
+        // would wait for its binding only a few seconds, which a loaded machine can exceed. A
+        // node whose broker is meant to be away goes on after a while.
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        if has("--amqp-url") && has("--webhooks-db") {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < deadline
+                && !log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|line| line.contains("webhooks: consuming"))
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Node {
             child,
             api,
