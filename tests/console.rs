@@ -390,3 +390,76 @@ async fn a_browser_subscribes_and_receives_over_wss() {
     let _ = std::fs::remove_dir_all(profile);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Monster UI's socket client with positions on (docs/resume.md): a page in headless Chromium
+/// handles frames as `monster.socket` does - a reply goes to its request's callback, an event's
+/// `data` (with `binding` set from `subscribed_key`) to the binding's listeners, any other action
+/// is ignored - and gets every event, with no error, while each frame carries its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monster_ui_s_socket_handling_is_unmoved_by_positions() {
+    let dir = std::env::temp_dir().join(format!(
+        "horizon-browser-positions-{}",
+        horizon::ids::random_hex(6)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (node, _) = common::start_wss_dev_node(&dir, &["--history".as_ref(), "stream".as_ref()]);
+    let wss = node.wss.expect("a wss listener");
+    let (_browser, devtools, profile) =
+        start_browser("about:blank", &["--ignore-certificate-errors"]);
+    let mut page = Page::attach(&devtools).await;
+    let subscribe = json!({"action":"subscribe","auth_token":node.token,"request_id":"monster-1",
+        "data":{"account_id":"dev-account","binding":"call.CHANNEL_CREATE.*"}});
+    page.eval(&format!(
+        "window.replies = []; window.delivered = []; window.ignored = 0; window.raw = []; \
+         window.failed = null; \
+         const listeners = {{ 'call.CHANNEL_CREATE.*': [(data) => window.delivered.push(data)] }}; \
+         const ws = new WebSocket('wss://{wss}/'); \
+         ws.onopen = () => ws.send({}); \
+         ws.onmessage = (m) => {{ \
+           try {{ \
+             window.raw.push(m.data); \
+             const frame = JSON.parse(m.data); \
+             if (frame.action === 'reply') {{ window.replies.push(frame); }} \
+             else if (frame.action === 'event') {{ \
+               frame.data.binding = frame.subscribed_key; \
+               (listeners[frame.subscribed_key] || []).forEach((f) => f(frame.data)); \
+             }} else {{ window.ignored += 1; }} \
+           }} catch (e) {{ window.failed = String(e); }} \
+         }}; \
+         ws.onerror = () => window.failed = 'error'; \
+         ws.onclose = (c) => window.failed = window.failed || ('closed ' + c.code); true",
+        Value::from(subscribe.to_string())
+    ))
+    .await;
+    page.wait_for(
+        "the subscribe reply",
+        "window.replies.length === 1 && window.replies[0].status === 'success'",
+    )
+    .await;
+    let calls: Vec<String> = (0..2)
+        .map(|i| format!("monster-pos-{i}-{}", horizon::ids::random_hex(4)))
+        .collect();
+    for call in &calls {
+        assert_eq!(publish_call(node.api, &node.token, call).await, 200);
+    }
+    page.wait_for(
+        "both events at the binding's listener",
+        &format!(
+            "window.delivered.length === 2 && window.delivered[1].call_id === '{}' \
+             && window.delivered.every((d) => d.binding === 'call.CHANNEL_CREATE.*')",
+            calls[1]
+        ),
+    )
+    .await;
+    assert_eq!(page.eval("window.failed").await, Value::Null);
+    assert_eq!(page.eval("window.ignored").await, json!(0));
+    // Positions were on: each event frame had one (Monster UI never looked at it).
+    assert_eq!(
+        page.eval("window.raw.filter((r) => r.includes('\"position\"')).length")
+            .await,
+        json!(2)
+    );
+    drop(page);
+    let _ = std::fs::remove_dir_all(profile);
+    let _ = std::fs::remove_dir_all(dir);
+}

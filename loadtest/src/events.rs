@@ -2,9 +2,18 @@
 //! a sequence number, the send time and the account, in fields both targets pass through
 //! unchanged (Horizon lower-cases keys; these already are).
 
-/// The account of subscriber/event number `i` (a valid Kazoo-style id).
+/// The account of subscriber/event number `i` (a valid Kazoo-style id), counted from
+/// `LOADTEST_ACCOUNT_BASE` (default 0): load processes aimed at different nodes of one cluster
+/// use disjoint accounts with it (`loadtest/history.sh` with `NODES`).
 pub fn account(i: usize) -> String {
-    format!("ltacct{i:05}")
+    static BASE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        std::env::var("LOADTEST_ACCOUNT_BASE")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0)
+    });
+    format!("ltacct{:05}", base + i)
 }
 
 /// Reseller `r`'s account id.

@@ -7,6 +7,7 @@
 //! horizon-loadtest churn   [--connections 1000 --churn-rate 2 --rate 500 ...]
 //! horizon-loadtest auth-file --accounts 1000 --resellers 20 > tree.toml   # for --resellers runs
 //! horizon-loadtest storm   [--clients 10000 --victim ADDR --survivor ADDR ...]  # loadtest/storm.sh
+//! horizon-loadtest resume  [--clients 1000 --victim ADDR --survivor ADDR,ADDR ...]  # loadtest/resume.sh
 //! ```
 //! The parent spawns `--processes` worker processes (this binary, `worker` role), each holding a
 //! share of the connections on `--threads` monoio runtimes and binding its sockets to
@@ -64,6 +65,7 @@ fn command() -> clap::Command {
         .subcommand(scenario("churn", "Subscribe/unsubscribe churn while events flow"))
         .subcommand(webhooks::command())
         .subcommand(storm::command())
+        .subcommand(storm::resume_command())
         .subcommand(
             Command::new("auth-file")
                 .about("Print the auth file (account tree) a gateway needs for --resellers runs")
@@ -125,13 +127,13 @@ fn main() -> ExitCode {
             }
         }
         Some(("webhooks", m)) => ExitCode::from(webhooks::main(m) as u8),
-        Some(("storm", m)) => match storm::run(m) {
+        Some((name @ ("storm" | "resume"), m)) => match storm::run(m, name == "resume") {
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("horizon-loadtest storm: {e}");
+                eprintln!("horizon-loadtest {name}: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -10,6 +10,15 @@
 //! second, upgrades refused (503) and failed attempts, the time from the first close until every
 //! moved client is subscribed again, and the watchers' publish-to-receive latency before and
 //! during the storm.
+//!
+//! `horizon-loadtest resume` is the same run with positions (docs/resume.md; the nodes run
+//! `history = "stream"`): every client subscribes with `resume_from` ("latest" at first), keeps
+//! the last position it saw, and after the victim's death resumes from it on a survivor
+//! (`--survivor` may list several: clients spread over them). Every client checks its account's
+//! numbered events as they come: the report counts events lost, duplicated and out of order
+//! across the move (all must be 0), resumes not recovered, and the time from the first close
+//! until every moved client's resume was answered (it is live again). Publishing stops
+//! `--drain` seconds before the end so that the last events can arrive.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +39,11 @@ const MAX_RETRY: Duration = Duration::from_secs(16);
 
 struct Options {
     victim: SocketAddr,
-    survivor: SocketAddr,
+    /// Where moved clients go, round-robin; the watchers are on the first.
+    survivors: Vec<SocketAddr>,
+    /// `resume`: clients resume from their last position and check every event.
+    resume: bool,
+    drain: u64,
     clients: usize,
     watchers: usize,
     accounts: usize,
@@ -44,6 +57,23 @@ struct Options {
 
 /// `horizon-loadtest storm` and its options; `--help` shows each default.
 pub fn command() -> clap::Command {
+    scenario(
+        "storm",
+        "Monster-UI-style clients move from a drained or killed node to a survivor: peak connects/s, the survivor's delivery p99",
+        "0",
+    )
+}
+
+/// `horizon-loadtest resume`: the storm with positions; `--help` shows each default.
+pub fn resume_command() -> clap::Command {
+    scenario(
+        "resume",
+        "Clients of a killed node resume from their last position on the survivors: events lost, duplicated, reordered (all must be 0), time until all are live",
+        "5",
+    )
+}
+
+fn scenario(name: &'static str, about: &'static str, drain: &'static str) -> clap::Command {
     use clap::{Arg, Command};
     let opt = |name: &'static str, default: &'static str, help: &'static str| {
         Arg::new(name)
@@ -53,23 +83,24 @@ pub fn command() -> clap::Command {
             .default_value(default)
             .help(help)
     };
-    Command::new("storm")
-        .about("Monster-UI-style clients move from a drained or killed node to a survivor: peak connects/s, the survivor's delivery p99")
+    Command::new(name)
+        .about(about)
         .args_override_self(true)
         .arg(opt("victim", "127.0.0.1:18401", "the node whose clients move (drained or killed by the wrapper)"))
-        .arg(opt("survivor", "127.0.0.1:18411", "the node they move to, and where the watchers are"))
+        .arg(opt("survivor", "127.0.0.1:18411", "the node(s) they move to (comma-separated: round-robin); the watchers are on the first"))
         .arg(opt("clients", "10000", "clients that start on the victim"))
         .arg(opt("watchers", "500", "clients on the survivor whose delivery latency is measured"))
         .arg(opt("accounts", "100", "accounts the clients and events are spread over"))
         .arg(opt("rate", "200", "events published per second (through RabbitMQ)"))
         .arg(opt("duration", "40", "seconds the run lasts"))
+        .arg(opt("drain", drain, "publishing stops this many seconds before the end (the last events arrive)"))
         .arg(opt("threads", "2", "client runtimes"))
         .arg(opt("amqp-url", "amqp://guest:guest@127.0.0.1:5672/%2f", "the broker events are published to"))
         .arg(opt("jwt-secret", "loadtest-secret", "HS256 secret of both nodes"))
         .arg(opt("source-ips", "127.0.0.1", "loopback source addresses, round-robin (e.g. 127.0.0.2-127.0.0.9)"))
 }
 
-fn parse(m: &clap::ArgMatches) -> Result<Options, String> {
+fn parse(m: &clap::ArgMatches, resume: bool) -> Result<Options, String> {
     let text = |key: &str| crate::cli::text(m, key);
     let number = |key: &str| crate::cli::number(m, key);
     let addr = |key: &str| {
@@ -77,14 +108,22 @@ fn parse(m: &clap::ArgMatches) -> Result<Options, String> {
             .parse::<SocketAddr>()
             .map_err(|_| format!("--{key}: expected host:port"))
     };
+    let survivors = text("survivor")
+        .split(',')
+        .map(|a| a.trim().parse::<SocketAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "--survivor: expected host:port[,host:port...]".to_string())?;
+    let duration = number("duration")?.clamp(5, 3600);
     Ok(Options {
         victim: addr("victim")?,
-        survivor: addr("survivor")?,
+        survivors,
+        resume,
+        drain: number("drain")?.min(duration - 1),
         clients: number("clients")? as usize,
         watchers: number("watchers")? as usize,
         accounts: number("accounts")?.max(1) as usize,
         rate: number("rate")?.max(1),
-        duration: number("duration")?.clamp(5, 3600),
+        duration,
         threads: number("threads")?.clamp(1, 64) as usize,
         amqp_url: text("amqp-url"),
         jwt_secret: text("jwt-secret"),
@@ -110,6 +149,64 @@ struct Shared {
     /// Watchers' latency (µs): before the storm, during it (until every client moved).
     before: Mutex<Histogram<u64>>,
     during: Mutex<Histogram<u64>>,
+    /// Events published, once publishing has stopped (0 before).
+    published: AtomicU64,
+    /// `resume`: what the clients' checks found.
+    check: Check,
+}
+
+/// `resume`: every client's account events, checked as they come.
+#[derive(Default)]
+struct Check {
+    recovered: AtomicU64,
+    not_recovered: AtomicU64,
+    lost: AtomicU64,
+    duplicated: AtomicU64,
+    reordered: AtomicU64,
+    /// Clients that had no event at all to check.
+    silent: AtomicU64,
+    checked: AtomicU64,
+}
+
+/// One client's view of its account's numbered events (seq `a`, `a + step`, ...).
+struct Sequence {
+    step: u64,
+    last: Option<u64>,
+    /// The position of the last frame that had one (what a resume starts from).
+    position: String,
+}
+
+impl Sequence {
+    fn event(&mut self, seq: u64, check: &Check) {
+        check.checked.fetch_add(1, Relaxed);
+        match self.last {
+            Some(last) if seq == last => {
+                check.duplicated.fetch_add(1, Relaxed);
+            }
+            Some(last) if seq < last => {
+                check.reordered.fetch_add(1, Relaxed);
+            }
+            Some(last) => {
+                check.lost.fetch_add((seq - last) / self.step - 1, Relaxed);
+                self.last = Some(seq);
+            }
+            None => self.last = Some(seq),
+        }
+    }
+
+    /// At the end: what the client should have had last, given `published` events.
+    fn finish(&self, account: u64, published: u64, check: &Check) {
+        let Some(last) = self.last else {
+            check.silent.fetch_add(1, Relaxed);
+            return;
+        };
+        if published > account {
+            let expected = account + (published - 1 - account) / self.step * self.step;
+            if expected > last {
+                check.lost.fetch_add((expected - last) / self.step, Relaxed);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -122,8 +219,8 @@ impl Shared {
     }
 }
 
-pub fn run(m: &clap::ArgMatches) -> Result<String, String> {
-    let o = Arc::new(parse(m)?);
+pub fn run(m: &clap::ArgMatches, resume: bool) -> Result<String, String> {
+    let o = Arc::new(parse(m, resume)?);
     let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let shared = Arc::new(Shared {
         started: Instant::now(),
@@ -137,10 +234,13 @@ pub fn run(m: &clap::ArgMatches) -> Result<String, String> {
         clients: o.clients as u64,
         before: Mutex::new(histogram()),
         during: Mutex::new(histogram()),
+        published: AtomicU64::new(0),
+        check: Check::default(),
     });
+    let publishing = Arc::new(AtomicBool::new(true));
     let publisher = {
-        let (o, shared) = (o.clone(), shared.clone());
-        std::thread::spawn(move || publish(&o, &shared))
+        let (o, publishing) = (o.clone(), publishing.clone());
+        std::thread::spawn(move || publish(&o, &publishing))
     };
     let threads: Vec<_> = (0..o.threads)
         .map(|t| {
@@ -148,17 +248,21 @@ pub fn run(m: &clap::ArgMatches) -> Result<String, String> {
             std::thread::spawn(move || clients_thread(&o, &shared, t))
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(o.duration));
+    std::thread::sleep(Duration::from_secs(o.duration - o.drain));
+    publishing.store(false, Relaxed);
+    let published = publisher.join().unwrap_or(Ok(0))?;
+    shared.published.store(published, Relaxed);
+    std::thread::sleep(Duration::from_secs(o.drain));
     shared.stop.store(true, Relaxed);
     for thread in threads {
         let _ = thread.join();
     }
-    let published = publisher.join().unwrap_or(Ok(0))?;
     Ok(report(&o, &shared, published))
 }
 
-/// Publishes `--rate` events a second for the watchers' accounts until the run stops.
-fn publish(o: &Options, shared: &Shared) -> Result<u64, String> {
+/// Publishes `--rate` events a second for the clients' accounts while `publishing`, each
+/// confirmed by the broker before the run counts it.
+fn publish(o: &Options, publishing: &AtomicBool) -> Result<u64, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -167,7 +271,7 @@ fn publish(o: &Options, shared: &Shared) -> Result<u64, String> {
         let (_connection, channel) = crate::publisher::confirmed_channel(&o.amqp_url).await?;
         let mut seq = 0u64;
         let start = Instant::now();
-        while !shared.stop.load(Relaxed) {
+        while publishing.load(Relaxed) {
             let due = start + Duration::from_secs_f64(seq as f64 / o.rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 tokio::time::sleep(wait).await;
@@ -175,7 +279,7 @@ fn publish(o: &Options, shared: &Shared) -> Result<u64, String> {
             let account = events::account(events::account_of(seq, o.accounts));
             let body = events::payload(seq, &account, "CHANNEL_CREATE", 256);
             let key = format!("call.CHANNEL_CREATE.lt-{seq}");
-            let _ = channel
+            let confirm = channel
                 .basic_publish(
                     "callevt".into(),
                     key.as_str().into(),
@@ -184,6 +288,15 @@ fn publish(o: &Options, shared: &Shared) -> Result<u64, String> {
                     Default::default(),
                 )
                 .await;
+            // A publish the broker did not take is not counted (it is retried as the same seq).
+            let acked = match confirm {
+                Ok(confirm) => confirm.await.is_ok_and(|c| c.is_ack()),
+                Err(_) => false,
+            };
+            if !acked {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             seq += 1;
         }
         Ok(seq)
@@ -218,7 +331,7 @@ fn clients_thread(o: &Arc<Options>, shared: &Arc<Shared>, t: usize) {
             let watcher = c >= o.clients;
             let (o, shared) = (o.clone(), shared.clone());
             tasks.push(monoio::spawn(async move {
-                client(&o, &shared, source, token, watcher).await
+                client(&o, &shared, (c, source), token, watcher).await
             }));
             // Ramp: a few hundred a second per thread, so the start is not itself a storm.
             if c % 64 == 0 {
@@ -232,19 +345,26 @@ fn clients_thread(o: &Arc<Options>, shared: &Arc<Shared>, t: usize) {
 }
 
 /// One Monster-UI-style client: on the victim (or, a watcher, on the survivor) until its socket
-/// closes, then on the survivor, retrying 250 ms after a close and doubling after each failure.
+/// closes, then on a survivor, retrying 250 ms after a close and doubling after each failure.
+/// With `--resume` (`horizon-loadtest resume`) it subscribes with its last position and checks
+/// its account's events.
 async fn client(
     o: &Options,
     shared: &Shared,
-    source: Option<IpAddr>,
+    (c, source): (usize, Option<IpAddr>),
     token: String,
     watcher: bool,
 ) {
-    let mut target = if watcher { o.survivor } else { o.victim };
+    let survivor = o.survivors[if watcher { 0 } else { c % o.survivors.len() }];
+    let mut target = if watcher { survivor } else { o.victim };
     let mut retry = FIRST_RETRY;
-    let subscribe = format!(
-        r#"{{"action":"subscribe","auth_token":"{token}","request_id":"s","data":{{"binding":"call.CHANNEL_CREATE.*"}}}}"#
-    );
+    let account = (c % o.accounts) as u64;
+    let mut sequence = Sequence {
+        step: o.accounts as u64,
+        last: None,
+        position: "latest".to_string(),
+    };
+    let checks = o.resume && !watcher;
     while !shared.stop.load(Relaxed) {
         let connected = Client::connect(source, target, "/", None).await;
         let mut ws = match connected {
@@ -257,7 +377,7 @@ async fn client(
                 }
                 if target == o.victim {
                     // The balancer no longer sends anyone there.
-                    target = o.survivor;
+                    target = survivor;
                 }
                 monoio::time::sleep(retry).await;
                 retry = (retry * 2).min(MAX_RETRY);
@@ -265,42 +385,75 @@ async fn client(
             }
         };
         retry = FIRST_RETRY;
-        let moved = !watcher && target == o.survivor;
+        let moved = !watcher && target != o.victim;
         if moved {
             let bucket = (shared.ms() / 100) as usize;
             if let Some(slot) = shared.timeline.get(bucket) {
                 slot.fetch_add(1, Relaxed);
             }
         }
+        let resume = if checks {
+            format!(r#","resume_from":"{}""#, sequence.position)
+        } else {
+            String::new()
+        };
+        let subscribe = format!(
+            r#"{{"action":"subscribe","auth_token":"{token}","request_id":"s","data":{{"binding":"call.CHANNEL_CREATE.*"{resume}}}}}"#
+        );
         if ws.send(0x1, subscribe.as_bytes()).await.is_err() {
             continue;
         }
-        if moved && shared.moved.fetch_add(1, Relaxed) + 1 == shared.clients {
-            shared.all_moved_at.store(shared.ms().max(1), Relaxed);
+        // Without positions a moved client counts once subscribed; with them, once its
+        // resume is answered (what it missed comes right behind).
+        let mut counted = !moved;
+        if moved && !checks {
+            count_moved(shared);
+            counted = true;
         }
         // Read until the socket ends (a drain's close, the node's death) or the run stops.
         loop {
             if shared.stop.load(Relaxed) {
+                if checks {
+                    sequence.finish(account, shared.published.load(Relaxed), &shared.check);
+                }
                 return;
             }
             match monoio::time::timeout(Duration::from_millis(500), ws.next()).await {
                 Err(_) => continue,
                 Ok(Ok(Some(Frame::Text(text)))) => {
-                    if watcher {
-                        if let Some((_, _, sent)) = events::stamp(&text) {
-                            let micros = events::now_ns().saturating_sub(sent) / 1000;
-                            let during = shared.storm_on();
-                            let histogram = if during {
-                                &shared.during
+                    if checks {
+                        if let Some(position) = text_after(&text, b"\"position\":\"") {
+                            sequence.position = position;
+                        }
+                        if !counted && find(&text, b"\"action\":\"reply\"") {
+                            counted = true;
+                            if find(&text, b"\"recovered\":true") {
+                                shared.check.recovered.fetch_add(1, Relaxed);
                             } else {
-                                &shared.before
-                            };
-                            if shared.storm_at.load(Relaxed) == 0 || during {
-                                let _ = histogram
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .record(micros.max(1));
+                                shared.check.not_recovered.fetch_add(1, Relaxed);
                             }
+                            count_moved(shared);
+                        }
+                    }
+                    let Some((_, seq, sent)) = events::stamp(&text) else {
+                        continue;
+                    };
+                    if checks {
+                        sequence.event(seq, &shared.check);
+                    }
+                    if watcher {
+                        let micros = events::now_ns().saturating_sub(sent) / 1000;
+                        let during = shared.storm_on();
+                        let histogram = if during {
+                            &shared.during
+                        } else {
+                            &shared.before
+                        };
+                        if shared.storm_at.load(Relaxed) == 0 || during {
+                            let _ = histogram
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .record(micros.max(1));
                         }
                     }
                 }
@@ -312,11 +465,32 @@ async fn client(
             let _ = shared
                 .storm_at
                 .compare_exchange(0, shared.ms().max(1), Relaxed, Relaxed);
-            target = o.survivor;
+            target = survivor;
         }
         // Monster UI: the first retry 250 ms after the close.
         monoio::time::sleep(FIRST_RETRY).await;
     }
+    if checks {
+        sequence.finish(account, shared.published.load(Relaxed), &shared.check);
+    }
+}
+
+/// One more moved client is subscribed again (live); the last one stops the storm's clock.
+fn count_moved(shared: &Shared) {
+    if shared.moved.fetch_add(1, Relaxed) + 1 == shared.clients {
+        shared.all_moved_at.store(shared.ms().max(1), Relaxed);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The string after `key` up to the next quote (positions are plain ASCII, no escapes).
+fn text_after(frame: &[u8], key: &[u8]) -> Option<String> {
+    let at = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = frame[at..].iter().position(|b| *b == b'"')?;
+    (len <= 64).then(|| String::from_utf8_lossy(&frame[at..at + len]).into_owned())
 }
 
 fn report(o: &Options, shared: &Shared, published: u64) -> String {
@@ -344,8 +518,24 @@ fn report(o: &Options, shared: &Shared, published: u64) -> String {
         .iter()
         .map(u64::to_string)
         .collect();
+    let check = &shared.check;
+    let resume = if o.resume {
+        format!(
+            r#","resume":{{"recovered":{},"not_recovered":{},"events_checked":{},"lost":{},"duplicated":{},"reordered":{},"clients_without_events":{}}}"#,
+            check.recovered.load(Relaxed),
+            check.not_recovered.load(Relaxed),
+            check.checked.load(Relaxed),
+            check.lost.load(Relaxed),
+            check.duplicated.load(Relaxed),
+            check.reordered.load(Relaxed),
+            check.silent.load(Relaxed),
+        )
+    } else {
+        String::new()
+    };
     format!(
-        r#"{{"scenario":"storm","clients":{},"watchers":{},"published":{published},"moved":{},"storm_at_ms":{storm_at},"all_moved_after_ms":{},"peak_connects_per_sec":{peak},"refused_503":{},"failed_attempts":{},"latency_before_ms":{},"latency_during_ms":{},"survivor_connects_per_100ms_from_storm":[{}]}}"#,
+        r#"{{"scenario":"{}","clients":{},"watchers":{},"published":{published},"moved":{},"storm_at_ms":{storm_at},"all_moved_after_ms":{},"peak_connects_per_sec":{peak},"refused_503":{},"failed_attempts":{},"latency_before_ms":{},"latency_during_ms":{},"survivor_connects_per_100ms_from_storm":[{}]{resume}}}"#,
+        if o.resume { "resume" } else { "storm" },
         o.clients,
         o.watchers,
         shared.moved.load(Relaxed),
@@ -360,4 +550,37 @@ fn report(o: &Options, shared: &Shared, published: u64) -> String {
         percentiles(&shared.during),
         timeline.join(",")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_counts_what_it_lost_got_twice_or_out_of_order() {
+        let check = Check::default();
+        // Account 2 of 5: its events are 2, 7, 12, 17, ...
+        let mut s = Sequence {
+            step: 5,
+            last: None,
+            position: String::new(),
+        };
+        for seq in [7, 12, 12, 22, 17, 27] {
+            s.event(seq, &check);
+        }
+        assert_eq!(check.duplicated.load(Relaxed), 1);
+        assert_eq!(check.reordered.load(Relaxed), 1);
+        // 17 missing between 12 and 22 (it came late: reordered, and counted lost).
+        assert_eq!(check.lost.load(Relaxed), 1);
+        // 40 published: 32 and 37 never came.
+        s.finish(2, 40, &check);
+        assert_eq!(check.lost.load(Relaxed), 3);
+        let fresh = Sequence {
+            step: 5,
+            last: None,
+            position: String::new(),
+        };
+        fresh.finish(2, 40, &check);
+        assert_eq!(check.silent.load(Relaxed), 1);
+    }
 }
