@@ -382,6 +382,48 @@ fn a_client_resumes_on_another_node_from_the_rabbitmq_stream() {
     two.stop();
 }
 
+/// A client away for 10 s reconnects to the same node, which reads the RabbitMQ stream: exactly
+/// the events it missed and may see, in order, then live, with nothing twice.
+#[test]
+fn a_client_away_ten_seconds_gets_exactly_what_it_missed_from_the_stream() {
+    let t = Tenants::new();
+    let stream = format!("horizon.test.away.{}", horizon::ids::random_hex(4));
+    let node = Node::start(true, &t.auth_toml(), |config, _| {
+        history_on(config);
+        config.history_config.stream = stream.clone();
+    });
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        node.ready().await;
+        let amqp = common::amqp_connect().await;
+        let channel = amqp.create_channel().await.unwrap();
+        common::kazoo::declare_kazoo_exchanges(&channel).await;
+        let (mut client, recovered, _) = resumed(&node, &token, "latest").await;
+        assert_eq!(recovered, Some(true));
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "w1", &t.a).await;
+        let (call, position) = next_event(&mut client).await;
+        assert_eq!(call, "w1");
+        drop(client);
+        let away = std::time::Instant::now();
+        for (i, pause) in [(2, 0), (3, 5), (4, 5)] {
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+            common::kazoo::publish_call(&channel, "CHANNEL_CREATE", &format!("w{i}"), &t.a).await;
+            common::kazoo::publish_call(&channel, "CHANNEL_CREATE", &format!("o{i}"), &t.b).await;
+        }
+        assert!(away.elapsed() >= Duration::from_secs(10));
+        let (mut back, recovered, reply) = resumed(&node, &token, &position).await;
+        assert_eq!(recovered, Some(true), "{reply}");
+        for i in 2..=4 {
+            assert_eq!(next_event(&mut back).await.0, format!("w{i}"));
+        }
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "w5", &t.a).await;
+        assert_eq!(next_event(&mut back).await.0, "w5");
+        assert!(back.next_json(Duration::from_millis(300)).await.is_none());
+        common::kazoo::delete_stream(&channel, &stream).await;
+    });
+    node.stop();
+}
+
 /// Deep resumes: a node that started after the missed events, and a node whose memory forgot
 /// them, read them back from the stream (one reader per node) - exactly those the binding and
 /// the identity may see, then what memory has, then live.

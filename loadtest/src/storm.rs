@@ -242,10 +242,17 @@ pub fn run(m: &clap::ArgMatches, resume: bool) -> Result<String, String> {
         let (o, publishing) = (o.clone(), publishing.clone());
         std::thread::spawn(move || publish(&o, &publishing))
     };
-    let threads: Vec<_> = (0..o.threads)
+    // The watchers have a runtime of their own: their latency is not their frames waiting
+    // behind the moved clients' replays in the same load thread.
+    let threads: Vec<_> = (0..=o.threads)
         .map(|t| {
             let (o, shared) = (o.clone(), shared.clone());
-            std::thread::spawn(move || clients_thread(&o, &shared, t))
+            let ours: Vec<usize> = if t == o.threads {
+                (o.clients..o.clients + o.watchers).collect()
+            } else {
+                (t..o.clients).step_by(o.threads).collect()
+            };
+            std::thread::spawn(move || clients_thread(&o, &shared, ours))
         })
         .collect();
     std::thread::sleep(Duration::from_secs(o.duration - o.drain));
@@ -303,7 +310,7 @@ fn publish(o: &Options, publishing: &AtomicBool) -> Result<u64, String> {
     })
 }
 
-fn clients_thread(o: &Arc<Options>, shared: &Arc<Shared>, t: usize) {
+fn clients_thread(o: &Arc<Options>, shared: &Arc<Shared>, ours: Vec<usize>) {
     let mut runtime = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
@@ -317,8 +324,7 @@ fn clients_thread(o: &Arc<Options>, shared: &Arc<Shared>, t: usize) {
     runtime.block_on(async {
         let tokens: Rc<RefCell<std::collections::HashMap<usize, String>>> = Rc::default();
         let mut tasks = Vec::new();
-        let total = o.clients + o.watchers;
-        for c in (t..total).step_by(o.threads) {
+        for c in ours {
             let account = c % o.accounts;
             let token = tokens
                 .borrow_mut()
