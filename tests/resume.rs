@@ -2,7 +2,8 @@
 //! carries its event's position; a subscribe with `resume_from` gets the reply, then exactly the
 //! events it missed that its bindings match, in log order, then live - on the embedded bus (the
 //! process's own log) and on a real RabbitMQ stream read by two nodes (a client resumes on the
-//! other node).
+//! other node, after 10 s away, on a node that started after the events it missed, and past
+//! the stream's retention).
 
 mod common;
 
@@ -419,9 +420,131 @@ fn a_client_away_ten_seconds_gets_exactly_what_it_missed_from_the_stream() {
         common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "w5", &t.a).await;
         assert_eq!(next_event(&mut back).await.0, "w5");
         assert!(back.next_json(Duration::from_millis(300)).await.is_none());
+
+        // Resume is not a way into another tenant: account a's token asking for account b's
+        // events from the same position is refused, and gets none of them.
+        let mut prying = Client::connect(node.addr()).await;
+        let reply = prying
+            .command(
+                "subscribe",
+                Some(&token),
+                &format!(
+                    r#"{{"binding":"call.CHANNEL_CREATE.*","account_id":"{}","resume_from":"{position}"}}"#,
+                    t.b
+                ),
+            )
+            .await;
+        assert_eq!(reply.get_str("status"), Some("error"), "{reply}");
+        assert!(prying.next_json(Duration::from_millis(500)).await.is_none());
         common::kazoo::delete_stream(&channel, &stream).await;
     });
     node.stop();
+}
+
+/// A position older than the stream keeps (its retention removed the events after it): a node
+/// that must read them back finds them gone and says `recovered: false`, replays nothing, and
+/// the socket goes on live. The stream is declared here with a small length bound and tiny
+/// segments, so that retention (applied per segment) removes the oldest while the test runs.
+#[test]
+fn a_position_older_than_the_stream_keeps_is_not_recovered() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let t = Tenants::new();
+    let stream = format!("horizon.test.retention.{}", horizon::ids::random_hex(4));
+    runtime().block_on(async {
+        let amqp = common::amqp_connect().await;
+        let channel = amqp.create_channel().await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(20_000));
+        arguments.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(4_000),
+        );
+        channel
+            .queue_declare(
+                stream.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await
+            .expect("the stream declared");
+    });
+    let tweak = |config: &mut horizon::config::ServeConfig| {
+        history_on(config);
+        config.history_config.stream = stream.clone();
+        config.history_config.memory_bytes = 2_000;
+    };
+    let one = Node::start(true, &t.auth_toml(), |config, _| tweak(config));
+    let token = format!("tok-{}", t.a);
+    runtime().block_on(async {
+        one.ready().await;
+        let amqp = common::amqp_connect().await;
+        let channel = amqp.create_channel().await.unwrap();
+        common::kazoo::declare_kazoo_exchanges(&channel).await;
+        let mut client = Client::connect(one.addr()).await;
+        client
+            .subscribe(Some(&token), r#"{"binding":"call.CHANNEL_CREATE.*"}"#)
+            .await;
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "r0", &t.a).await;
+        let (_, position) = next_event(&mut client).await;
+        // Some 100 KB more: the segments holding r0 and what followed it are removed.
+        for i in 1..=120 {
+            common::kazoo::publish_call(&channel, "CHANNEL_CREATE", &format!("r{i}"), &t.a).await;
+        }
+        for i in 1..=120 {
+            assert_eq!(next_event(&mut client).await.0, format!("r{i}"));
+        }
+        // The stream's first offset is now past the position's next.
+        let reader = amqp.create_channel().await.unwrap();
+        reader.basic_qos(10, Default::default()).await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
+        let mut consumer = reader
+            .basic_consume(
+                stream.as_str().into(),
+                "retention-probe".into(),
+                Default::default(),
+                arguments,
+            )
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery")
+            .unwrap()
+            .unwrap();
+        let first = match first
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-stream-offset").cloned())
+        {
+            Some(AMQPValue::LongLongInt(n)) => n as u64,
+            other => panic!("no offset: {other:?}"),
+        };
+        let at: u64 = position.rsplit_once('-').unwrap().1.parse().unwrap();
+        assert!(
+            first > at + 1,
+            "retention removed nothing (first {first}, position {at})"
+        );
+        let _ = reader.close(200, "ok".into()).await;
+        let (mut late, recovered, reply) = resumed(&one, &token, &position).await;
+        assert_eq!(recovered, Some(false), "{reply}");
+        assert!(late.next_json(Duration::from_millis(300)).await.is_none());
+        common::kazoo::publish_call(&channel, "CHANNEL_CREATE", "r121", &t.a).await;
+        assert_eq!(next_event(&mut late).await.0, "r121");
+        common::kazoo::delete_stream(&channel, &stream).await;
+    });
+    one.stop();
 }
 
 /// Deep resumes: a node that started after the missed events, and a node whose memory forgot
