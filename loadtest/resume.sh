@@ -25,6 +25,8 @@ work="$(mktemp -d)"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rabbitmqctl delete_queue "$stream" >/dev/null 2>&1 || true
+    rabbitmqctl delete_queue "$stream.epoch" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT

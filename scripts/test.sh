@@ -91,6 +91,18 @@ to a running broker, then run scripts/test.sh again."
     fi
     wait_for_broker || die "RabbitMQ did not start listening on ${amqp_host}:${amqp_port} within 120 s (see /var/log/rabbitmq)"
     say "RabbitMQ answers at ${amqp_host}:${amqp_port}"
+    remove_leftover_streams
+}
+
+# A test that failed leaves its stream (bound to every Kazoo exchange: every later publish is
+# written to it too) and its epoch queue behind; they go before the run, while nothing publishes.
+remove_leftover_streams() {
+    command -v rabbitmqctl >/dev/null 2>&1 || return 0
+    local queue
+    timeout 60 rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null |
+        grep -E '^horizon\.test\.' | while read -r queue; do
+        timeout 30 rabbitmqctl delete_queue "$queue" </dev/null >/dev/null 2>&1 || true
+    done || true
 }
 
 read -r pg_host pg_port <<<"$(host_port "$HORIZON_TEST_POSTGRES_URL" 5432)"

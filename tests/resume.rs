@@ -497,9 +497,9 @@ fn a_position_older_than_the_stream_keeps_is_not_recovered() {
         for i in 1..=120 {
             common::kazoo::publish_call(&channel, "CHANNEL_CREATE", &format!("r{i}"), &t.a).await;
         }
-        for i in 1..=120 {
-            assert_eq!(next_event(&mut client).await.0, format!("r{i}"));
-        }
+        // Read up to the last (a node lagging behind so small a retention may itself miss
+        // some: the stream removed them before it read them; it says so at WARN).
+        while next_event(&mut client).await.0 != "r120" {}
         // The stream's first offset is now past the position's next.
         let reader = amqp.create_channel().await.unwrap();
         reader.basic_qos(10, Default::default()).await.unwrap();

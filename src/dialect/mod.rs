@@ -185,6 +185,9 @@ pub(crate) struct ResumeTurn {
     admitted: bool,
     held_since: Option<Instant>,
     catch_up: Option<Arc<crate::ingest::catch_up::CatchUp>>,
+    /// Reads done before the current one (memory forgot more while they went on), and where
+    /// each ended.
+    done: Vec<(u64, crate::ingest::catch_up::Read)>,
 }
 
 /// A node that has not read the log yet (it just started) is waited for this long.
@@ -225,13 +228,28 @@ pub(crate) fn resume_gate(
         .map(|from| history.reach(&from, head, max));
     let hold = match reach {
         Some(Err(Unresumable::NotYet)) => held < NOT_YET_LIMIT,
-        Some(Ok(Reach::Stream { after, until })) => match &turn.catch_up {
-            Some(read) => read.outcome().is_none() && held < CATCH_UP_LIMIT,
-            None => {
-                turn.catch_up = source.catch_up(after, until);
-                turn.catch_up.is_some()
+        Some(Ok(Reach::Stream { after, until })) => {
+            match turn.catch_up.as_ref().map(|read| read.outcome()) {
+                None => {
+                    turn.catch_up = source.catch_up(after, until);
+                    turn.catch_up.is_some()
+                }
+                Some(None) => held < CATCH_UP_LIMIT,
+                // Failed: not recovered.
+                Some(Some(None)) => false,
+                Some(Some(Some((ended, events)))) => {
+                    // Memory may have forgotten more while the stream was read: read on from
+                    // where the read ended until memory has the rest.
+                    if history.covers(ended, head) || held >= CATCH_UP_LIMIT {
+                        false
+                    } else {
+                        turn.done.push((ended, events));
+                        turn.catch_up = source.catch_up(ended, until);
+                        turn.catch_up.is_some()
+                    }
+                }
             }
-        },
+        }
         _ => false,
     };
     if hold {
@@ -281,13 +299,28 @@ pub(crate) fn resume(
         .and_then(|from| {
             // What a read of the stream fetched, if the resume needed one (a failed read
             // leaves the range missing: not recovered).
-            let deep = turn
-                .catch_up
-                .take()
-                .and_then(|read| Some((read.until, read.outcome()??)));
-            let deep = deep
-                .as_ref()
-                .map(|(until, events)| (*until, events.as_slice()));
+            let mut reads = std::mem::take(&mut turn.done);
+            match turn.catch_up.take().map(|read| read.outcome()) {
+                Some(Some(Some(read))) => reads.push(read),
+                // The last read failed or is not done: the range is not whole.
+                Some(_) => reads.clear(),
+                None => {}
+            }
+            let merged: Option<(u64, Vec<Arc<crate::fanout::Event>>)> = match reads.len() {
+                0 | 1 => None,
+                _ => Some((
+                    reads.last().map_or(0, |(until, _)| *until),
+                    reads
+                        .iter()
+                        .flat_map(|(_, events)| events.iter().cloned())
+                        .collect(),
+                )),
+            };
+            let deep = match (&merged, reads.first()) {
+                (Some((until, events)), _) => Some((*until, events.as_slice())),
+                (None, Some((until, events))) => Some((*until, events.as_slice())),
+                (None, None) => None,
+            };
             history.since(&from, head, max, deep)
         });
     let Ok(events) = events else {

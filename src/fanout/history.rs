@@ -54,8 +54,9 @@ pub enum Unresumable {
 pub enum Reach {
     /// All in this node's memory (or none at all).
     Memory,
-    /// Those after `after` up to `until` (offsets) only in the stream: a catch-up read
-    /// (ingest::catch_up) fetches them, the rest is in memory.
+    /// Some of those after `after` only in the stream: a catch-up read (ingest::catch_up)
+    /// fetches everything up to `until` (what the shard has dispatched), later ones come from
+    /// memory.
     Stream { after: u64, until: u64 },
 }
 
@@ -227,10 +228,28 @@ impl History {
         if upto - after > max as u64 {
             return Err(Unresumable::TooMany);
         }
+        // Read back up to what the shard has dispatched, not only up to what memory lacks now:
+        // memory may forget more while the read goes on (then only what is dispatched after
+        // the read comes from memory).
         Ok(Reach::Stream {
             after,
-            until: covered - 1,
+            until: upto.max(covered - 1),
         })
+    }
+
+    /// The offset of the newest event kept.
+    pub fn newest(&self) -> Option<u64> {
+        self.lock().events.back().and_then(|e| e.offset())
+    }
+
+    /// Whether memory has every event after offset `after` up to `upto` (what a shard has
+    /// dispatched): a read of the stream that ended at `after` needs nothing more.
+    pub fn covers(&self, after: u64, upto: Option<u64>) -> bool {
+        upto.is_some_and(|upto| after >= upto)
+            || self
+                .lock()
+                .covered
+                .is_some_and(|covered| after + 1 >= covered)
     }
 
     /// The events after `from` up to `upto` (both offsets), at most `max`: what a resume from
@@ -271,15 +290,18 @@ impl History {
         // What the stream gave, then memory from where it ended.
         let after = match deep {
             Some((until, events)) => {
+                // Several reads may overlap (one read serves several resumes): each offset once.
+                let mut last = after;
                 for event in events {
                     let offset = event.offset().unwrap_or(0);
-                    if offset <= after || offset > upto {
+                    if offset <= last || offset > upto {
                         continue;
                     }
                     if out.len() == max {
                         return Err(Unresumable::TooMany);
                     }
                     out.push(event.clone());
+                    last = offset;
                 }
                 until.max(after)
             }
@@ -414,7 +436,10 @@ mod tests {
         assert_eq!(history.reach(&at(9), Some(15), 100), Ok(Reach::Memory));
         assert_eq!(
             history.reach(&at(3), Some(15), 100),
-            Ok(Reach::Stream { after: 3, until: 9 })
+            Ok(Reach::Stream {
+                after: 3,
+                until: 15
+            })
         );
         assert_eq!(
             history.reach(&at(3), Some(15), 5),
@@ -432,6 +457,14 @@ mod tests {
             .filter_map(|e| e.offset())
             .collect();
         assert_eq!(got, [4, 5, 7, 8, 9, 11, 12, 13, 14, 15]);
+        // Two reads that overlap (the second begun where memory forgot more): each once.
+        let twice: Vec<Arc<Event>> = deep.iter().chain(deep[2..].iter()).cloned().collect();
+        assert_eq!(
+            history
+                .since(&at(3), Some(15), 100, Some((9, &twice)))
+                .map(|v| v.len()),
+            Ok(10)
+        );
         // Without the read, the range is missing.
         assert_eq!(
             history.since(&at(3), Some(15), 100, None).err(),
@@ -448,7 +481,7 @@ mod tests {
             small.reach(&at(20), Some(24), 100),
             Ok(Reach::Stream {
                 after: 20,
-                until: first - 1
+                until: 24
             })
         );
         assert_eq!(

@@ -80,6 +80,33 @@ struct Node {
     /// read from after a reconnect (the last delivered + 1).
     history: Option<(Arc<History>, HistoryConfig)>,
     next_offset: Option<u64>,
+    gaps: GapLog,
+}
+
+/// Offsets the stream skipped for this node: its retention removed them before the node read
+/// them (a node lagging behind more than the stream keeps). Logged at most every 10 s.
+#[derive(Default)]
+struct GapLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl GapLog {
+    fn note(&mut self, missed: u64, stream: &str) {
+        self.unlogged += missed;
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        tracing::warn!(
+            "amqp: {} messages of {stream} were removed by its retention before this node read them (the node lags behind more than the stream keeps: history_max_age_secs, or the stream's length limit)",
+            self.unlogged
+        );
+        self.unlogged = 0;
+        self.last = Some(Instant::now());
+    }
 }
 
 pub(super) async fn run(
@@ -103,6 +130,7 @@ pub(super) async fn run(
         live,
         history,
         next_offset: None,
+        gaps: GapLog::default(),
     };
     let mut backoff = BACKOFF_FIRST;
     // Failed attempts since the last successful connection, and when the log last said so.
@@ -364,6 +392,9 @@ async fn session(node: &mut Node, commands: &mut mpsc::UnboundedReceiver<Command
                     };
                     if let (Some((history, _)), Some(offset), false) = (&node.history, offset, seen) {
                         history.saw(offset);
+                        if let Some(next) = node.next_offset.filter(|next| offset > *next) {
+                            node.gaps.note(offset - next, &source);
+                        }
                     }
                     // The stream's own messages (a node's start marker) are not events.
                     let routed = if seen

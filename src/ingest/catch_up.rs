@@ -28,6 +28,8 @@ const READ_LIMIT: Duration = Duration::from_secs(15);
 /// Unacknowledged deliveries of a read (a stream consumer needs acks for credit).
 const PREFETCH: u16 = 2_000;
 const ACK_EVERY: u64 = 500;
+/// How long a read goes on past its range to catch up with the newest event the node has.
+const CHASE_LIMIT: Duration = Duration::from_secs(1);
 /// The reader's connection is let go after this long without a request.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -43,7 +45,7 @@ pub struct CatchUp {
     epoch: String,
     pub after: u64,
     pub until: u64,
-    outcome: Mutex<Option<Option<Read>>>,
+    outcome: Mutex<Option<Option<(u64, Read)>>>,
 }
 
 impl CatchUp {
@@ -56,16 +58,17 @@ impl CatchUp {
         })
     }
 
-    /// `None` while the read goes on; then the events read (a list shared by every resume of
-    /// the same read: each takes its range from it), or `Some(None)` if it could not be read.
-    pub fn outcome(&self) -> Option<Option<Read>> {
+    /// `None` while the read goes on; then where the read ended (at `until` or past it) and
+    /// the events read (a list shared by every resume of the same read: each takes its range
+    /// from it), or `Some(None)` if it could not be read.
+    pub fn outcome(&self) -> Option<Option<(u64, Read)>> {
         self.outcome
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    fn answer(&self, events: Option<Read>) {
+    fn answer(&self, events: Option<(u64, Read)>) {
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(events);
     }
 }
@@ -154,7 +157,7 @@ async fn run(
             Err(_) => Err(format!("not done in {} s", READ_LIMIT.as_secs())),
         };
         match read {
-            Ok((first, events)) => {
+            Ok((first, ended, events)) => {
                 READS[0].fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     "resume: read offsets {}..={until} of {stream} for {} resumes ({} events, {} ms)",
@@ -167,7 +170,7 @@ async fn run(
                 for request in batch {
                     // The stream's retention may have removed the start of a range.
                     let whole = first.is_some_and(|first| first <= request.after + 1);
-                    request.answer(whole.then(|| events.clone()));
+                    request.answer(whole.then(|| (ended, events.clone())));
                 }
             }
             Err(why) => {
@@ -189,9 +192,11 @@ async fn run(
     }
 }
 
-/// Reads the stream's events after `after` up to `until`, normalized as live ingest does them.
-/// Also returns the first offset the broker delivered: past `after + 1`, retention removed the
-/// start of the range.
+/// Reads the stream's events after `after` up to `until`, normalized as live ingest does them,
+/// and on up to the newest event the node has (for a second at most): memory forgets the
+/// oldest while the read goes on, so the read ends where memory surely has the rest. Also
+/// returns the first offset the broker delivered (past `after + 1`, retention removed the start
+/// of the range) and the last one read.
 async fn read(
     brokers: &mut Brokers,
     connection: &mut Option<Connection>,
@@ -199,7 +204,7 @@ async fn read(
     (after, until): (u64, u64),
     history: &History,
     normalizer: &mut Normalizer,
-) -> Result<(Option<u64>, Vec<Arc<Event>>), String> {
+) -> Result<(Option<u64>, u64, Vec<Arc<Event>>), String> {
     if !connection.as_ref().is_some_and(|c| c.status().connected()) {
         *connection = Some(brokers.connect().await?);
     }
@@ -228,12 +233,17 @@ async fn read(
         .map_err(fail)?;
     let mut events = Vec::new();
     let mut first = None;
+    let chased = Instant::now();
     let mut unacked = 0u64;
     while let Some(delivery) = consumer.next().await {
         let mut delivery = delivery.map_err(fail)?;
         unacked += 1;
         let offset = super::amqp::stream_offset(&delivery);
-        let done = offset.is_none_or(|offset| offset >= until);
+        let done = offset.is_none_or(|offset| {
+            offset >= until
+                && (history.newest().is_none_or(|newest| offset >= newest)
+                    || chased.elapsed() >= CHASE_LIMIT)
+        });
         if unacked >= ACK_EVERY || done {
             delivery
                 .acker
@@ -246,7 +256,7 @@ async fn read(
             return Err("a delivery without its offset".into());
         };
         first.get_or_insert(offset);
-        if offset > after && offset <= until {
+        if offset > after {
             let exchange = delivery.exchange.to_string();
             let routing_key = delivery.routing_key.to_string();
             // What does not normalize was skipped live too.
@@ -265,7 +275,7 @@ async fn read(
         }
         if done {
             let _ = channel.close(200, "read".into()).await;
-            return Ok((first, events));
+            return Ok((first, offset, events));
         }
     }
     Err("the broker ended the read".into())

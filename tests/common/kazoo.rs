@@ -523,6 +523,20 @@ pub async fn expect_bindings(queue: &str, want: &[(&str, &str)]) {
 
 /// Deletes a test's event stream and its epoch queue (`history = "stream"`).
 pub async fn delete_stream(channel: &lapin::Channel, stream: &str) {
+    // Unbound first: RabbitMQ 3.10 crashes a publisher's channel whose publish is routed to a
+    // stream while it is being deleted (`stream_not_found` in rabbit_channel), and the other
+    // tests publish to the same exchanges meanwhile.
+    for binding in horizon::families::stream_bindings() {
+        let _ = channel
+            .queue_unbind(
+                stream.into(),
+                binding.exchange.into(),
+                binding.key.as_str().into(),
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for queue in [stream.to_string(), format!("{stream}.epoch")] {
         let _ = channel
             .queue_delete(queue.as_str().into(), Default::default())
