@@ -9,7 +9,8 @@
 # latency before and during (end to end, through the load process), and the first survivor's own
 # delivery latency histogram over the storm (arrival to frames queued: the load process's CPU
 # does not count in it). Ports 18500-18531; the broker at AMQP_URL (several URLs,
-# comma-separated, for the three-node cluster: scripts/rabbitmq-cluster.sh urls).
+# comma-separated, for the three-node cluster: scripts/rabbitmq-cluster.sh urls, with
+# RABBITMQCTL="scripts/rabbitmq-cluster.sh ctl 1").
 #
 #   cargo build --release -p horizon -p horizon-loadtest && loadtest/resume.sh
 #   CLIENTS=19000 WATCHERS=400 NODES=2 loadtest/resume.sh     # the storm of BENCHMARKS.md
@@ -19,14 +20,16 @@ CLIENTS="${CLIENTS:-1000}" WATCHERS="${WATCHERS:-100}" RATE="${RATE:-200}" NODES
 KILL_AT="${KILL_AT:-15}" DURATION="${DURATION:-45}" ACCOUNTS="${ACCOUNTS:-100}"
 ADMISSIONS="${ADMISSIONS:-2000}"
 AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# How the stream is deleted at the end (the three-node cluster: "scripts/rabbitmq-cluster.sh ctl 1").
+RABBITMQCTL="${RABBITMQCTL:-rabbitmqctl}"
 SOURCE_IPS="${SOURCE_IPS:-127.0.0.2-127.0.0.9}"
 stream="horizon.loadtest.resume.$RANDOM$RANDOM"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rabbitmqctl delete_queue "$stream" >/dev/null 2>&1 || true
-    rabbitmqctl delete_queue "$stream.epoch" >/dev/null 2>&1 || true
+    $RABBITMQCTL delete_queue "$stream" </dev/null >/dev/null 2>&1 || true
+    $RABBITMQCTL delete_queue "$stream.epoch" </dev/null >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -190,6 +190,44 @@ pub(crate) struct ResumeTurn {
     done: Vec<(u64, crate::ingest::catch_up::Read)>,
 }
 
+/// What the reads of the stream for one resume gave: one read's shared list, or several
+/// merged (memory forgot more while the first went on), and the offset the last one ended at.
+enum Deep {
+    One(u64, crate::ingest::catch_up::Read),
+    Merged(u64, Vec<Arc<crate::fanout::Event>>),
+}
+
+impl Deep {
+    fn range(&self) -> (u64, &[Arc<crate::fanout::Event>]) {
+        match self {
+            Deep::One(ended, events) => (*ended, events.as_slice()),
+            Deep::Merged(ended, events) => (*ended, events.as_slice()),
+        }
+    }
+}
+
+impl ResumeTurn {
+    /// What the reads of the stream fetched, if the resume needed any; `None` too if the last
+    /// failed or is not done (the range is then not whole: not recovered).
+    fn deep(&mut self) -> Option<Deep> {
+        let mut reads = std::mem::take(&mut self.done);
+        match self.catch_up.take()?.outcome() {
+            Some(Some(read)) => reads.push(read),
+            _ => return None,
+        }
+        if reads.len() == 1 {
+            let (ended, events) = reads.pop()?;
+            return Some(Deep::One(ended, events));
+        }
+        let ended = reads.last().map_or(0, |(ended, _)| *ended);
+        let events = reads
+            .iter()
+            .flat_map(|(_, events)| events.iter().cloned())
+            .collect();
+        Some(Deep::Merged(ended, events))
+    }
+}
+
 /// A node that has not read the log yet (it just started) is waited for this long.
 const NOT_YET_LIMIT: Duration = Duration::from_secs(5);
 /// A read of the stream for a deep resume is waited for this long.
@@ -212,6 +250,12 @@ pub(crate) fn resume_gate(
     let (history, max) = source.history()?;
     if sequencer.pending() {
         return Some(HOLD_STEP);
+    }
+    if !turn.admitted && !turn.reserved {
+        // A new resume: nothing of an earlier one that ended before replaying (an error) is
+        // kept.
+        turn.catch_up = None;
+        turn.done.clear();
     }
     if !turn.admitted {
         if !turn.reserved {
@@ -297,30 +341,8 @@ pub(crate) fn resume(
         .and_then(Position::parse)
         .ok_or(crate::fanout::history::Unresumable::Unknown)
         .and_then(|from| {
-            // What a read of the stream fetched, if the resume needed one (a failed read
-            // leaves the range missing: not recovered).
-            let mut reads = std::mem::take(&mut turn.done);
-            match turn.catch_up.take().map(|read| read.outcome()) {
-                Some(Some(Some(read))) => reads.push(read),
-                // The last read failed or is not done: the range is not whole.
-                Some(_) => reads.clear(),
-                None => {}
-            }
-            let merged: Option<(u64, Vec<Arc<crate::fanout::Event>>)> = match reads.len() {
-                0 | 1 => None,
-                _ => Some((
-                    reads.last().map_or(0, |(until, _)| *until),
-                    reads
-                        .iter()
-                        .flat_map(|(_, events)| events.iter().cloned())
-                        .collect(),
-                )),
-            };
-            let deep = match (&merged, reads.first()) {
-                (Some((until, events)), _) => Some((*until, events.as_slice())),
-                (None, Some((until, events))) => Some((*until, events.as_slice())),
-                (None, None) => None,
-            };
+            let deep = turn.deep();
+            let deep = deep.as_ref().map(Deep::range);
             history.since(&from, head, max, deep)
         });
     let Ok(events) = events else {
