@@ -28,6 +28,45 @@ struct Log {
     covered: Option<u64>,
 }
 
+/// What a resume from a position spans: the events after `after` up to `upto` (what the
+/// resuming socket's shard has dispatched), with memory having every event from `covered` on.
+struct Span {
+    after: u64,
+    upto: u64,
+    covered: u64,
+}
+
+impl Log {
+    /// The span of a resume from `from` when the shard has dispatched up to `upto` (`None`:
+    /// nothing of the log yet); `Ok(None)` when there is nothing to replay.
+    fn span(&self, from: &Position, upto: Option<u64>) -> Result<Option<Span>, Unresumable> {
+        let (epoch, after) = match from {
+            Position::Latest => return Ok(None),
+            Position::At { epoch, offset } => (epoch, *offset),
+        };
+        if *epoch != self.epoch {
+            return Err(Unresumable::OtherEpoch);
+        }
+        let covered = self.covered.ok_or(Unresumable::NotYet)?;
+        let upto = match upto {
+            Some(upto) => upto,
+            // Events read but not dispatched yet on this shard: in a moment they are.
+            None if !self.events.is_empty() => return Err(Unresumable::NotYet),
+            // Nothing of the log dispatched: the node has everything from `covered` on, and
+            // everything before it may have been missed.
+            None => match covered.checked_sub(1) {
+                Some(before) => before,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(Span {
+            after,
+            upto,
+            covered,
+        }))
+    }
+}
+
 /// The node's recent history; one per node, shared by the ingest thread and the shards.
 pub struct History {
     limit: usize,
@@ -202,24 +241,14 @@ impl History {
         upto: Option<u64>,
         max: usize,
     ) -> Result<Reach, Unresumable> {
-        let (epoch, after) = match from {
-            Position::Latest => return Ok(Reach::Memory),
-            Position::At { epoch, offset } => (epoch, *offset),
-        };
         let log = self.lock();
-        if *epoch != log.epoch {
-            return Err(Unresumable::OtherEpoch);
-        }
-        let covered = log.covered.ok_or(Unresumable::NotYet)?;
-        let upto = match upto {
-            Some(upto) => upto,
-            // Events read but not dispatched yet on this shard: in a moment they are.
-            None if !log.events.is_empty() => return Err(Unresumable::NotYet),
-            // Nothing of the log dispatched: the node has everything from `covered` on.
-            None => match covered.checked_sub(1) {
-                Some(before) => before,
-                None => return Ok(Reach::Memory),
-            },
+        let Some(Span {
+            after,
+            upto,
+            covered,
+        }) = log.span(from, upto)?
+        else {
+            return Ok(Reach::Memory);
         };
         if after >= upto || after + 1 >= covered {
             return Ok(Reach::Memory);
@@ -263,23 +292,14 @@ impl History {
         max: usize,
         deep: Option<(u64, &[Arc<Event>])>,
     ) -> Result<Vec<Arc<Event>>, Unresumable> {
-        let (epoch, after) = match from {
-            Position::Latest => return Ok(Vec::new()),
-            Position::At { epoch, offset } => (epoch, *offset),
-        };
         let log = self.lock();
-        if *epoch != log.epoch {
-            return Err(Unresumable::OtherEpoch);
-        }
-        let covered = log.covered.ok_or(Unresumable::NotYet)?;
-        let upto = match upto {
-            Some(upto) => upto,
-            None if !log.events.is_empty() => return Err(Unresumable::NotYet),
-            // Nothing of the log dispatched: everything before `covered` may be missed.
-            None => match covered.checked_sub(1) {
-                Some(before) => before,
-                None => return Ok(Vec::new()),
-            },
+        let Some(Span {
+            after,
+            upto,
+            covered,
+        }) = log.span(from, upto)?
+        else {
+            return Ok(Vec::new());
         };
         if after >= upto {
             // Already has everything this shard has dispatched (or a position from the

@@ -80,21 +80,13 @@ pub(super) fn start(
     history: Arc<History>,
 ) -> std::io::Result<mpsc::UnboundedSender<Arc<CatchUp>>> {
     let (sender, requests) = mpsc::unbounded_channel();
+    // Built here, so that a runtime that cannot start fails the node's start.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::Builder::new()
         .name("horizon-catch-up".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    tracing::warn!("resume: cannot start the stream reader: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(run(url, stream, history, requests));
-        })?;
+        .spawn(move || runtime.block_on(run(url, stream, history, requests)))?;
     Ok(sender)
 }
 
